@@ -1,0 +1,1 @@
+"""On-disk format of ext2/3/4 images, declared with construct."""
