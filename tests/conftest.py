@@ -1,0 +1,119 @@
+"""Shared test fixtures: fresh ext4 images made by e2fsprogs, and the e2fsck oracle.
+
+Fixtures
+  ``ext4_image``        factory: ``ext4_image(size="64M", block_size=4096, ...) -> Path``,
+                        a fresh ``mkfs.ext4 -O ^metadata_csum`` image in the test's tmp dir.
+  ``fsck_clean``        the helper ``assert_fsck_clean`` as a fixture.
+Helpers (importable from tests as ``from conftest import ...``)
+  ``make_ext4_image``   the factory behind ``ext4_image``.
+  ``assert_fsck_clean`` runs ``e2fsck -fn IMAGE`` and fails the test, showing e2fsck's
+                        whole output, unless it exits 0.
+  ``debugfs``           runs debugfs requests against an image and returns stdout bytes.
+
+e2fsprogs is the independent oracle here: nothing in chanos checks chanos's own output.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+MKFS = shutil.which("mkfs.ext4") or "/sbin/mkfs.ext4"
+E2FSCK = shutil.which("e2fsck") or "/sbin/e2fsck"
+DEBUGFS = shutil.which("debugfs") or "/sbin/debugfs"
+
+# The feature set chanos mounts read-write: mke2fs's ext4 defaults without checksums.
+DEFAULT_FEATURES = ("^metadata_csum",)
+
+
+def make_ext4_image(
+    directory: Path,
+    size: str | int = "64M",
+    block_size: int = 4096,
+    *,
+    name: str | None = None,
+    features: Iterable[str] = DEFAULT_FEATURES,
+    extra_args: Iterable[str] = (),
+) -> Path:
+    """Make a fresh ext4 image file with ``mkfs.ext4`` and return its path.
+
+    ``size`` is anything mke2fs accepts ("64M", "1G") or a byte count; ``features`` are
+    ``-O`` items (a leading ``^`` clears one); ``extra_args`` go to mke2fs as they are
+    (e.g. ``["-N", "64"]`` for an image with few inodes).
+    """
+    if isinstance(size, int):
+        size = f"{size // 1024}k"
+    if name is None:
+        n = 0
+        while (directory / f"ext4-{n}.img").exists():
+            n += 1
+        name = f"ext4-{n}.img"
+    path = directory / name
+    cmd = [MKFS, "-q", "-F", "-b", str(block_size)]
+    feats = ",".join(features)
+    if feats:
+        cmd += ["-O", feats]
+    cmd += [*extra_args, str(path), str(size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"mkfs.ext4 failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    return path
+
+
+def fsck(image: Path | str) -> tuple[int, str]:
+    """Run ``e2fsck -fn`` (force, read-only, answer no) and return (exit code, output)."""
+    proc = subprocess.run(
+        [E2FSCK, "-fn", str(image)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return proc.returncode, proc.stdout
+
+
+def assert_fsck_clean(image: Path | str) -> None:
+    """Fail unless ``e2fsck -fn IMAGE`` exits 0; the failure message is e2fsck's output."""
+    code, out = fsck(image)
+    if code != 0:
+        pytest.fail(f"e2fsck -fn {image} exited {code}:\n{out}", pytrace=False)
+
+
+def debugfs(image: Path | str, *requests: str, write: bool = False) -> bytes:
+    """Run debugfs requests (``-R`` for one, ``-f`` script for several); return stdout.
+
+    With ``write=True`` the image is opened read-write (``-w``). Raises on a non-zero exit;
+    debugfs reports most request errors on stderr with exit 0, so callers check output.
+    """
+    cmd = [DEBUGFS]
+    if write:
+        cmd.append("-w")
+    if len(requests) == 1:
+        cmd += ["-R", requests[0], str(image)]
+        proc = subprocess.run(cmd, capture_output=True)
+    else:
+        cmd += ["-f", "-", str(image)]
+        script = "".join(r + "\n" for r in requests).encode()
+        proc = subprocess.run(cmd, input=script, capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"debugfs failed ({proc.returncode}): {proc.stderr.decode()}")
+    return proc.stdout
+
+
+@pytest.fixture
+def ext4_image(tmp_path: Path) -> Callable[..., Path]:
+    """Factory of fresh ext4 images in the test's tmp dir (see ``make_ext4_image``)."""
+
+    def make(size: str | int = "64M", block_size: int = 4096, **kwargs) -> Path:
+        return make_ext4_image(tmp_path, size, block_size, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def fsck_clean() -> Callable[[Path | str], None]:
+    """``assert_fsck_clean`` as a fixture, for tests that prefer injection to import."""
+    return assert_fsck_clean
