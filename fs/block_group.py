@@ -1,0 +1,465 @@
+"""One block group of the volume: its block bitmap, inode bitmap and inode-table slice.
+
+``BlockGroup`` is the plain state machine (loadable, unit-testable without actors);
+``BlockGroupActor`` serves it through the messages of ``chanos.fs.group_protocol``. The
+actor is the only writer of its bitmaps and of its inode-table blocks, so its in-memory
+copies and its inode-table block cache are always coherent with the device.
+
+Durability and restarts: every mutation is written through to the device before the reply
+(bitmap block, or the inode-table block touched). A crashed group actor is restarted from
+fresh state by reloading from the device, so it can never hand out a block or an inode
+twice because an unsaved bitmap was lost. ``Sync`` therefore has nothing pending in the
+default mode; with ``write_through=False`` (bulk tests, benchmarks) it writes the dirty
+bitmaps.
+
+Bitmaps are kept as Python integers (bit i = block ``group_start + i`` / inode
+``group * inodes_per_group + i + 1``; ext4's little-endian bit order is exactly
+``int.from_bytes(raw, "little")``), which makes run searches a handful of big-integer
+operations instead of per-bit Python loops.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from chanos.fs.group_protocol import (
+    AllocBlocks,
+    AllocInode,
+    FreeBlocks,
+    FreeInode,
+    GetCounts,
+    GroupCounts,
+    ReadInode,
+    Sync,
+    WriteInode,
+)
+from chanos.fs.superblock_protocol import GroupCountsChanged, ReportError
+
+try:
+    from chanos.personality import Actor, cast
+except ImportError:  # TEMPORARY until the message model lands in chanos.personality
+    Actor = object  # type: ignore[assignment,misc]
+    cast = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+#: bg_flags bits (ext4): inode table / bitmaps not initialised (only with group checksums).
+BG_INODE_UNINIT = 0x1
+BG_BLOCK_UNINIT = 0x2
+
+#: Inode-table blocks kept in memory per group (each one block of the volume).
+ITABLE_CACHE_BLOCKS = 32
+
+
+class BlockIO(Protocol):
+    """What a group needs from the device: the ``chanos.drivers.BlockDevice`` client."""
+
+    async def read(self, offset: int, length: int) -> bytes: ...
+
+    async def write(self, offset: int, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLayout:
+    """Where one group's pieces are (absolute block numbers) and the volume geometry."""
+
+    index: int
+    first_block: int  # absolute number of the group's first block (bit 0 of its bitmap)
+    nblocks: int  # blocks in this group (the last group may be short)
+    block_bitmap: int
+    inode_bitmap: int
+    inode_table: int
+    block_size: int
+    inodes_per_group: int
+    inode_size: int
+    first_ino: int  # first non-reserved inode number (s_first_ino)
+    flags: int = 0  # bg_flags
+    # Metadata lying in this group (sb/GDT copies, reserved GDT, bitmaps and inode tables
+    # of any group under flex_bg) as absolute (start, count) runs: never allocated, never
+    # freed, whatever the bitmap says.
+    protected: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def first_ino_of_group(self) -> int:
+        return self.index * self.inodes_per_group + 1
+
+    @property
+    def itable_blocks(self) -> int:
+        return -(-self.inodes_per_group * self.inode_size // self.block_size)
+
+
+def _lowest_bit(x: int) -> int:
+    """Index of the lowest set bit of x > 0."""
+    return (x & -x).bit_length() - 1
+
+
+def _run_starts(free: int, k: int) -> int:
+    """Bit i set iff bits i .. i+k-1 of ``free`` are all set."""
+    x = free
+    have = 1
+    while have < k and x:
+        s = min(have, k - have)
+        x &= x >> s
+        have += s
+    return x
+
+
+def _first_at_or_after(x: int, pos: int) -> int | None:
+    """Lowest set bit of x at index >= pos, else the lowest set bit overall (wrap), else None."""
+    if not x:
+        return None
+    y = x >> pos
+    if y:
+        return pos + _lowest_bit(y)
+    return _lowest_bit(x)
+
+
+class BlockGroup:
+    """The state of one block group, with its device I/O. Not thread/task-safe by design:
+    exactly one actor drives it, one message at a time."""
+
+    def __init__(
+        self,
+        layout: GroupLayout,
+        device: BlockIO,
+        *,
+        used_dirs: int,
+        read_only: bool = False,
+        write_through: bool = True,
+        on_counts: Callable[[GroupCounts], None] | None = None,
+        on_error: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.layout = layout
+        self.device = device
+        self.read_only = read_only
+        self.write_through = write_through
+        self._on_counts = on_counts
+        self._on_error = on_error
+        self.used_dirs = used_dirs
+        self.free_blocks = 0
+        self.free_inodes = 0
+        self._bmap = 0
+        self._imap = 0
+        self._bmap_dirty = False
+        self._imap_dirty = False
+        self._nbits = layout.block_size * 8
+        self._full = (1 << self._nbits) - 1
+        self._blocks_mask = (1 << layout.nblocks) - 1
+        self._inodes_mask = (1 << layout.inodes_per_group) - 1
+        # Bits never handed out: padding past the group's end, protected metadata,
+        # reserved inodes (group 0).
+        self._bnever = self._full ^ self._blocks_mask
+        for start, count in layout.protected:
+            lo = max(start - layout.first_block, 0)
+            hi = min(start + count - layout.first_block, layout.nblocks)
+            if hi > lo:
+                self._bnever |= ((1 << (hi - lo)) - 1) << lo
+        self._inever = self._full ^ self._inodes_mask
+        reserved = min(
+            max(layout.first_ino - layout.first_ino_of_group, 0), layout.inodes_per_group
+        )
+        self._inever |= (1 << reserved) - 1
+        self._itable: OrderedDict[int, bytearray] = OrderedDict()
+        self._logged: set[str] = set()
+        self.loaded = False
+
+    # -- loading and writing back ----------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read both bitmaps and compute the exact free counts from them."""
+        lay = self.layout
+        bs = lay.block_size
+        if lay.flags & BG_BLOCK_UNINIT:
+            # Only possible with group checksums (a read-only mount for us): treat every
+            # block as free except the group's own metadata.
+            self._bmap = self._bnever
+        else:
+            raw = await self.device.read(lay.block_bitmap * bs, bs)
+            self._bmap = int.from_bytes(raw, "little")
+        if lay.flags & BG_INODE_UNINIT:
+            self._imap = self._full ^ self._inodes_mask
+        else:
+            raw = await self.device.read(lay.inode_bitmap * bs, bs)
+            self._imap = int.from_bytes(raw, "little")
+        self.free_blocks = lay.nblocks - (self._bmap & self._blocks_mask).bit_count()
+        self.free_inodes = lay.inodes_per_group - (self._imap & self._inodes_mask).bit_count()
+        self.loaded = True
+
+    async def sync(self) -> GroupCounts:
+        """Write back the dirty bitmaps; report and return the counts."""
+        await self._write_bitmaps()
+        counts = self.counts()
+        if self._on_counts is not None:
+            self._on_counts(counts)
+        return counts
+
+    async def _write_bitmaps(self) -> None:
+        bs = self.layout.block_size
+        if self._bmap_dirty:
+            await self.device.write(
+                self.layout.block_bitmap * bs, self._bmap.to_bytes(bs, "little")
+            )
+            self._bmap_dirty = False
+        if self._imap_dirty:
+            await self.device.write(
+                self.layout.inode_bitmap * bs, self._imap.to_bytes(bs, "little")
+            )
+            self._imap_dirty = False
+
+    async def _changed(self) -> None:
+        if self.write_through:
+            await self._write_bitmaps()
+        if self._on_counts is not None:
+            self._on_counts(self.counts())
+
+    def counts(self) -> GroupCounts:
+        return GroupCounts(self.layout.index, self.free_blocks, self.free_inodes, self.used_dirs)
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def _fs_error(self, kind: str, message: str, *, ino: int = 0, block: int = 0) -> OSError:
+        """An on-disk inconsistency: log once per kind, report, and return EUCLEAN."""
+        text = f"group {self.layout.index}: {message}"
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.error("file-system error: %s", text)
+            if self._on_error is not None:
+                self._on_error(text, ino, block)
+        return OSError(errno.EUCLEAN, text)
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise OSError(errno.EROFS, "read-only file system")
+
+    # -- inodes ------------------------------------------------------------------------------
+
+    def _inode_index(self, ino: int) -> int:
+        idx = ino - self.layout.first_ino_of_group
+        if not 0 <= idx < self.layout.inodes_per_group:
+            raise OSError(errno.EINVAL, f"inode {ino} is not in group {self.layout.index}")
+        return idx
+
+    async def alloc_inode(self, is_dir: bool) -> int | None:
+        self._check_writable()
+        free = self._full ^ (self._imap | self._inever)
+        if not free:
+            return None
+        idx = _lowest_bit(free)
+        self._imap |= 1 << idx
+        self._imap_dirty = True
+        self.free_inodes -= 1
+        if is_dir:
+            self.used_dirs += 1
+        await self._changed()
+        return self.layout.first_ino_of_group + idx
+
+    async def free_inode(self, ino: int, is_dir: bool) -> None:
+        self._check_writable()
+        idx = self._inode_index(ino)
+        if (1 << idx) & self._inever:
+            raise self._fs_error("free-reserved-inode", f"freeing reserved inode {ino}", ino=ino)
+        if not (self._imap >> idx) & 1:
+            raise self._fs_error("inode-double-free", f"inode {ino} freed twice", ino=ino)
+        self._imap &= ~(1 << idx)
+        self._imap_dirty = True
+        self.free_inodes += 1
+        if is_dir:
+            if self.used_dirs == 0:
+                self._fs_error("used-dirs-underflow", "directory count underflow", ino=ino)
+            else:
+                self.used_dirs -= 1
+        await self._changed()
+
+    def _inode_place(self, ino: int) -> tuple[int, int]:
+        """(absolute inode-table block, byte offset inside it) of inode ``ino``."""
+        idx = self._inode_index(ino)
+        byte = idx * self.layout.inode_size
+        bs = self.layout.block_size
+        return self.layout.inode_table + byte // bs, byte % bs
+
+    async def _itable_block(self, block: int) -> bytearray:
+        buf = self._itable.get(block)
+        if buf is not None:
+            self._itable.move_to_end(block)
+            return buf
+        bs = self.layout.block_size
+        if self.layout.flags & BG_INODE_UNINIT:
+            buf = bytearray(bs)
+        else:
+            buf = bytearray(await self.device.read(block * bs, bs))
+        self._itable[block] = buf
+        if len(self._itable) > ITABLE_CACHE_BLOCKS:
+            self._itable.popitem(last=False)
+        return buf
+
+    async def read_inode(self, ino: int) -> bytes:
+        block, off = self._inode_place(ino)
+        buf = await self._itable_block(block)
+        return bytes(buf[off : off + self.layout.inode_size])
+
+    async def write_inode(self, ino: int, raw: bytes) -> None:
+        self._check_writable()
+        if not 0 < len(raw) <= self.layout.inode_size:
+            raise OSError(
+                errno.EINVAL,
+                f"inode record of {len(raw)} bytes (inode size {self.layout.inode_size})",
+            )
+        block, off = self._inode_place(ino)
+        buf = await self._itable_block(block)
+        buf[off : off + len(raw)] = raw
+        # Written through: the block cache only ever holds what is on the device.
+        await self.device.write(block * self.layout.block_size, bytes(buf))
+
+    # -- blocks ------------------------------------------------------------------------------
+
+    def _free_view(self) -> int:
+        return self._full ^ (self._bmap | self._bnever)
+
+    async def alloc_blocks(self, goal: int, count: int) -> tuple[int, int] | None:
+        self._check_writable()
+        if count < 1:
+            raise OSError(errno.EINVAL, f"allocation of {count} blocks")
+        lay = self.layout
+        free = self._free_view()
+        if not free:
+            return None
+        rel_goal = goal - lay.first_block
+        if not 0 <= rel_goal < lay.nblocks:
+            rel_goal = 0
+        count = min(count, lay.nblocks)
+        if (free >> rel_goal) & 1:
+            # Goal free: extend from it (contiguous with whatever the caller has there).
+            start = rel_goal
+            used_after = ((self._full ^ free) | (1 << self._nbits)) >> start
+            n = min(count, _lowest_bit(used_after))
+        else:
+            start = _first_at_or_after(_run_starts(free, count), rel_goal)
+            n = count
+            if start is None:
+                # No run holds all of it: the longest run (binary search on its length).
+                lo, hi = 1, count - 1  # a run of length lo exists; none of length count
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if _run_starts(free, mid):
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                n = lo
+                start = _first_at_or_after(_run_starts(free, n), rel_goal)
+                assert start is not None
+        self._bmap |= ((1 << n) - 1) << start
+        self._bmap_dirty = True
+        self.free_blocks -= n
+        await self._changed()
+        return lay.first_block + start, n
+
+    async def free_blocks_run(self, start: int, count: int) -> None:
+        self._check_writable()
+        lay = self.layout
+        rel = start - lay.first_block
+        if count < 1 or rel < 0 or rel + count > lay.nblocks:
+            raise self._fs_error(
+                "free-out-of-group",
+                f"freeing blocks {start}+{count} outside the group",
+                block=start,
+            )
+        mask = ((1 << count) - 1) << rel
+        if mask & self._bnever:
+            raise self._fs_error(
+                "free-metadata", f"freeing metadata blocks in {start}+{count}", block=start
+            )
+        if self._bmap & mask != mask:
+            raise self._fs_error(
+                "block-double-free", f"blocks in {start}+{count} freed twice", block=start
+            )
+        self._bmap &= ~mask
+        self._bmap_dirty = True
+        self.free_blocks += count
+        await self._changed()
+
+    # -- introspection for tests and fsck-like checks -----------------------------------------
+
+    def block_in_use(self, block: int) -> bool:
+        rel = block - self.layout.first_block
+        return bool((self._bmap >> rel) & 1)
+
+    def inode_in_use(self, ino: int) -> bool:
+        return bool((self._imap >> self._inode_index(ino)) & 1)
+
+
+class BlockGroupActor(Actor):
+    """Serves one ``BlockGroup`` through ``chanos.fs.group_protocol`` messages.
+
+    ``superblock`` (an ActorRef, optional) receives ``GroupCountsChanged`` casts after every
+    change and ``ReportError`` casts for on-disk inconsistencies.
+    """
+
+    def __init__(
+        self,
+        layout: GroupLayout,
+        device: BlockIO,
+        *,
+        used_dirs: int,
+        superblock: Any = None,
+        read_only: bool = False,
+        write_through: bool = True,
+    ) -> None:
+        on_counts = on_error = None
+        if superblock is not None:
+            on_counts, on_error = _reporters(superblock)
+        self.group = BlockGroup(
+            layout,
+            device,
+            used_dirs=used_dirs,
+            read_only=read_only,
+            write_through=write_through,
+            on_counts=on_counts,
+            on_error=on_error,
+        )
+
+    async def started(self) -> None:
+        await self.group.load()
+        await self.group.sync()  # report the exact counts (they may differ from the GDT)
+
+    async def handle(self, msg: object) -> Any:
+        g = self.group
+        match msg:
+            case ReadInode(ino):
+                return await g.read_inode(ino)
+            case WriteInode(ino, raw):
+                return await g.write_inode(ino, raw)
+            case AllocBlocks(goal, count):
+                return await g.alloc_blocks(goal, count)
+            case FreeBlocks(start, count):
+                return await g.free_blocks_run(start, count)
+            case AllocInode(is_dir):
+                return await g.alloc_inode(is_dir)
+            case FreeInode(ino, is_dir):
+                return await g.free_inode(ino, is_dir)
+            case GetCounts():
+                return g.counts()
+            case Sync():
+                return await g.sync()
+            case _:
+                raise OSError(errno.ENOSYS, f"block group: unknown message {type(msg).__name__}")
+
+    async def stopped(self) -> None:
+        if self.group.loaded and not self.group.read_only:
+            await self.group.sync()
+
+
+def _reporters(
+    superblock: Any,
+) -> tuple[Callable[[GroupCounts], None], Callable[[str, int, int], None]]:
+    def on_counts(c: GroupCounts) -> None:
+        cast(superblock, GroupCountsChanged(c.group, c.free_blocks, c.free_inodes, c.used_dirs))
+
+    def on_error(where: str, ino: int, block: int) -> None:
+        cast(superblock, ReportError(where, ino, block))
+
+    return on_counts, on_error

@@ -1,0 +1,83 @@
+"""Messages understood by a block-group actor (chanos.fs.block_group).
+
+One block-group actor owns one group's block bitmap, inode bitmap and slice of the inode
+table. Inode numbers are ext4 inode numbers (1-based, global); block numbers are absolute
+file-system block numbers. Errors come back as ``OSError``: EUCLEAN for on-disk
+inconsistencies (double free, freeing metadata), EINVAL for a request outside the group,
+EROFS on a read-only volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class AllocInode:
+    """Allocate a free inode in this group -> ino, or None when the group has none free."""
+
+    is_dir: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FreeInode:
+    """Mark inode ``ino`` free (its record is left as the caller last wrote it) -> None."""
+
+    ino: int
+    is_dir: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReadInode:
+    """Read inode ``ino``'s on-disk record -> bytes of the volume's inode size."""
+
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteInode:
+    """Replace the first ``len(raw)`` bytes of inode ``ino``'s record (written through)."""
+
+    ino: int
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AllocBlocks:
+    """Allocate up to ``count`` contiguous blocks near ``goal`` -> (start, n) or None if full.
+
+    The run starts at ``goal`` when that block is free; otherwise the first run from the
+    goal onwards (wrapping inside the group) that holds all ``count`` blocks; otherwise the
+    longest free run of the group.
+    """
+
+    goal: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FreeBlocks:
+    """Free ``count`` blocks from ``start`` (all inside this group) -> None."""
+
+    start: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetCounts:
+    """-> GroupCounts: this group's exact free-block, free-inode and used-directory counts."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """Write back every dirty bitmap and inode-table block -> GroupCounts."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCounts:
+    """One group's descriptor counters (a reply, and the payload reported to the superblock)."""
+
+    group: int
+    free_blocks: int
+    free_inodes: int
+    used_dirs: int
