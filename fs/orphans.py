@@ -1,0 +1,222 @@
+"""The orphan list: inodes with no name left that are still open.
+
+ext4 keeps such inodes on a singly linked list on disk so that a crash does not leak
+them: the superblock's ``s_last_orphan`` names the first, and each orphan's ``i_dtime``
+field (unused while the inode is live) names the next; 0 ends the list. The next mount
+frees everything on the list before anything else happens.
+
+``OrphanList`` is the actor that owns the list's order. It never writes an inode itself:
+an inode's record belongs to its vnode actor, so
+
+* a vnode whose last link goes while a handle is open calls ``AddOrphan(ino)``; the
+  reply is the inode that follows it (the old head), which the vnode stores in its
+  ``i_dtime`` and writes with its inode; the actor then points ``s_last_orphan`` at it;
+* a vnode that frees an orphan (last release, or ``Reclaim`` at mount) calls
+  ``RemoveOrphan(ino)``. Unlinking from the head only moves ``s_last_orphan``; unlinking
+  from the middle makes the predecessor skip it, by casting ``SetOrphanNext(next)`` to the
+  predecessor's vnode (a cast, so an orphan list busy with one vnode never waits on
+  another). A vnode must accept ``SetOrphanNext`` at any time while it is on the list.
+
+``cleanup_orphans`` runs at mount, before the kernel serves anything: it walks the chain
+left on disk, sends ``Reclaim()`` to each orphan's vnode (which frees its blocks and the
+inode), and leaves ``s_last_orphan`` = 0. A hostile chain (a loop, an inode number out of
+range, a live inode on the list) is cut short without crashing the mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from chanos.fs.superblock_protocol import GetLastOrphan, SetLastOrphan
+from chanos.fs.vnode_protocol import Reclaim
+from chanos.fs.vnode_table import Pin, Unpin, call_vnode
+from chanos.personality import Actor, ActorRef, call, cast
+
+log = logging.getLogger(__name__)
+
+# i_links_count at 0x1A (u16), i_dtime at 0x14 (u32) in the on-disk inode.
+_DTIME = struct.Struct("<I")
+_LINKS = struct.Struct("<H")
+DTIME_OFFSET = 0x14
+LINKS_OFFSET = 0x1A
+
+
+# ---------------------------------------------------------------------------------------
+# Protocol
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AddOrphan:
+    """Put ``ino`` at the head of the list -> int: the next orphan (store it in i_dtime)."""
+
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveOrphan:
+    """Take ``ino`` off the list -> None (no-op when it is not on it)."""
+
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetOrphanNext:
+    """To a vnode (cast): the orphan after you is now ``next_ino``; store it in i_dtime."""
+
+    next_ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadChain:
+    """Adopt the chain found on disk (head first) -> None. Used by ``cleanup_orphans``."""
+
+    chain: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ListOrphans:
+    """-> tuple[int, ...]: the list, head first."""
+
+
+# ---------------------------------------------------------------------------------------
+# The actor
+# ---------------------------------------------------------------------------------------
+
+
+class OrphanList(Actor):
+    """Owns the order of the orphan list and ``s_last_orphan``.
+
+    ``superblock``: the superblock actor; ``table``: the vnode table (to reach a
+    predecessor's vnode with ``SetOrphanNext``).
+    """
+
+    def __init__(self, superblock: ActorRef, table: ActorRef) -> None:
+        self._sb = superblock
+        self._table = table
+        # Head first. Orphans are few (open-but-unlinked files), so a list is right.
+        self._chain: list[int] = []
+
+    async def handle(self, msg: Any) -> Any:
+        match msg:
+            case AddOrphan(ino):
+                if ino in self._chain:
+                    i = self._chain.index(ino)
+                    return self._chain[i + 1] if i + 1 < len(self._chain) else 0
+                nxt = self._chain[0] if self._chain else 0
+                self._chain.insert(0, ino)
+                await call(self._sb, SetLastOrphan(ino))
+                return nxt
+            case RemoveOrphan(ino):
+                if ino not in self._chain:
+                    return None
+                i = self._chain.index(ino)
+                nxt = self._chain[i + 1] if i + 1 < len(self._chain) else 0
+                del self._chain[i]
+                if i == 0:
+                    await call(self._sb, SetLastOrphan(nxt))
+                else:
+                    await _tell_vnode(self._table, self._chain[i - 1], SetOrphanNext(nxt))
+                return None
+            case LoadChain(chain):
+                self._chain = list(chain)
+                return None
+            case ListOrphans():
+                return tuple(self._chain)
+            case _:
+                raise TypeError(f"orphan list: unknown message {msg!r}")
+
+
+async def _tell_vnode(table: ActorRef, ino: int, msg: Any) -> None:
+    """Cast ``msg`` to ``ino``'s vnode. The vnode is an orphan, hence open, hence live and
+    pinned by its handle: the pin taken here only bridges the address lookup."""
+    ref = await call(table, Pin(ino))
+    try:
+        cast(ref, msg)
+    finally:
+        cast(table, Unpin(ino))
+
+
+# ---------------------------------------------------------------------------------------
+# Mount-time cleanup
+# ---------------------------------------------------------------------------------------
+
+
+async def read_chain(
+    superblock: ActorRef,
+    read_inode: Any,
+    inodes_count: int,
+    first_ino: int,
+) -> tuple[tuple[int, ...], int]:
+    """The orphan chain on disk, head first, and the linked inode it stopped at (or 0).
+
+    ``read_inode(ino) -> bytes`` reads an inode record (through its group actor). The walk
+    stops at 0, at an inode number out of range, at an inode seen before (a loop) or at an
+    inode that still has links (ext4 would truncate such an inode; it is taken off the
+    list here and reported, since its size is already what the inode says).
+    """
+    head = await call(superblock, GetLastOrphan())
+    chain: list[int] = []
+    seen: set[int] = set()
+    ino = head
+    while ino:
+        if ino in seen or not (first_ino <= ino <= inodes_count):
+            log.warning("orphan list: bad link to inode %d; list cut there", ino)
+            break
+        seen.add(ino)
+        raw = await read_inode(ino)
+        (links,) = _LINKS.unpack_from(raw, LINKS_OFFSET)
+        (nxt,) = _DTIME.unpack_from(raw, DTIME_OFFSET)
+        if links != 0:
+            log.warning("orphan list: inode %d still has %d links; not freed", ino, links)
+            return tuple(chain), ino
+        chain.append(ino)
+        ino = nxt
+    return tuple(chain), 0
+
+
+async def cleanup_orphans(
+    superblock: ActorRef,
+    orphans: ActorRef,
+    table: ActorRef,
+    read_inode: Any,
+    inodes_count: int,
+    first_ino: int,
+    read_only: bool = False,
+) -> int:
+    """Free every inode left on the on-disk orphan list -> how many were freed.
+
+    Each orphan's vnode gets ``Reclaim()``; it frees the blocks and the inode and takes
+    itself off the list (``RemoveOrphan``). Whatever is left on the list afterwards (a cut
+    chain) is dropped, so ``s_last_orphan`` ends at 0. On a read-only mount nothing is
+    changed (as ext4 does with ``noload``-style read-only mounts) and 0 is returned.
+    """
+    if read_only:
+        return 0
+    head = await call(superblock, GetLastOrphan())
+    if not head:
+        return 0
+    chain, linked = await read_chain(superblock, read_inode, inodes_count, first_ino)
+    await call(orphans, LoadChain(chain))
+    freed = 0
+    for ino in chain:
+        try:
+            await call_vnode(table, ino, Reclaim())
+            freed += 1
+        except OSError as exc:
+            if exc.errno not in (errno.EIO, errno.EUCLEAN, errno.ENOENT):
+                raise
+            log.error("orphan list: cannot free inode %d: %s", ino, exc)
+        # Whatever the vnode did, the inode is off the list now.
+        await call(orphans, RemoveOrphan(ino))
+    await call(orphans, LoadChain(()))
+    if linked:
+        # A live inode found on the list keeps its links; its i_dtime must read 0 again.
+        await call_vnode(table, linked, SetOrphanNext(0))
+    if await call(superblock, GetLastOrphan()):
+        await call(superblock, SetLastOrphan(0))
+    return freed

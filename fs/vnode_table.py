@@ -1,0 +1,311 @@
+"""The vnode table: inode number -> the live vnode actor serving it.
+
+The table is an actor. It starts a vnode actor on the first message for an inode (under
+the vnode supervisor), hands out its address, and keeps the number of live vnode actors
+near a bound (``max_vnodes``) by retiring idle ones, least recently used first. A retired
+vnode is started again, from its on-disk state, by the next message for its inode.
+
+Pins: who may hold a vnode's address
+------------------------------------
+An address handed out must stay valid while it is used, so every user pins the vnode:
+
+* a request in flight: ``Pin(ino)`` (a call, answered with the address) ... the request to
+  the vnode ... ``Unpin(ino)`` (a cast). ``call_vnode`` does exactly this and is what the
+  kernel, the rename coordinator and vnodes themselves use to reach another vnode;
+* an open handle: ``Unpin(ino, opened=1)`` turns the request's pin into a handle pin, kept
+  until ``Closed(ino)`` (sent when the handle is released). A ``Handle`` carries the vnode's
+  address, so a vnode with open handles is never retired.
+
+"Idle" means: no pins of either kind. Only idle vnodes are retired; the lookup count the
+host kernel holds (``Forget``) does not keep a vnode alive, because a vnode keeps no state
+that is not written back on retirement. The bound is therefore soft: when more vnodes
+than ``max_vnodes`` are pinned at once, the table runs above the bound until pins drop.
+A vnode whose lookup count drops to zero by ``Forget`` is retired as soon as it is idle
+(the host kernel has forgotten it), even below the bound.
+
+Retirement is ``WriteBack()`` then ``stop()``, awaited inside the table's turn. That is
+safe from deadlock because an idle vnode is, by definition, not serving a request that
+could be waiting on the table; and it guarantees a new actor for the same inode never
+starts before the old one has written its state back.
+
+Crashes: a vnode that raises anything but ``OSError`` is restarted by the vnode
+supervisor from fresh state (re-read from disk); the request that hit the crash gets
+``OSError(EIO)`` from ``call_vnode`` and the table is told (``Crashed``), so it can drop an
+address that did not survive the restart.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from chanos.fs.vnode_protocol import WriteBack
+from chanos.personality import TRANSIENT, Actor, ActorRef, CallError, ChildSpec, call, cast
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_VNODES = 10_000
+
+
+# ---------------------------------------------------------------------------------------
+# Protocol
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """-> ActorRef of ``ino``'s vnode (started if needed), pinned until ``Unpin``."""
+
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unpin:
+    """Cast: drop one request pin of ``ino``.
+
+    ``opened``: handles opened by the request, which keep the vnode pinned until as many
+    ``Closed``. ``looked_up``: the inode of an Entry the request returned to the host
+    kernel (0 = none), counted as one lookup reference (see ``Forget``).
+    """
+
+    ino: int
+    opened: int = 0
+    looked_up: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """Cast: one open handle of ``ino`` was released."""
+
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """Cast: the host kernel dropped ``nlookup`` lookup references on ``ino``."""
+
+    ino: int
+    nlookup: int
+
+
+@dataclass(frozen=True, slots=True)
+class Crashed:
+    """Cast: a request to ``ref`` (the vnode of ``ino``) failed with a crash."""
+
+    ino: int
+    ref: Any
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBackAll:
+    """Write back every live vnode (sync) -> None."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetireAll:
+    """Write back and stop every live vnode (unmount) -> None. Pins are ignored: the
+    caller guarantees nothing is in flight."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetStats:
+    """-> TableStats."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableStats:
+    live: int
+    pinned: int
+    started: int
+    retired: int
+    peak: int
+    max_vnodes: int
+
+
+# ---------------------------------------------------------------------------------------
+# Client helper
+# ---------------------------------------------------------------------------------------
+
+
+async def call_vnode(table: ActorRef, ino: int, msg: Any) -> Any:
+    """Send ``msg`` to ``ino``'s vnode and return the reply (OSError passes through).
+
+    The vnode is pinned for the duration of the call. A crash of the vnode while serving
+    (or holding) the request becomes ``OSError(EIO)``.
+    """
+    ref = await call(table, Pin(ino))
+    try:
+        return await call(ref, msg)
+    except CallError as exc:
+        cast(table, Crashed(ino, ref))
+        log.error("vnode %d failed serving %s: %r", ino, type(msg).__name__, exc)
+        raise OSError(errno.EIO, f"vnode {ino} failed: {exc}") from exc
+    finally:
+        cast(table, Unpin(ino))
+
+
+# ---------------------------------------------------------------------------------------
+# The table actor
+# ---------------------------------------------------------------------------------------
+
+
+class _Slot:
+    """Book-keeping of one live vnode (plain record, owned by the table actor)."""
+
+    __slots__ = ("opened", "pins", "ref")
+
+    def __init__(self, ref: ActorRef) -> None:
+        self.ref = ref
+        self.pins = 0  # requests in flight
+        self.opened = 0  # open handles
+
+
+class VnodeTable(Actor):
+    """The table actor. ``start_vnode(ino) -> ActorRef`` starts a vnode actor for ``ino``
+    (under the vnode supervisor); boot supplies it, see ``supervised_starter``."""
+
+    def __init__(
+        self,
+        start_vnode: Callable[[int], Any],
+        max_vnodes: int = DEFAULT_MAX_VNODES,
+    ) -> None:
+        if max_vnodes < 1:
+            raise ValueError("max_vnodes must be at least 1")
+        self._start_vnode = start_vnode
+        self._max = max_vnodes
+        # Live vnodes, least recently used first (move_to_end on every Pin).
+        self._live: OrderedDict[int, _Slot] = OrderedDict()
+        # Lookup references held by the host kernel, by inode (live or not).
+        self._lookups: dict[int, int] = {}
+        self._started = 0
+        self._retired = 0
+        self._peak = 0
+
+    async def handle(self, msg: Any) -> Any:
+        match msg:
+            case Pin(ino):
+                slot = self._live.get(ino)
+                if slot is None:
+                    await self._make_room()
+                    ref = await self._start_vnode(ino)
+                    slot = _Slot(ref)
+                    self._live[ino] = slot
+                    self._started += 1
+                    self._peak = max(self._peak, len(self._live))
+                else:
+                    self._live.move_to_end(ino)
+                slot.pins += 1
+                return slot.ref
+            case Unpin(ino, opened, looked_up):
+                slot = self._live.get(ino)
+                if slot is not None:
+                    slot.pins -= 1
+                    slot.opened += opened
+                if looked_up:
+                    self._lookups[looked_up] = self._lookups.get(looked_up, 0) + 1
+                if slot is not None and len(self._live) > self._max:
+                    await self._make_room(0)
+                return None
+            case Closed(ino):
+                slot = self._live.get(ino)
+                if slot is not None and slot.opened > 0:
+                    slot.opened -= 1
+                    if slot.opened == 0 and len(self._live) > self._max:
+                        await self._make_room(0)
+                return None
+            case Forget(ino, nlookup):
+                left = self._lookups.get(ino, 0) - nlookup
+                if left > 0:
+                    self._lookups[ino] = left
+                    return None
+                self._lookups.pop(ino, None)
+                slot = self._live.get(ino)
+                if slot is not None and slot.pins == 0 and slot.opened == 0:
+                    await self._retire(ino, slot)
+                return None
+            case Crashed(ino, ref):
+                slot = self._live.get(ino)
+                if slot is not None and slot.ref is ref and not _alive(ref):
+                    # The restart did not keep the address: forget it, start afresh.
+                    del self._live[ino]
+                return None
+            case WriteBackAll():
+                for ino, slot in list(self._live.items()):
+                    await self._write_back(ino, slot)
+                return None
+            case RetireAll():
+                while self._live:
+                    ino, slot = self._live.popitem(last=False)
+                    await self._stop(ino, slot)
+                return None
+            case GetStats():
+                return TableStats(
+                    live=len(self._live),
+                    pinned=sum(1 for s in self._live.values() if s.pins or s.opened),
+                    started=self._started,
+                    retired=self._retired,
+                    peak=self._peak,
+                    max_vnodes=self._max,
+                )
+            case _:
+                raise TypeError(f"vnode table: unknown message {msg!r}")
+
+    async def _make_room(self, incoming: int = 1) -> None:
+        """Retire idle vnodes, least recently used first, until ``incoming`` more fit."""
+        excess = len(self._live) + incoming - self._max
+        if excess <= 0:
+            return
+        victims = []
+        for ino, slot in self._live.items():
+            if slot.pins == 0 and slot.opened == 0:
+                victims.append((ino, slot))
+                if len(victims) == excess:
+                    break
+        for ino, slot in victims:
+            await self._retire(ino, slot)
+
+    async def _retire(self, ino: int, slot: _Slot) -> None:
+        del self._live[ino]
+        await self._stop(ino, slot)
+        self._retired += 1
+
+    async def _write_back(self, ino: int, slot: _Slot) -> None:
+        try:
+            await call(slot.ref, WriteBack())
+        except CallError as exc:
+            # A crash while writing back loses only what the crash lost; the actor is
+            # restarted from disk. Report it and go on with the others.
+            log.error("vnode %d failed writing back: %r", ino, exc)
+
+    async def _stop(self, ino: int, slot: _Slot) -> None:
+        await self._write_back(ino, slot)
+        try:
+            await slot.ref.stop()
+        except CallError as exc:
+            log.error("vnode %d failed stopping: %r", ino, exc)
+
+
+def _alive(ref: Any) -> bool:
+    """Whether an actor address still reaches a running actor (best effort)."""
+    alive = getattr(ref, "alive", None)
+    if alive is None:
+        return False
+    return bool(alive() if callable(alive) else alive)
+
+
+def supervised_starter(supervisor: Any, make_vnode: Callable[[int], Actor]) -> Callable[[int], Any]:
+    """``start_vnode`` for ``VnodeTable``: start ``make_vnode(ino)`` under ``supervisor``.
+
+    Vnodes are TRANSIENT children: restarted after a crash, not after a retirement.
+    """
+
+    async def start(ino: int) -> ActorRef:
+        return await supervisor.start(
+            ChildSpec(name=f"vnode-{ino}", factory=lambda: make_vnode(ino), restart=TRANSIENT)
+        )
+
+    return start
