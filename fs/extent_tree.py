@@ -1,0 +1,637 @@
+"""The extent tree of one inode: logical -> physical block mapping for extent-mapped files.
+
+Owns the in-memory image of one inode's ext4 extent tree: the root node that lives in the
+inode's 60-byte ``i_block`` (at most 4 entries) and the tree blocks below it, any depth.
+It maps logical ranges (with holes), inserts mappings (merging with a physically contiguous
+neighbour), splits full nodes and grows the depth, removes ranges (truncate, punch hole)
+freeing data and emptied tree blocks and shrinking the depth again, and keeps every index
+key equal to the first logical block of its child, as e2fsck checks.
+
+The tree is owned by exactly one vnode actor; nobody else touches it, so there is no
+locking. Tree blocks are cached in memory once read; modified ones are written back by
+``flush()``. A freed tree block is dropped from the cache and from the dirty set so that a
+later flush never overwrites a block that has been reused for data.
+
+Block I/O and allocation go through two small async interfaces passed in by the vnode (see
+``BlockStore`` and ``BlockAllocator``), so the tree is unit-tested with in-memory fakes.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from bisect import bisect_right
+from typing import NamedTuple, Protocol
+
+# Longest extent the format can express: initialized extents store up to 32768 blocks,
+# unwritten ones up to 32767 (ee_len above 32768 marks an unwritten extent).
+MAX_INIT_LEN = 32768
+MAX_UNWRITTEN_LEN = 32767
+# Logical block numbers are 32 bits; an extent may end exactly at 2**32.
+LBLK_LIMIT = 1 << 32
+# The root in i_block: 60 bytes = a 12-byte header and four 12-byte entries.
+ROOT_CAPACITY = 4
+# The kernel refuses extent trees deeper than this.
+MAX_DEPTH = 5
+
+
+# ----- node codec (header, index and leaf entries) ---------------------------------------
+# TODO(format): switch to chanos.fs.format.extent once it lands; keep these signatures.
+_MAGIC = 0xF30A
+_HDR = struct.Struct("<HHHHI")  # eh_magic, eh_entries, eh_max, eh_depth, eh_generation
+_LEAF = struct.Struct("<IHHI")  # ee_block, ee_len, ee_start_hi, ee_start_lo
+_IDX = struct.Struct("<IIHH")  # ei_block, ei_leaf_lo, ei_leaf_hi, ei_unused
+
+
+def _node_capacity(block_size: int) -> int:
+    """Entries in one tree block (the header takes 12 bytes, each entry 12)."""
+    return (block_size - _HDR.size) // _LEAF.size
+
+
+def _decode_node(raw: bytes, *, in_inode: bool) -> tuple[int, int, list[tuple]]:
+    """(depth, eh_max, entries) of a node; raises OSError(EIO) when malformed."""
+    magic, n, emax, depth, _gen = _HDR.unpack_from(raw, 0)
+    cap = (len(raw) - _HDR.size) // _LEAF.size
+    if magic != _MAGIC:
+        raise _corrupt(f"bad header magic {magic:#x}")
+    # e2fsck accepts eh_max between capacity-2 and capacity (room for a checksum tail).
+    if n > emax or emax > cap or emax < max(cap - 2, 1):
+        raise _corrupt(f"header entries {n} max {emax} (capacity {cap})")
+    entries: list[tuple] = []
+    off = _HDR.size
+    if depth == 0:
+        for _ in range(n):
+            lblk, ln, hi, lo = _LEAF.unpack_from(raw, off)
+            off += 12
+            unwritten = ln > MAX_INIT_LEN
+            if unwritten:
+                ln -= MAX_INIT_LEN
+            if ln == 0:
+                raise _corrupt(f"zero-length extent at {lblk}")
+            entries.append((lblk, (hi << 32) | lo, ln, unwritten))
+    else:
+        for _ in range(n):
+            lblk, lo, hi, _unused = _IDX.unpack_from(raw, off)
+            off += 12
+            entries.append((lblk, (hi << 32) | lo))
+    prev = -1
+    for e in entries:
+        if e[0] <= prev:
+            raise _corrupt("entries out of order")
+        prev = e[0]
+    return depth, emax, entries
+
+
+def _encode_node(depth: int, emax: int, entries: list[tuple], *, in_inode: bool) -> bytes:
+    """The bytes of a node: 60 for the root, header + entries for a tree block."""
+    size = 60 if in_inode else _HDR.size + emax * _LEAF.size
+    buf = bytearray(size)
+    _HDR.pack_into(buf, 0, _MAGIC, len(entries), emax, depth, 0)
+    off = _HDR.size
+    if depth == 0:
+        for lblk, p, ln, unwritten in entries:
+            _LEAF.pack_into(
+                buf, off, lblk, ln + MAX_INIT_LEN if unwritten else ln, p >> 32, p & 0xFFFFFFFF
+            )
+            off += 12
+    else:
+        for lblk, child in entries:
+            _IDX.pack_into(buf, off, lblk, child & 0xFFFFFFFF, child >> 32, 0)
+            off += 12
+    return bytes(buf)
+
+
+class BlockStore(Protocol):
+    """Block I/O of the device the inode lives on (block numbers in file-system blocks)."""
+
+    async def read_blocks(self, start: int, count: int) -> bytes: ...
+
+    async def write_blocks(self, start: int, data: bytes | bytearray | memoryview) -> None: ...
+
+
+class BlockAllocator(Protocol):
+    """Block allocation for one inode (the vnode supplies the policy)."""
+
+    async def allocate(self, goal: int, count: int) -> tuple[int, int]: ...
+
+    async def free(self, start: int, count: int) -> None: ...
+
+
+class Run(NamedTuple):
+    """A piece of a logical range: mapped (``physical`` set) or a hole (``physical`` None)."""
+
+    logical: int
+    physical: int | None
+    length: int
+    unwritten: bool = False
+
+
+class _Node:
+    """One node of the tree: the root (``block`` None) or a tree block.
+
+    Leaf entries are ``(lblk, pblk, length, unwritten)`` tuples; index entries are
+    ``(lblk, child_block)`` tuples. Both are kept sorted by ``lblk``.
+    """
+
+    __slots__ = ("block", "capacity", "depth", "dirty", "entries")
+
+    def __init__(self, block: int | None, depth: int, capacity: int, entries: list) -> None:
+        self.block = block
+        self.depth = depth
+        self.capacity = capacity
+        self.entries = entries
+        self.dirty = False
+
+
+def _key(entry: tuple) -> int:
+    return entry[0]
+
+
+def _corrupt(what: str) -> OSError:
+    return OSError(errno.EIO, f"corrupt extent tree: {what}")
+
+
+class ExtentTree:
+    """The extent tree of one inode.
+
+    ``i_block`` is the inode's 60-byte block array holding the root node. After a
+    modification ``root_dirty`` is True and ``i_block`` gives the bytes to store back into
+    the inode; the vnode clears ``root_dirty`` once it has done so.
+    """
+
+    def __init__(
+        self,
+        i_block: bytes,
+        store: BlockStore,
+        allocator: BlockAllocator,
+        block_size: int,
+        *,
+        goal: int = 0,
+    ) -> None:
+        depth, _max, entries = _decode_node(bytes(i_block[:60]), in_inode=True)
+        if depth > MAX_DEPTH:
+            raise _corrupt(f"root depth {depth}")
+        self._root = _Node(None, depth, ROOT_CAPACITY, entries)
+        self._store = store
+        self._alloc = allocator
+        self.block_size = block_size
+        self.node_capacity = _node_capacity(block_size)
+        self._cache: dict[int, _Node] = {}
+        # Where new blocks go when the file has no mapped neighbour: near the inode.
+        self.goal = goal
+        self.root_dirty = False
+
+    @staticmethod
+    def empty_root() -> bytes:
+        """The ``i_block`` of a new, empty extent-mapped inode."""
+        return _encode_node(0, ROOT_CAPACITY, [], in_inode=True)
+
+    # ----- node access --------------------------------------------------------------------
+
+    @property
+    def i_block(self) -> bytes:
+        r = self._root
+        return _encode_node(r.depth, ROOT_CAPACITY, r.entries, in_inode=True)
+
+    @property
+    def depth(self) -> int:
+        return self._root.depth
+
+    async def _child(self, block: int, depth: int) -> _Node:
+        node = self._cache.get(block)
+        if node is not None:
+            return node
+        raw = await self._store.read_blocks(block, 1)
+        try:
+            d, emax, entries = _decode_node(raw, in_inode=False)
+        except ValueError as e:
+            raise _corrupt(f"block {block}: {e}") from None
+        if d != depth:
+            raise _corrupt(f"block {block} has depth {d}, expected {depth}")
+        if emax > self.node_capacity or emax < 1:
+            raise _corrupt(f"block {block} eh_max {emax}")
+        node = _Node(block, depth, emax, entries)
+        self._cache[block] = node
+        return node
+
+    def _mark(self, node: _Node) -> None:
+        if node.block is None:
+            self.root_dirty = True
+        else:
+            node.dirty = True
+
+    async def flush(self) -> None:
+        """Write every modified tree block back through the BlockStore."""
+        for node in self._cache.values():
+            if node.dirty:
+                data = _encode_node(node.depth, node.capacity, node.entries, in_inode=False)
+                if len(data) < self.block_size:
+                    data = data + bytes(self.block_size - len(data))
+                await self._store.write_blocks(node.block, data)
+                node.dirty = False
+
+    @property
+    def dirty(self) -> bool:
+        return self.root_dirty or any(n.dirty for n in self._cache.values())
+
+    async def _descend(self, lblk: int) -> list[list]:
+        """Path ``[[node, idx], ...]`` from the root to the leaf whose range holds lblk.
+
+        At index levels idx is the chosen child; at the leaf it is the position of the
+        last extent starting at or before lblk (-1 if none).
+        """
+        path: list[list] = []
+        node = self._root
+        while True:
+            i = bisect_right(node.entries, lblk, key=_key) - 1
+            if node.depth == 0:
+                path.append([node, i])
+                return path
+            if not node.entries:
+                raise _corrupt("empty index node")
+            i = max(i, 0)
+            path.append([node, i])
+            node = await self._child(node.entries[i][1], node.depth - 1)
+
+    async def _next_leaf(self, path: list[list]) -> bool:
+        """Move path to the leftmost leaf after its current leaf; False at the end."""
+        level = len(path) - 2
+        while level >= 0 and path[level][1] + 1 >= len(path[level][0].entries):
+            level -= 1
+        if level < 0:
+            return False
+        path[level][1] += 1
+        del path[level + 1 :]
+        node = path[level][0]
+        while node.depth > 0:
+            child = await self._child(node.entries[path[-1][1]][1], node.depth - 1)
+            path.append([child, 0])
+            node = child
+        path[-1][1] = 0
+        return True
+
+    async def _first_overlap(self, lblk: int) -> tuple[list[list], int] | None:
+        """Path and leaf position of the first extent ending after lblk, or None."""
+        path = await self._descend(lblk)
+        leaf, i = path[-1]
+        if i < 0 or leaf.entries[i][0] + leaf.entries[i][2] <= lblk:
+            i += 1
+        while i >= len(leaf.entries):
+            if not await self._next_leaf(path):
+                return None
+            leaf = path[-1][0]
+            i = 0
+        path[-1][1] = i
+        return path, i
+
+    # ----- queries ------------------------------------------------------------------------
+
+    async def map(self, lblk: int, count: int) -> list[Run]:
+        """Mapping of logical blocks [lblk, lblk+count): runs in order, holes included."""
+        end = lblk + count
+        runs: list[Run] = []
+        pos = lblk
+        found = await self._first_overlap(lblk)
+        if found is not None:
+            path, i = found
+            leaf = path[-1][0]
+            while pos < end:
+                if i >= len(leaf.entries):
+                    if not await self._next_leaf(path):
+                        break
+                    leaf, i = path[-1][0], 0
+                s, p, n, u = leaf.entries[i]
+                if s >= end:
+                    break
+                if s > pos:
+                    runs.append(Run(pos, None, s - pos))
+                    pos = s
+                stop = min(s + n, end)
+                runs.append(Run(pos, p + (pos - s), stop - pos, u))
+                pos = stop
+                i += 1
+        if pos < end:
+            runs.append(Run(pos, None, end - pos))
+        return runs
+
+    async def lookup(self, lblk: int) -> int | None:
+        """Physical block of logical block lblk (None for a hole; unwritten counts as mapped)."""
+        path = await self._descend(lblk)
+        leaf, i = path[-1]
+        if i >= 0:
+            s, p, n, _u = leaf.entries[i]
+            if lblk < s + n:
+                return p + (lblk - s)
+        return None
+
+    async def goal_for(self, lblk: int) -> int:
+        """Where to allocate logical block lblk: right after the extent before it, else near
+        the extent after it, else the inode's goal (as the kernel's ext4_ext_find_goal)."""
+        path = await self._descend(lblk)
+        leaf, i = path[-1]
+        if i >= 0:
+            s, p, _n, _u = leaf.entries[i]
+            return p + (lblk - s)
+        if leaf.entries:
+            s, p, _n, _u = leaf.entries[0]
+            return max(p - (s - lblk), 1) if p > s - lblk else p
+        return self.goal
+
+    async def extents(self) -> list[tuple[int, int, int, bool]]:
+        """Every extent of the file, in logical order (for checks and conversions)."""
+        out: list[tuple[int, int, int, bool]] = []
+        found = await self._first_overlap(0)
+        if found is None:
+            return out
+        path, i = found
+        while True:
+            out.extend(path[-1][0].entries[i:])
+            if not await self._next_leaf(path):
+                return out
+            i = 0
+
+    async def tree_blocks(self) -> list[int]:
+        """Physical numbers of all tree blocks (index levels are read, leaves are not)."""
+        out: list[int] = []
+        stack = [self._root]
+        while stack:
+            node = stack.pop()
+            if node.depth == 0:
+                continue
+            for _lblk, child in node.entries:
+                out.append(child)
+                if node.depth > 1:
+                    stack.append(await self._child(child, node.depth - 1))
+        return out
+
+    async def check(self) -> None:
+        """Verify the invariants e2fsck checks (tests use this after every operation)."""
+
+        async def walk(node: _Node, lo: int, hi: int) -> None:
+            if len(node.entries) > node.capacity:
+                raise AssertionError("node over capacity")
+            if node.block is not None and not node.entries:
+                raise AssertionError(f"empty tree block {node.block}")
+            prev_end = lo
+            for k, e in enumerate(node.entries):
+                if e[0] < prev_end:
+                    raise AssertionError(f"entry {e} out of order (prev end {prev_end})")
+                if node.depth == 0:
+                    s, p, n, u = e
+                    lim = MAX_UNWRITTEN_LEN if u else MAX_INIT_LEN
+                    if not 0 < n <= lim or s + n > hi or p <= 0:
+                        raise AssertionError(f"bad extent {e} in [{lo},{hi})")
+                    prev_end = s + n
+                else:
+                    child = await self._child(e[1], node.depth - 1)
+                    if not child.entries or child.entries[0][0] != e[0]:
+                        raise AssertionError(f"index key {e[0]} != child first key")
+                    nxt = node.entries[k + 1][0] if k + 1 < len(node.entries) else hi
+                    await walk(child, e[0], nxt)
+                    prev_end = e[0] + 1
+
+        r = self._root
+        if r.depth > 0 and len(r.entries) == 1:
+            child = await self._child(r.entries[0][1], r.depth - 1)
+            if len(child.entries) <= ROOT_CAPACITY:
+                raise AssertionError("tree could be shallower")
+        await walk(r, 0, LBLK_LIMIT)
+
+    # ----- modification -------------------------------------------------------------------
+
+    async def insert(self, lblk: int, pblk: int, count: int, unwritten: bool = False) -> None:
+        """Map the hole [lblk, lblk+count) to physical blocks [pblk, pblk+count).
+
+        The range must be unmapped. Long ranges are stored as several extents; each is
+        merged with a physically contiguous neighbour in the same leaf when the merged
+        length stays within the format's limit.
+        """
+        if count <= 0:
+            return
+        if lblk < 0 or lblk + count > LBLK_LIMIT:
+            raise OSError(errno.EFBIG, "logical block out of range")
+        limit = MAX_UNWRITTEN_LEN if unwritten else MAX_INIT_LEN
+        while count > 0:
+            n = min(count, limit)
+            await self._insert_one(lblk, pblk, n, unwritten, limit)
+            lblk += n
+            pblk += n
+            count -= n
+
+    async def _insert_one(self, lblk: int, pblk: int, n: int, u: bool, limit: int) -> None:
+        path = await self._descend(lblk)
+        leaf, i = path[-1]
+        ents = leaf.entries
+        if i >= 0:
+            s, p, ln, uu = ents[i]
+            if lblk < s + ln:
+                raise OSError(errno.EEXIST, f"logical block {lblk} already mapped")
+        if i + 1 < len(ents) and ents[i + 1][0] < lblk + n:
+            raise OSError(errno.EEXIST, f"logical block {ents[i + 1][0]} already mapped")
+        left_ok = False
+        if i >= 0:
+            s, p, ln, uu = ents[i]
+            left_ok = uu == u and s + ln == lblk and p + ln == pblk and ln + n <= limit
+        right_ok = False
+        if i + 1 < len(ents):
+            s2, p2, ln2, uu2 = ents[i + 1]
+            right_ok = uu2 == u and s2 == lblk + n and pblk + n == p2 and ln2 + n <= limit
+        if left_ok and right_ok and ents[i][2] + n + ents[i + 1][2] <= limit:
+            s, p, ln, _ = ents[i]
+            ents[i] = (s, p, ln + n + ents[i + 1][2], u)
+            self._mark(leaf)
+            await self._delete(path, len(path) - 1, i + 1)
+            await self._collapse()
+            return
+        if left_ok:
+            s, p, ln, _ = ents[i]
+            ents[i] = (s, p, ln + n, u)
+            self._mark(leaf)
+            return
+        if right_ok:
+            _s2, _p2, ln2, _ = ents[i + 1]
+            ents[i + 1] = (lblk, pblk, ln2 + n, u)
+            self._mark(leaf)
+            if i + 1 == 0:
+                self._fix_keys(path, len(path) - 1)
+            return
+        await self._insert_entry(path, i + 1, (lblk, pblk, n, u))
+
+    async def _insert_entry(self, path: list[list], pos: int, entry: tuple) -> None:
+        """Insert a leaf entry at pos, splitting full nodes and growing the root.
+
+        Every tree block the insertion needs is allocated before anything changes, so an
+        ENOSPC leaves the tree as it was.
+        """
+        need = 0
+        level = len(path) - 1
+        while level >= 0 and len(path[level][0].entries) >= path[level][0].capacity:
+            need += 1
+            level -= 1
+        if level < 0:
+            # The root is full too: its entries move to a new block (need counted it), and
+            # that block may itself be full at once if tree blocks are as small as the root.
+            if self._root.depth >= MAX_DEPTH:
+                raise OSError(errno.EFBIG, "extent tree too deep")
+            if self.node_capacity <= len(self._root.entries):
+                need += 1
+        pool: list[int] = []
+        goal = entry[1] if path[-1][0].depth == 0 else self.goal
+        try:
+            while len(pool) < need:
+                start, got = await self._alloc.allocate(goal, need - len(pool))
+                pool.extend(range(start, start + got))
+                goal = start + got
+        except OSError:
+            for b in pool:
+                await self._alloc.free(b, 1)
+            raise
+        await self._insert_at(path, len(path) - 1, pos, entry, pool)
+        for b in pool:  # not expected: the count above is exact
+            await self._alloc.free(b, 1)
+
+    def _new_node(self, block: int, depth: int, entries: list) -> _Node:
+        node = _Node(block, depth, self.node_capacity, entries)
+        node.dirty = True
+        self._cache[block] = node
+        return node
+
+    async def _insert_at(
+        self, path: list[list], level: int, pos: int, entry: tuple, pool: list[int]
+    ) -> None:
+        node = path[level][0]
+        if len(node.entries) < node.capacity:
+            node.entries.insert(pos, entry)
+            self._mark(node)
+            if pos == 0:
+                self._fix_keys(path, level)
+            return
+        if level == 0:
+            # Grow: the root's entries move into a new tree block and the root becomes an
+            # index node with that block as its only child.
+            root = self._root
+            child = self._new_node(pool.pop(0), root.depth, root.entries)
+            root.entries = [(child.entries[0][0], child.block)]
+            root.depth += 1
+            self.root_dirty = True
+            path.insert(1, [child, path[0][1]])
+            path[0][1] = 0
+            await self._insert_at(path, 1, pos, entry, pool)
+            return
+        n = len(node.entries)
+        # Appending (the common case for a growing file) leaves the old node full and
+        # starts a new one; otherwise split in half.
+        split = n if pos == n else n // 2
+        new = self._new_node(pool.pop(0), node.depth, node.entries[split:])
+        del node.entries[split:]
+        self._mark(node)
+        if pos >= split:
+            new.entries.insert(pos - split, entry)
+        else:
+            node.entries.insert(pos, entry)
+            if pos == 0:
+                self._fix_keys(path, level)
+        await self._insert_at(
+            path, level - 1, path[level - 1][1] + 1, (new.entries[0][0], new.block), pool
+        )
+
+    def _fix_keys(self, path: list[list], level: int) -> None:
+        """After the first entry of path[level] changed, update the index keys above."""
+        while level > 0:
+            node = path[level][0]
+            parent, idx = path[level - 1]
+            key = node.entries[0][0]
+            if parent.entries[idx][0] == key:
+                return
+            parent.entries[idx] = (key, parent.entries[idx][1])
+            self._mark(parent)
+            if idx != 0:
+                return
+            level -= 1
+
+    async def _delete(self, path: list[list], level: int, pos: int) -> None:
+        """Remove entry pos of path[level]; free tree blocks that become empty."""
+        node = path[level][0]
+        del node.entries[pos]
+        self._mark(node)
+        if node.entries:
+            if pos == 0:
+                self._fix_keys(path, level)
+            return
+        if level == 0:
+            # An empty tree is a depth-0 root, as the kernel leaves it after truncate to 0.
+            node.depth = 0
+            return
+        await self._free_tree_block(node)
+        await self._delete(path, level - 1, path[level - 1][1])
+
+    async def _free_tree_block(self, node: _Node) -> None:
+        assert node.block is not None
+        self._cache.pop(node.block, None)
+        node.dirty = False
+        await self._alloc.free(node.block, 1)
+
+    async def _collapse(self) -> None:
+        """Pull a lone child into the root while it fits, so the depth shrinks back."""
+        root = self._root
+        while root.depth > 0 and len(root.entries) == 1:
+            child = await self._child(root.entries[0][1], root.depth - 1)
+            if len(child.entries) > ROOT_CAPACITY:
+                return
+            root.entries = list(child.entries)
+            root.depth = child.depth
+            self.root_dirty = True
+            await self._free_tree_block(child)
+
+    async def remove(self, lblk: int, count: int | None = None, *, free: bool = True) -> int:
+        """Unmap logical blocks [lblk, lblk+count) (to the end of the file if count is None).
+
+        Extents straddling the range are trimmed or split (punching a hole in the middle of
+        one extent adds an entry, which may need a new tree block: that is done first, so an
+        ENOSPC changes nothing). Data blocks are freed when ``free``; emptied tree blocks
+        always are. Returns the number of data blocks unmapped.
+        """
+        end = LBLK_LIMIT if count is None else min(lblk + count, LBLK_LIMIT)
+        removed = 0
+        pos = lblk
+        while pos < end:
+            found = await self._first_overlap(pos)
+            if found is None:
+                break
+            path, i = found
+            leaf = path[-1][0]
+            s, p, n, u = leaf.entries[i]
+            if s >= end:
+                break
+            lo, hi = max(s, pos), min(s + n, end)
+            level = len(path) - 1
+            if s < lo and hi < s + n:
+                # Punch inside one extent: add the right part first, then trim the left.
+                await self._insert_entry(path, i + 1, (hi, p + (hi - s), s + n - hi, u))
+                path = await self._descend(s)
+                leaf, i = path[-1]
+                leaf.entries[i] = (s, p, lo - s, u)
+                self._mark(leaf)
+            elif s == lo and hi == s + n:
+                await self._delete(path, level, i)
+            elif s == lo:
+                leaf.entries[i] = (hi, p + (hi - s), s + n - hi, u)
+                self._mark(leaf)
+                if i == 0:
+                    self._fix_keys(path, level)
+            else:
+                leaf.entries[i] = (s, p, lo - s, u)
+                self._mark(leaf)
+            if free:
+                await self._alloc.free(p + (lo - s), hi - lo)
+            removed += hi - lo
+            pos = hi
+        await self._collapse()
+        return removed
+
+    async def mark_written(self, lblk: int, count: int) -> None:
+        """Turn the unwritten extents inside [lblk, lblk+count) into initialized ones."""
+        for run in await self.map(lblk, count):
+            if run.physical is not None and run.unwritten:
+                await self.remove(run.logical, run.length, free=False)
+                await self.insert(run.logical, run.physical, run.length, False)

@@ -1,0 +1,338 @@
+"""A file's data at byte level: read, write, truncate and punch over its block mapping.
+
+Owns the translation of byte ranges into block I/O for one inode, on top of its mapping
+(an ``ExtentTree`` or, for old ext2/ext3 files, a ``BlockMap``):
+
+- ``read``: holes and unwritten extents read as zeros; every physically contiguous run of
+  blocks is one device request; the caller clamps the size to EOF.
+- ``write``: missing blocks are allocated in large contiguous runs near a goal (the block
+  after the previous block of the file, else near the inode); only partial edge blocks
+  are read-modify-written; the untouched parts of newly allocated edge blocks are zeroed;
+  one device request per physically contiguous run.
+- ``truncate`` and ``punch_hole`` free whole blocks and zero partial ones on disk, so the
+  bytes past EOF in the last block are always zero (as the kernel keeps them).
+- ``fs_blocks`` / ``i_blocks``: blocks the file holds (data and mapping metadata; the
+  xattr block is the vnode's), kept exact by counting every allocation and free.
+
+A write to a block-mapped file converts it to an extent tree first (the image has the
+extent feature) and then behaves as any extent file; ``converted`` tells the vnode to set
+EXT4_EXTENTS_FL. Without the extent feature such files are read-only (EOPNOTSUPP on write).
+"""
+
+from __future__ import annotations
+
+import errno
+
+from chanos.fs.block_map import BlockMap
+from chanos.fs.extent_tree import LBLK_LIMIT, BlockAllocator, BlockStore, ExtentTree, Run
+
+
+class _CountingAllocator:
+    """Passes requests through and counts blocks taken and given back."""
+
+    __slots__ = ("allocated", "freed", "inner")
+
+    def __init__(self, inner: BlockAllocator) -> None:
+        self.inner = inner
+        self.allocated = 0
+        self.freed = 0
+
+    async def allocate(self, goal: int, count: int) -> tuple[int, int]:
+        start, n = await self.inner.allocate(goal, count)
+        self.allocated += n
+        return start, n
+
+    async def free(self, start: int, count: int) -> None:
+        await self.inner.free(start, count)
+        self.freed += count
+
+
+class FileData:
+    """Byte-level data of one inode (owned by its vnode actor)."""
+
+    def __init__(
+        self,
+        i_block: bytes,
+        *,
+        extents: bool,
+        store: BlockStore,
+        allocator: BlockAllocator,
+        block_size: int,
+        fs_blocks: int,
+        goal: int = 0,
+        extent_feature: bool = True,
+        blocks_count: int | None = None,
+    ) -> None:
+        """``i_block``: the inode's 60-byte block array; ``extents``: EXT4_EXTENTS_FL is set;
+        ``fs_blocks``: file-system blocks the file holds now (i_blocks without the xattr
+        block); ``goal``: a block near the inode, where the first data block should go."""
+        self._store = store
+        self._alloc = _CountingAllocator(allocator)
+        self.block_size = block_size
+        self._base_blocks = fs_blocks
+        self._goal = goal
+        self._extent_feature = extent_feature
+        self.mapping: ExtentTree | BlockMap
+        if extents:
+            self.mapping = ExtentTree(i_block, store, self._alloc, block_size, goal=goal)
+        else:
+            self.mapping = BlockMap(
+                i_block, store, self._alloc, block_size, blocks_count=blocks_count, goal=goal
+            )
+        self.converted = False
+
+    # ----- state the vnode stores back into the inode -------------------------------------
+
+    @property
+    def uses_extents(self) -> bool:
+        return isinstance(self.mapping, ExtentTree)
+
+    @property
+    def i_block(self) -> bytes:
+        return self.mapping.i_block
+
+    @property
+    def inode_dirty(self) -> bool:
+        """i_block changed (the vnode also compares i_blocks itself)."""
+        return self.mapping.root_dirty
+
+    def clear_inode_dirty(self) -> None:
+        self.mapping.root_dirty = False
+
+    @property
+    def fs_blocks(self) -> int:
+        return self._base_blocks + self._alloc.allocated - self._alloc.freed
+
+    @property
+    def i_blocks(self) -> int:
+        """Blocks held, in 512-byte units (without the xattr block)."""
+        return self.fs_blocks * (self.block_size // 512)
+
+    async def flush(self) -> None:
+        """Write the modified mapping blocks (extent tree / indirect blocks) back."""
+        await self.mapping.flush()
+
+    # ----- read ---------------------------------------------------------------------------
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` (the caller has clamped the range to EOF)."""
+        if size <= 0:
+            return b""
+        bs = self.block_size
+        first = offset // bs
+        last = (offset + size - 1) // bs
+        if last >= LBLK_LIMIT:
+            raise OSError(errno.EFBIG, "offset beyond the largest file")
+        runs = await self.mapping.map(first, last - first + 1)
+        groups = _device_groups(runs, lambda r: r.physical is not None and not r.unwritten)
+        skip = offset - first * bs
+        if len(groups) == 1 and groups[0][0] == first and groups[0][2] == last - first + 1:
+            # The whole range is one physical run: no assembly buffer.
+            data = await self._store.read_blocks(groups[0][1], groups[0][2])
+            return bytes(memoryview(data)[skip : skip + size])
+        out = bytearray((last - first + 1) * bs)
+        for lblk, pblk, n in groups:
+            data = await self._store.read_blocks(pblk, n)
+            pos = (lblk - first) * bs
+            out[pos : pos + n * bs] = data
+        return bytes(memoryview(out)[skip : skip + size])
+
+    # ----- write --------------------------------------------------------------------------
+
+    async def _writable(self) -> ExtentTree:
+        if isinstance(self.mapping, ExtentTree):
+            return self.mapping
+        if not self._extent_feature:
+            raise OSError(errno.EOPNOTSUPP, "writing block-mapped files needs the extent feature")
+        await self._convert()
+        assert isinstance(self.mapping, ExtentTree)
+        return self.mapping
+
+    async def _convert(self) -> None:
+        """Rebuild a block-mapped file as an extent tree; free its indirect blocks."""
+        old = self.mapping
+        assert isinstance(old, BlockMap)
+        runs = [r for r in await old.map(0, old.limit) if r.physical is not None]
+        tree = ExtentTree(
+            ExtentTree.empty_root(), self._store, self._alloc, self.block_size, goal=self._goal
+        )
+        try:
+            for r in runs:
+                await tree.insert(r.logical, r.physical, r.length)
+        except OSError:
+            # Give back the tree blocks of the half-built tree; the old map is untouched.
+            for blk in await tree.tree_blocks():
+                await self._alloc.free(blk, 1)
+            raise
+        for blk in sorted(await old.indirect_blocks()):
+            await self._alloc.free(blk, 1)
+        tree.root_dirty = True
+        self.mapping = tree
+        self.converted = True
+
+    async def write(
+        self, offset: int, data: bytes | bytearray | memoryview, *, size: int | None = None
+    ) -> int:
+        """Write ``data`` at ``offset``; returns the number of bytes written.
+
+        ``size`` is the file size before the write: when the write starts past EOF, the
+        rest of the old last block is zeroed (the gap reads as zeros). If the device fills
+        up part-way, the bytes whose blocks could be allocated are written and their count
+        returned (a short write); ENOSPC is raised only when nothing could be written.
+        """
+        mv = memoryview(data).cast("B")
+        n = len(mv)
+        if n == 0:
+            return 0
+        bs = self.block_size
+        end = offset + n
+        first = offset // bs
+        last = (end - 1) // bs
+        if last >= LBLK_LIMIT:
+            raise OSError(errno.EFBIG, "file too large")
+        tree = await self._writable()
+        if size is not None and offset > size and size % bs and size // bs < first:
+            await self._zero_range(size, bs - size % bs)
+        runs = await tree.map(first, last - first + 1)
+
+        # Edge blocks that are only partly overwritten keep their old bytes (read now,
+        # before any allocation reshapes the tree); new or unwritten blocks start as zeros.
+        edges: dict[int, bytes] = {}
+        for lblk, part in ((first, offset % bs != 0), (last, end % bs != 0)):
+            if part and lblk not in edges:
+                r = _run_at(runs, lblk)
+                if r.physical is not None and not r.unwritten:
+                    edges[lblk] = await self._store.read_blocks(r.physical + (lblk - r.logical), 1)
+
+        segs: list[Run] = []
+        short_at: int | None = None
+        for r in runs:
+            if r.physical is not None:
+                segs.append(r)
+                continue
+            lblk, left = r.logical, r.length
+            while left:
+                try:
+                    goal = await tree.goal_for(lblk)
+                    start, got = await self._alloc.allocate(goal, left)
+                    try:
+                        await tree.insert(lblk, start, got)
+                    except OSError:
+                        await self._alloc.free(start, got)
+                        raise
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    short_at = lblk
+                    break
+                segs.append(Run(lblk, start, got, True))  # unwritten=True: "new" here
+                lblk += got
+                left -= got
+            if short_at is not None:
+                break
+        if short_at is not None:
+            if short_at * bs <= offset:
+                raise OSError(errno.ENOSPC, "no space left on device")
+            end = short_at * bs
+            last = short_at - 1
+            mv = mv[: end - offset]
+
+        for lblk, pblk, cnt in _device_groups(segs, lambda r: True):
+            lo = lblk * bs
+            hi = (lblk + cnt) * bs
+            if lo >= offset and hi <= end:
+                await self._store.write_blocks(pblk, mv[lo - offset : hi - offset])
+                continue
+            buf = bytearray(cnt * bs)
+            for e in (first, last):
+                if lblk <= e < lblk + cnt and e in edges:
+                    p = (e - lblk) * bs
+                    buf[p : p + bs] = edges[e]
+            a = max(lo, offset)
+            b = min(hi, end)
+            buf[a - lo : b - lo] = mv[a - offset : b - offset]
+            await self._store.write_blocks(pblk, buf)
+
+        # Written unwritten extents become initialized.
+        for r in runs:
+            if r.physical is not None and r.unwritten and r.logical <= last:
+                await tree.mark_written(r.logical, min(r.length, last + 1 - r.logical))
+        return end - offset
+
+    # ----- truncate / punch ---------------------------------------------------------------
+
+    async def _zero_range(self, offset: int, length: int) -> None:
+        """Zero bytes in place inside one block, if that block is mapped and written."""
+        bs = self.block_size
+        lblk = offset // bs
+        r = (await self.mapping.map(lblk, 1))[0]
+        if r.physical is None or r.unwritten:
+            return
+        block = bytearray(await self._store.read_blocks(r.physical, 1))
+        a = offset - lblk * bs
+        block[a : a + length] = bytes(length)
+        await self._store.write_blocks(r.physical, block)
+
+    async def truncate(self, old_size: int, new_size: int) -> None:
+        """Change the size from ``old_size`` to ``new_size``.
+
+        Down: blocks wholly past the new EOF are freed, the tail of the new last block is
+        zeroed on disk. Up: nothing is allocated (the new range is a hole); the tail of the
+        old last block is zeroed in case another writer left bytes there.
+        """
+        bs = self.block_size
+        if new_size < 0:
+            raise OSError(errno.EINVAL, "negative size")
+        if (new_size + bs - 1) // bs > LBLK_LIMIT:
+            raise OSError(errno.EFBIG, "file too large")
+        if new_size < old_size:
+            await self.mapping.remove((new_size + bs - 1) // bs)
+            if new_size % bs:
+                await self._zero_range(new_size, bs - new_size % bs)
+        elif new_size > old_size and old_size % bs:
+            await self._zero_range(old_size, bs - old_size % bs)
+
+    async def punch_hole(self, offset: int, length: int) -> None:
+        """Make [offset, offset+length) read as zeros, freeing the whole blocks inside."""
+        if length <= 0:
+            return
+        bs = self.block_size
+        end = offset + length
+        first_whole = (offset + bs - 1) // bs
+        end_whole = end // bs
+        tree = await self._writable()
+        if first_whole >= end_whole:
+            # Inside one block, or across one block boundary with no whole block between.
+            if offset // bs == (end - 1) // bs:
+                await self._zero_range(offset, length)
+            else:
+                await self._zero_range(offset, first_whole * bs - offset)
+                await self._zero_range(end_whole * bs, end - end_whole * bs)
+            return
+        if offset % bs:
+            await self._zero_range(offset, first_whole * bs - offset)
+        if end % bs:
+            await self._zero_range(end_whole * bs, end - end_whole * bs)
+        await tree.remove(first_whole, end_whole - first_whole)
+
+
+def _run_at(runs: list[Run], lblk: int) -> Run:
+    for r in runs:
+        if r.logical <= lblk < r.logical + r.length:
+            return r
+    raise AssertionError("block outside the mapped range")
+
+
+def _device_groups(runs: list[Run], take) -> list[tuple[int, int, int]]:
+    """Merge logically adjacent, physically contiguous runs into (lblk, pblk, count)."""
+    out: list[tuple[int, int, int]] = []
+    for r in runs:
+        if not take(r) or r.physical is None:
+            continue
+        if out:
+            lb, pb, n = out[-1]
+            if lb + n == r.logical and pb + n == r.physical:
+                out[-1] = (lb, pb, n + r.length)
+                continue
+        out.append((r.logical, r.physical, r.length))
+    return out
