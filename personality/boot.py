@@ -1,0 +1,497 @@
+"""Boot: start the kernel on an image or a block device, and route system calls.
+
+``boot(source, options)`` is an async context manager. It builds the supervisor tree::
+
+    kernel (one-for-all)
+    ├── driver            the block-device driver actor (unless one was passed in)
+    ├── volume            superblock actor + one actor per block group (chanos.fs.volume)
+    ├── vnode-table       inode number -> live vnode actor (chanos.fs.vnode_table)
+    ├── vnodes            supervisor of the vnode actors (one-for-one, transient children)
+    ├── orphans           the on-disk orphan list (chanos.fs.orphans)
+    └── rename            the rename coordinator (chanos.fs.rename)
+
+then frees the orphans a crash left behind, and yields a ``Kernel``. Leaving the block
+unmounts: open handles are released, every vnode is written back and retired, the groups
+and the superblock are synced and marked clean, and the driver is flushed.
+
+``await kernel.syscall(msg)`` answers every message of ``chanos.personality.syscalls``:
+
+* messages naming an inode (GetAttr, Open, xattrs, ...) and messages naming a parent
+  directory (Lookup, MkDir, Unlink, ...) go to that inode's vnode, found through the vnode
+  table and pinned for the duration of the call;
+* messages carrying a Handle (Read, Write, ReadDir, ...) go straight to ``handle.vnode``:
+  the address travelled in the handle, no table lookup;
+* Rename goes to the rename coordinator; StatFs to the superblock actor; Forget to the
+  table;
+* Create and Link are composed here from vnode messages (MkNod + Open, AddLink +
+  InsertEntry + Lookup), so a directory never waits on a child it is creating.
+
+A vnode that crashes while serving a request is restarted by the vnode supervisor from
+its on-disk state; that request fails with EIO, every other request goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from chanos.fs.vnode_protocol import AddLink, DropLink, InsertEntry
+from chanos.fs.vnode_table import (
+    DEFAULT_MAX_VNODES,
+    Closed,
+    Crashed,
+    GetStats,
+    Pin,
+    RetireAll,
+    TableStats,
+    Unpin,
+    VnodeTable,
+    WriteBackAll,
+    supervised_starter,
+)
+from chanos.fs.vnode_table import Forget as TableForget
+from chanos.personality import (
+    ONE_FOR_ALL,
+    ONE_FOR_ONE,
+    PERMANENT,
+    ActorRef,
+    CallError,
+    ChildSpec,
+    call,
+    cast,
+    open_supervisor,
+)
+from chanos.personality.syscalls import (
+    NAME_MAX,
+    Create,
+    Entry,
+    Flush,
+    Forget,
+    FSync,
+    FSyncDir,
+    GetAttr,
+    GetXattr,
+    Handle,
+    Link,
+    ListXattr,
+    Lookup,
+    MkDir,
+    MkNod,
+    Open,
+    OpenDir,
+    Read,
+    ReadDir,
+    ReadLink,
+    Release,
+    ReleaseDir,
+    RemoveXattr,
+    Rename,
+    RmDir,
+    SetAttr,
+    SetXattr,
+    StatFs,
+    Symlink,
+    Unlink,
+    Write,
+)
+
+log = logging.getLogger("chanos.kernel")
+
+_FT_FROM_MODE = {
+    stat.S_IFREG: 1,
+    stat.S_IFDIR: 2,
+    stat.S_IFCHR: 3,
+    stat.S_IFBLK: 4,
+    stat.S_IFIFO: 5,
+    stat.S_IFSOCK: 6,
+    stat.S_IFLNK: 7,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MountOptions:
+    """How to mount.
+
+    ``read_only``: refuse every change with EROFS (also forced when the image has
+    ro_compat features chanos does not know). ``max_vnodes``: the bound on live vnode
+    actors (soft: pinned vnodes are never retired, see chanos.fs.vnode_table).
+    ``cleanup_orphans``: free the inodes a crash left on the orphan list at mount.
+    """
+
+    read_only: bool = False
+    max_vnodes: int = DEFAULT_MAX_VNODES
+    cleanup_orphans: bool = True
+    max_restarts: int = 10
+    restart_window: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class VnodeContext:
+    """What a vnode actor is given by the kernel: the mounted volume (superblock and group
+    actors, geometry, device, allocator), the vnode table (to reach other vnodes with
+    ``chanos.fs.vnode_table.call_vnode``), the orphan list, and the read-only flag."""
+
+    volume: Any
+    table: ActorRef
+    orphans: ActorRef
+    read_only: bool
+
+
+def _check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise OSError(errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes")
+    if not name:
+        raise OSError(errno.ENOENT, "empty name")
+    if b"/" in name or b"\0" in name:
+        raise OSError(errno.EINVAL, "name contains / or NUL")
+
+
+def _check_new_name(name: bytes) -> None:
+    _check_name(name)
+    if name in (b".", b".."):
+        raise OSError(errno.EEXIST, "name exists")
+
+
+class Kernel:
+    """The system-call entry point ``boot`` yields. Not an actor: ``syscall`` runs in the
+    caller's task and only sends messages; all file-system state lives in actors."""
+
+    def __init__(
+        self,
+        *,
+        volume: Any,
+        table: ActorRef,
+        orphans: ActorRef,
+        rename: ActorRef,
+        superblock: ActorRef,
+        options: MountOptions,
+    ) -> None:
+        self.volume = volume
+        self.table = table
+        self.orphans = orphans
+        self.rename = rename
+        self.superblock = superblock
+        self.options = options
+        self._fh = itertools.count(1)
+        # Open handles by fh, so unmount can release the ones nobody released.
+        self._open: dict[int, tuple[Handle, bool]] = {}
+
+    # -- routing ---------------------------------------------------------------------------
+
+    async def _to_inode(self, ino: int, msg: Any, *, looked_up: bool = False) -> Any:
+        """Call ``ino``'s vnode, pinned; count an Entry reply as a lookup reference."""
+        table = self.table
+        ref = await call(table, Pin(ino))
+        entry_ino = 0
+        try:
+            reply = await call(ref, msg)
+            if looked_up and isinstance(reply, Entry):
+                entry_ino = reply.inode
+            return reply
+        except CallError as exc:
+            cast(table, Crashed(ino, ref))
+            log.error("vnode %d crashed serving %r: %r", ino, msg, exc)
+            raise OSError(errno.EIO, f"I/O error (vnode {ino} failed)") from exc
+        finally:
+            cast(table, Unpin(ino, 0, entry_ino))
+
+    async def _to_handle(self, handle: Handle, msg: Any) -> Any:
+        try:
+            return await call(handle.vnode, msg)
+        except CallError as exc:
+            cast(self.table, Crashed(handle.inode, handle.vnode))
+            log.error("vnode %d crashed serving %r: %r", handle.inode, msg, exc)
+            raise OSError(errno.EIO, f"I/O error (vnode {handle.inode} failed)") from exc
+
+    async def _open(self, ino: int, msg: Any) -> Handle:
+        """Open through ``ino``'s vnode; the handle pins the vnode until released."""
+        table = self.table
+        ref = await call(table, Pin(ino))
+        opened = 0
+        try:
+            handle = await call(ref, msg)
+            handle = replace(handle, vnode=ref, fh=next(self._fh))
+            opened = 1
+            self._open[handle.fh] = (handle, type(msg) is OpenDir)
+            return handle
+        except CallError as exc:
+            cast(table, Crashed(ino, ref))
+            log.error("vnode %d crashed serving %r: %r", ino, msg, exc)
+            raise OSError(errno.EIO, f"I/O error (vnode {ino} failed)") from exc
+        finally:
+            cast(table, Unpin(ino, opened))
+
+    async def _release(self, handle: Handle, msg: Any) -> None:
+        if self._open.pop(handle.fh, None) is None:
+            raise OSError(errno.EBADF, "handle not open")
+        try:
+            await self._to_handle(handle, msg)
+        finally:
+            cast(self.table, Closed(handle.inode))
+
+    def _writable(self) -> None:
+        if self.options.read_only:
+            raise OSError(errno.EROFS, "read-only file system")
+
+    async def syscall(self, msg: Any) -> Any:
+        """Serve one system-call message -> its reply; errors as OSError(errno)."""
+        match msg:
+            case Read(handle) | FSync(handle) | ReadDir(handle) | FSyncDir(handle):
+                return await self._to_handle(handle, msg)
+            case Write(handle) | Flush(handle):
+                if type(msg) is Write:
+                    self._writable()
+                return await self._to_handle(handle, msg)
+            case Release(handle) | ReleaseDir(handle):
+                return await self._release(handle, msg)
+            case GetAttr(ino) | ReadLink(ino) | GetXattr(ino) | ListXattr(ino):
+                return await self._to_inode(ino, msg)
+            case Lookup(parent, name):
+                _check_name(name)
+                return await self._to_inode(parent, msg, looked_up=True)
+            case MkNod(parent, name) | MkDir(parent, name) | Symlink(parent, name):
+                self._writable()
+                _check_new_name(name)
+                return await self._to_inode(parent, msg, looked_up=True)
+            case Unlink(parent, name) | RmDir(parent, name):
+                self._writable()
+                _check_name(name)
+                if name in (b".", b".."):
+                    raise OSError(
+                        errno.EISDIR if type(msg) is Unlink else errno.EINVAL,
+                        "cannot remove . or ..",
+                    )
+                return await self._to_inode(parent, msg)
+            case SetXattr(ino) | RemoveXattr(ino):
+                self._writable()
+                return await self._to_inode(ino, msg)
+            case SetAttr(ino, handle=handle):
+                self._writable()
+                if handle is not None:
+                    return await self._to_handle(handle, msg)
+                return await self._to_inode(ino, msg)
+            case Open(ino, flags):
+                if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+                    self._writable()
+                return await self._open(ino, msg)
+            case OpenDir(ino):
+                return await self._open(ino, msg)
+            case Create():
+                self._writable()
+                return await self._create(msg)
+            case Link():
+                self._writable()
+                return await self._link(msg)
+            case Rename(_, old_name, _, new_name):
+                self._writable()
+                _check_name(old_name)
+                _check_name(new_name)
+                try:
+                    return await call(self.rename, msg)
+                except CallError as exc:
+                    log.error("rename coordinator crashed serving %r: %r", msg, exc)
+                    raise OSError(errno.EIO, "I/O error (rename failed)") from exc
+            case StatFs():
+                return await call(self.superblock, _sb_statfs())
+            case Forget(ino, nlookup):
+                cast(self.table, TableForget(ino, nlookup))
+                return None
+            case _:
+                raise OSError(errno.ENOSYS, f"unknown system call {type(msg).__name__}")
+
+    async def _create(self, msg: Create) -> tuple[Handle, Entry]:
+        """Create = make the inode and its name in the parent (MkNod), then open it."""
+        _check_new_name(msg.name)
+        mode = stat.S_IFREG | stat.S_IMODE(msg.mode)
+        try:
+            entry = await self._to_inode(
+                msg.parent, MkNod(msg.parent, msg.name, mode, 0, msg.uid, msg.gid), looked_up=True
+            )
+            flags = msg.flags & ~os.O_TRUNC  # a new file is empty already
+        except OSError as exc:
+            if exc.errno != errno.EEXIST or msg.flags & os.O_EXCL:
+                raise
+            entry = await self._to_inode(msg.parent, Lookup(msg.parent, msg.name), looked_up=True)
+            if stat.S_ISDIR(entry.attr.mode):
+                raise OSError(errno.EISDIR, "is a directory") from None
+            flags = msg.flags
+        handle = await self._open(entry.inode, Open(entry.inode, flags & ~(os.O_CREAT | os.O_EXCL)))
+        if flags & os.O_TRUNC:
+            entry = replace(entry, attr=await self._to_inode(entry.inode, GetAttr(entry.inode)))
+        return handle, entry
+
+    async def _link(self, msg: Link) -> Entry:
+        """Link = one more link on the inode, then the new name; undone if the name fails."""
+        _check_new_name(msg.new_name)
+        attr = await self._to_inode(msg.inode, AddLink())
+        ftype = _FT_FROM_MODE.get(stat.S_IFMT(attr.mode), 0)
+        try:
+            await self._to_inode(msg.new_parent, InsertEntry(msg.new_name, msg.inode, ftype))
+        except OSError:
+            await self._to_inode(msg.inode, DropLink())
+            raise
+        return await self._to_inode(
+            msg.new_parent, Lookup(msg.new_parent, msg.new_name), looked_up=True
+        )
+
+    # -- administration --------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Write every vnode back, then the groups and the superblock (sync(2))."""
+        await call(self.table, WriteBackAll())
+        await self.volume.sync()
+
+    async def vnode_stats(self) -> TableStats:
+        return await call(self.table, GetStats())
+
+    async def _unmount(self) -> None:
+        for handle, is_dir in list(self._open.values()):
+            # Handles nobody released (a test that stopped early, a killed front end):
+            # release them so unlinked-but-open inodes are freed now, not at next mount.
+            msg = ReleaseDir(handle) if is_dir else Release(handle)
+            try:
+                await self._release(handle, msg)
+            except OSError as exc:
+                log.error("unmount: release of inode %d failed: %s", handle.inode, exc)
+        await call(self.table, RetireAll())
+
+
+def _sb_statfs() -> Any:
+    from chanos.fs.superblock_protocol import StatFs as SbStatFs
+
+    return SbStatFs()
+
+
+# ---------------------------------------------------------------------------------------
+# boot
+# ---------------------------------------------------------------------------------------
+
+
+def _driver_spec(source: Any, read_only: bool) -> Callable[[], Any] | None:
+    """A factory for the driver actor, or None when ``source`` is a running driver."""
+    if isinstance(source, (str, os.PathLike)):
+        from chanos.drivers import ImageFileDriver
+
+        path = os.fspath(source)
+        return lambda: ImageFileDriver(path, read_only=read_only)
+    if callable(source) and not isinstance(source, ActorRef):
+        return source
+    return None
+
+
+@asynccontextmanager
+async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterator[Kernel]:
+    """Mount ``source`` and yield a Kernel; unmount on exit.
+
+    ``source``: an image file path; a running driver actor's ``ActorRef``; or a zero-
+    argument factory returning a driver actor (e.g. ``lambda: RamDiskDriver(size)``), which
+    is then started under the kernel's supervisor.
+    Raises OSError for a mount that is refused (unknown incompat features, a journal that
+    needs recovery, a corrupt superblock) with a message naming the reason.
+    """
+    from chanos.fs.orphans import OrphanList, cleanup_orphans
+    from chanos.fs.rename import RenameCoordinator
+    from chanos.fs.volume import mount
+
+    options = options or MountOptions()
+    async with open_supervisor(
+        name="kernel",
+        strategy=ONE_FOR_ALL,
+        max_restarts=options.max_restarts,
+        within=options.restart_window,
+    ) as sup:
+        factory = _driver_spec(source, options.read_only)
+        if factory is not None:
+            driver = await sup.start(ChildSpec(name="driver", factory=factory, restart=PERMANENT))
+        else:
+            driver = source
+        volume = await mount(driver, read_only=options.read_only, supervisor=sup)
+        read_only = options.read_only or bool(getattr(volume, "read_only", False))
+        if read_only != options.read_only:
+            options = replace(options, read_only=read_only)
+        clean = False
+        try:
+            vnodes = await sup.start_supervisor(
+                name="vnodes",
+                strategy=ONE_FOR_ONE,
+                max_restarts=options.max_restarts,
+                within=options.restart_window,
+            )
+            # The table and the orphan list refer to each other only through the vnode
+            # context, which needs both addresses: start the table with a late-bound
+            # factory and fill it in once both exist.
+            holder: dict[str, VnodeContext] = {}
+
+            def make_vnode(ino: int) -> Any:
+                from chanos.fs.vnode import VnodeActor
+
+                return VnodeActor(ino, holder["ctx"])
+
+            table = await sup.start(
+                ChildSpec(
+                    name="vnode-table",
+                    factory=lambda: VnodeTable(
+                        supervised_starter(vnodes, make_vnode), options.max_vnodes
+                    ),
+                    restart=PERMANENT,
+                )
+            )
+            orphans = await sup.start(
+                ChildSpec(
+                    name="orphans",
+                    factory=lambda: OrphanList(volume.superblock, table),
+                    restart=PERMANENT,
+                )
+            )
+            holder["ctx"] = VnodeContext(volume, table, orphans, read_only)
+            rename = await sup.start(
+                ChildSpec(name="rename", factory=lambda: RenameCoordinator(table))
+            )
+            kernel = Kernel(
+                volume=volume,
+                table=table,
+                orphans=orphans,
+                rename=rename,
+                superblock=volume.superblock,
+                options=options,
+            )
+            if options.cleanup_orphans and not read_only:
+                geo = volume.geometry
+                n = await cleanup_orphans(
+                    volume.superblock,
+                    orphans,
+                    table,
+                    volume.read_inode,
+                    geo.inodes_count,
+                    geo.first_ino,
+                )
+                if n:
+                    log.info("mount: freed %d orphan inode(s) left by a crash", n)
+            yield kernel
+            await kernel._unmount()
+            clean = True
+        finally:
+            if clean:
+                await volume.unmount()
+            else:
+                # An error escaped: do not mark the image clean, but leave what is
+                # consistent on the device (the driver flushes on close).
+                await _quiet(volume, "abort")
+        sup.cancel()
+
+
+async def _quiet(volume: Any, method: str) -> None:
+    fn = getattr(volume, method, None)
+    if fn is None:
+        return
+    try:
+        await fn()
+    except Exception as exc:  # already failing: report, do not mask the first error
+        log.error("unmount after failure: %r", exc)
