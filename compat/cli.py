@@ -1,0 +1,609 @@
+"""The ``chanos`` command: mkfs, mount (daemon or foreground), umount, fsck.
+
+    chanos mkfs IMAGE --size SIZE [--block-size 4096|1024] [-N INODES] [-L LABEL]
+    chanos mount IMAGE MOUNTPOINT [-o OPTS] [-f]
+    chanos IMAGE MOUNTPOINT [-o OPTS]          (the form mount.fuse3 runs)
+    chanos umount MOUNTPOINT                   (unmount and wait until the image is clean)
+    chanos fsck IMAGE
+    chanos install-helper [--dir /usr/sbin]    (so `mount -t fuse.chanos` and fstab work)
+
+Exit codes follow mount(8) for mount/umount (0 ok, 1 bad usage or options, 32 mount
+failure) and e2fsck for fsck (0 clean, 4 errors found, 8 could not check).
+
+The image file is locked (flock) for as long as a daemon serves it, so a second mount of
+the same image fails at once, and ``chanos fsck``/``chanos umount`` can wait for a daemon
+that is still writing back after the host kernel's unmount returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import logging
+import logging.handlers
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from chanos.compat.options import MountConfig, OptionError, parse_options
+
+PROG = "chanos"
+
+EX_OK = 0
+EX_USAGE = 1
+EX_FAIL = 32  # mount(8): mount failure
+FSCK_ERRORS = 4
+FSCK_OPERATIONAL = 8
+
+# The feature set chanos reads and writes (see docs/architecture.md): mke2fs's ext4
+# defaults minus metadata_csum (and everything newer, e.g. orphan_file or
+# metadata_csum_seed, that some mke2fs.conf files add). Named explicitly with "none,..."
+# so the image does not depend on the host's /etc/mke2fs.conf.
+MKFS_FEATURES = (
+    "has_journal,ext_attr,resize_inode,dir_index,filetype,extent,64bit,flex_bg,"
+    "sparse_super,large_file,huge_file,dir_nlink,extra_isize"
+)
+
+log = logging.getLogger("chanos.cli")
+
+
+class Fail(Exception):
+    """A user-facing failure: one line on stderr, then exit with ``code``."""
+
+    def __init__(self, message: str, code: int = EX_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def parse_size(text: str) -> int:
+    """'512M', '1G', '64MiB', '1048576' -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)(?:i?B)?\s*", text)
+    if not m:
+        raise Fail(f"bad size {text!r} (examples: 512M, 2G, 1048576)", EX_USAGE)
+    n = int(m.group(1))
+    unit = m.group(2).upper()
+    return n << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[unit]
+
+
+def _unescape_mountinfo(s: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def mounts() -> list[tuple[str, str, str]]:
+    """(mount point, fs type, source) of every mount, from /proc/self/mountinfo."""
+    out = []
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        f = left.split()
+        r = right.split()
+        if len(f) >= 5 and len(r) >= 2:
+            out.append((_unescape_mountinfo(f[4]), r[0], _unescape_mountinfo(r[1])))
+    return out
+
+
+def chanos_mounts_of(image: str) -> list[str]:
+    """Mount points where chanos serves ``image``."""
+    return [m for m, t, src in mounts() if t == "fuse.chanos" and src == image]
+
+
+def lock_image(image: str, read_only: bool, shared: bool = False) -> int:
+    """Open and flock the image; raise Fail if another chanos holds it. Returns the fd."""
+    try:
+        fd = os.open(image, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Fail(f"cannot open {image}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        where = chanos_mounts_of(image)
+        on = f" (mounted on {where[0]})" if where else ""
+        raise Fail(f"{image} is in use by another chanos{on}") from None
+    return fd
+
+
+def wait_unlocked(image: str, timeout: float) -> bool:
+    """Wait until no chanos daemon holds ``image``; False on timeout."""
+    try:
+        fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
+
+
+def _fsname(image: str) -> str:
+    # libfuse splits -o on unescaped commas.
+    return image.replace("\\", "\\\\").replace(",", "\\,")
+
+
+# ---------------------------------------------------------------------------- mkfs
+
+
+def cmd_mkfs(a: argparse.Namespace) -> int:
+    image = os.path.abspath(a.image)
+    size = parse_size(a.size)
+    if a.block_size not in (1024, 4096):
+        raise Fail("--block-size must be 1024 or 4096", EX_USAGE)
+    if size < 64 * a.block_size * 16:
+        raise Fail(
+            f"--size {a.size} is too small (at least {64 * a.block_size * 16 >> 10}K)", EX_USAGE
+        )
+    mkfs = shutil.which("mkfs.ext4") or "/sbin/mkfs.ext4"
+    if not os.path.exists(mkfs):
+        raise Fail("mkfs.ext4 not found: install e2fsprogs")
+    if os.path.exists(image):
+        if chanos_mounts_of(image):
+            raise Fail(f"{image} is mounted: unmount it first")
+        os.close(lock_image(image, read_only=False))  # refuse while a daemon holds it
+    cmd = [mkfs, "-F", "-q", "-b", str(a.block_size), "-I", "256", "-O", f"none,{MKFS_FEATURES}"]
+    if a.inodes:
+        cmd += ["-N", str(a.inodes)]
+    if a.label:
+        cmd += ["-L", a.label]
+    cmd += [image, f"{size >> 10}k"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        raise Fail(f"mkfs.ext4 failed: {msg[-1] if msg else proc.returncode}", EX_USAGE)
+    print(f"{image}: ext4, {size >> 20} MiB, {a.block_size}-byte blocks, features {MKFS_FEATURES}")
+    return EX_OK
+
+
+# ---------------------------------------------------------------------------- fsck
+
+
+def cmd_fsck(a: argparse.Namespace) -> int:
+    image = os.path.abspath(a.image)
+    if not os.path.exists(image):
+        raise Fail(f"{image}: no such file", FSCK_OPERATIONAL)
+    where = chanos_mounts_of(image)
+    if where:
+        raise Fail(f"{image} is mounted on {where[0]}: unmount it first", FSCK_OPERATIONAL)
+    if not wait_unlocked(image, 0):
+        print(
+            f"{PROG}: waiting for the chanos daemon to finish writing {image} back", file=sys.stderr
+        )
+        if not wait_unlocked(image, a.wait):
+            raise Fail(f"{image} is still in use after {a.wait:g}s", FSCK_OPERATIONAL)
+    fd = lock_image(image, read_only=True, shared=True)  # no mount while we check
+    try:
+        e2fsck = shutil.which("e2fsck") or "/sbin/e2fsck"
+        proc = subprocess.run([e2fsck, "-fn", image], capture_output=True, text=True)
+    finally:
+        os.close(fd)
+    if a.verbose or proc.returncode != 0:
+        sys.stdout.write(proc.stdout)
+        sys.stderr.write(proc.stderr)
+    if proc.returncode == 0:
+        print(f"{image}: clean")
+        return EX_OK
+    if proc.returncode & FSCK_OPERATIONAL:
+        print(f"{image}: could not be checked (e2fsck exit {proc.returncode})")
+        return FSCK_OPERATIONAL
+    print(f"{image}: NOT clean (e2fsck -fn found errors, exit {proc.returncode})")
+    return FSCK_ERRORS
+
+
+# ---------------------------------------------------------------------------- mount
+
+
+def _check_mount_args(image: str, mountpoint: str) -> None:
+    if not os.path.exists(image):
+        raise Fail(f"{image}: no such file")
+    st = os.stat(image)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise Fail(f"{image}: not an image file or block device")
+    if not os.path.exists(mountpoint):
+        raise Fail(f"mount point {mountpoint} does not exist")
+    if not os.path.isdir(mountpoint):
+        raise Fail(f"mount point {mountpoint} is not a directory")
+    if any(m == mountpoint for m, _, _ in mounts()) or os.path.ismount(mountpoint):
+        raise Fail(f"{mountpoint} is already a mount point")
+    if not os.path.exists("/dev/fuse"):
+        raise Fail("/dev/fuse does not exist: the fuse kernel module is not loaded (modprobe fuse)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise Fail("no access to /dev/fuse")
+    if os.geteuid() != 0 and not shutil.which("fusermount3"):
+        raise Fail("fusermount3 not found: install the fuse3 package")
+
+
+def cmd_mount(a: argparse.Namespace) -> int:
+    try:
+        config = parse_options(a.options or [])
+    except OptionError as exc:
+        raise Fail(str(exc), EX_USAGE) from None
+    if a.type and a.type not in ("fuse.chanos", "chanos"):
+        raise Fail(f"unsupported file system type {a.type!r} (fuse.chanos)", EX_USAGE)
+    image = os.path.abspath(a.image)
+    mountpoint = os.path.realpath(a.mountpoint)
+    _check_mount_args(image, mountpoint)
+    if config.read_only:
+        pass
+    elif not os.access(image, os.W_OK):
+        raise Fail(f"{image} is not writable (mount it with -o ro)")
+    lock_fd = lock_image(image, config.read_only)
+    if a.foreground:
+        return serve(image, mountpoint, config, notify_fd=None, foreground=True)
+    # Daemon: the child mounts and serves; the parent returns once the child reports
+    # that the mount is ready (or why it failed), like sshfs and fuse2fs do.
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(rfd)
+        os.setsid()
+        code = EX_FAIL
+        try:
+            code = serve(image, mountpoint, config, notify_fd=wfd, foreground=False)
+        except BaseException as exc:  # last resort: never fall back into the parent's code
+            with contextlib.suppress(Exception):
+                log.exception("daemon failed: %r", exc)
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    os.close(lock_fd)  # the child holds the lock (same open file description)
+    chunks = []
+    while chunk := os.read(rfd, 4096):
+        chunks.append(chunk)
+    os.close(rfd)
+    reply = b"".join(chunks).decode(errors="replace")
+    if reply.startswith("ready"):
+        return EX_OK
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    raise Fail(reply.strip() or "the daemon exited before the mount was ready")
+
+
+def _setup_logging(config: MountConfig, foreground: bool) -> None:
+    root = logging.getLogger()
+    root.setLevel(config.log_level)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    fmt = "%(asctime)s chanos[%(process)d] %(levelname)s %(name)s: %(message)s"
+    if config.log_file:
+        h: logging.Handler = logging.FileHandler(config.log_file)
+    elif foreground:
+        h = logging.StreamHandler(sys.stderr)
+    elif os.path.exists("/dev/log"):
+        h = logging.handlers.SysLogHandler(address="/dev/log")
+        fmt = "chanos[%(process)d]: %(levelname)s %(name)s: %(message)s"
+    else:
+        h = logging.NullHandler()
+    h.setFormatter(logging.Formatter(fmt))
+    root.addHandler(h)
+
+
+def serve(
+    image: str,
+    mountpoint: str,
+    config: MountConfig,
+    *,
+    notify_fd: int | None,
+    foreground: bool,
+) -> int:
+    """Boot the kernel on ``image``, mount it and serve until unmounted. -> exit code."""
+    import trio
+
+    if not foreground:
+        # Until the mount is ready, errors go to the terminal through the parent.
+        logging.basicConfig(level=config.log_level, stream=sys.stderr)
+    else:
+        _setup_logging(config, foreground=True)
+
+    def ready() -> None:
+        if notify_fd is not None:
+            os.write(notify_fd, b"ready\n")
+            os.close(notify_fd)
+            _setup_logging(config, foreground=False)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.close(devnull)
+
+    def failed(message: str) -> None:
+        if notify_fd is not None:
+            os.write(notify_fd, message.encode() + b"\n")
+            os.close(notify_fd)
+        else:
+            print(f"{PROG}: {message}", file=sys.stderr)
+
+    state = {"mounted": False}
+    try:
+        trio.run(_serve, image, mountpoint, config, ready, state)
+    except Fail as exc:
+        if state["mounted"]:
+            log.error("%s", exc)
+        else:
+            failed(str(exc))
+        return exc.code
+    except OSError as exc:
+        msg = f"cannot mount {image}: {exc.strerror or exc}"
+        if state["mounted"]:
+            log.error("%s", msg, exc_info=exc)
+        else:
+            failed(msg)
+        return EX_FAIL
+    except KeyboardInterrupt:
+        return EX_FAIL
+    except Exception as exc:
+        log.exception("chanos daemon failed")
+        if not state["mounted"]:
+            failed(f"cannot mount {image}: {exc!r}")
+        return EX_FAIL
+    return EX_OK
+
+
+def mount_options_for(config: MountConfig):  # -> MountOptions
+    """The kernel's MountOptions for this configuration (fields it knows only)."""
+    from chanos.personality.boot import MountOptions
+
+    wanted = {"read_only": config.read_only, "max_vnodes": config.max_vnodes}
+    names = {f.name for f in dataclasses.fields(MountOptions)}
+    return MountOptions(**{k: v for k, v in wanted.items() if k in names and v is not None})
+
+
+async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
+    import pyfuse3
+    import trio
+    from chanos.compat.fuse_ops import ChanosOperations, FrontEndConfig
+    from chanos.personality.boot import boot
+
+    tracing = _start_trace(config.trace_file)
+    try:
+        async with boot(image, mount_options_for(config)) as kernel:
+            ops = ChanosOperations(
+                kernel,
+                FrontEndConfig(
+                    entry_timeout=config.entry_timeout,
+                    attr_timeout=config.attr_timeout,
+                    negative_timeout=config.negative_timeout,
+                    writeback_cache=config.writeback_cache and not config.read_only,
+                    keep_cache=config.keep_cache,
+                    read_only=config.read_only,
+                    uid=config.uid,
+                    gid=config.gid,
+                    umask=config.umask,
+                ),
+            )
+            try:
+                pyfuse3.init(ops, mountpoint, config.fuse_options(_fsname(image)))
+            except RuntimeError:
+                raise Fail(f"cannot mount on {mountpoint} (libfuse refused; see above)") from None
+            state["mounted"] = True
+            log.info("serving %s on %s", image, mountpoint)
+            ready()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_unmount_on_signal, mountpoint)
+                    await pyfuse3.main()
+                    nursery.cancel_scope.cancel()
+            finally:
+                # After umount(8) the session has already ended and this only frees it;
+                # after an error it makes sure no dead mount is left behind.
+                pyfuse3.close(unmount=True)
+                if ops.unexpected_errors:
+                    log.error(
+                        "%d requests failed unexpectedly (answered EIO)", ops.unexpected_errors
+                    )
+            log.info("unmounted; writing %s back", image)
+        log.info("%s written back and clean", image)
+    finally:
+        if tracing:
+            _stop_trace(config.trace_file)
+
+
+async def _unmount_on_signal(mountpoint: str) -> None:
+    """SIGTERM/SIGINT/SIGHUP: unmount through the host kernel while still serving.
+
+    The unmount makes the host kernel write back its dirty pages, which needs this daemon
+    to answer the WRITEs; so the loop keeps running and ends when the kernel closes the
+    session. If the mount is busy, it is detached lazily (it goes once the last open file
+    is closed). A second signal stops serving at once (dirty kernel pages are lost, what
+    the file system already has is still written back).
+    """
+    import pyfuse3
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        n = 0
+        async for signum in sigs:
+            n += 1
+            if n > 1:
+                log.warning("signal %d again: stopping without waiting", signum)
+                pyfuse3.terminate()
+                return
+            log.info("signal %d: unmounting %s", signum, mountpoint)
+            tool = shutil.which("fusermount3") or "fusermount3"
+            proc = await trio.run_process(
+                [tool, "-u", "-q", mountpoint], check=False, capture_stderr=True
+            )
+            if proc.returncode != 0:
+                log.warning(
+                    "unmount busy (%s); detaching lazily",
+                    proc.stderr.decode(errors="replace").strip(),
+                )
+                await trio.run_process([tool, "-u", "-z", "-q", mountpoint], check=False)
+
+
+def _start_trace(path: str | None) -> bool:
+    if not path:
+        return False
+    from chanos.personality.tracing import trace
+
+    # Bounded: a long mount keeps the first million events and drops the rest.
+    trace.enable(limit=1_000_000)
+    return True
+
+
+def _stop_trace(path: str | None) -> None:
+    from chanos.personality.tracing import trace
+
+    trace.disable()
+    try:
+        trace.write_chrome(path)
+    except OSError as exc:
+        log.error("cannot write the trace to %s: %s", path, exc)
+
+
+# ---------------------------------------------------------------------------- umount
+
+
+def cmd_umount(a: argparse.Namespace) -> int:
+    mountpoint = os.path.realpath(a.mountpoint)
+    found = [(t, src) for m, t, src in mounts() if m == mountpoint]
+    if not found:
+        raise Fail(f"{mountpoint}: not mounted")
+    fstype, image = found[-1]
+    if fstype != "fuse.chanos":
+        raise Fail(f"{mountpoint} is not a chanos mount ({fstype})")
+    tool = shutil.which("fusermount3")
+    cmd = [tool, "-u", mountpoint] if tool else ["umount", mountpoint]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise Fail(f"cannot unmount {mountpoint}: {proc.stderr.strip()}")
+    if not wait_unlocked(image, a.wait):
+        raise Fail(f"the daemon of {image} has not finished after {a.wait:g}s")
+    return EX_OK
+
+
+# ---------------------------------------------------------------------------- helper
+
+
+def cmd_install_helper(a: argparse.Namespace) -> int:
+    exe = shutil.which(PROG) or os.path.join(os.path.dirname(sys.executable), PROG)
+    target = Path(a.dir) / "mount.fuse.chanos"
+    target.write_text(
+        "#!/bin/sh\n"
+        "# mount(8) helper for file systems of type fuse.chanos (`chanos install-helper`)\n"
+        f'exec "{exe}" mount "$@"\n'
+    )
+    target.chmod(0o755)
+    print(f"installed {target} -> {exe}")
+    return EX_OK
+
+
+# ---------------------------------------------------------------------------- main
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with mount(8)'s exit code for bad usage (1, not 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise Fail(f"{message} (see {PROG} --help)", EX_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="chanos: an ext4-compatible file system of actors, mounted through FUSE.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser(
+        "mkfs",
+        help="make an ext4 image with the features chanos supports",
+        description="Make an ext4 image with mkfs.ext4 -O none,"
+        + MKFS_FEATURES
+        + " -I 256: the ext4 defaults without metadata_csum (chanos does not compute "
+        "checksums, so it must not be asked to keep them) and without newer features "
+        "such as orphan_file; listed explicitly so /etc/mke2fs.conf cannot change them.",
+    )
+    m.add_argument("image")
+    m.add_argument("--size", required=True, help="e.g. 512M, 2G")
+    m.add_argument("--block-size", "-b", type=int, default=4096, help="4096 (default) or 1024")
+    m.add_argument("-N", "--inodes", type=int, help="number of inodes")
+    m.add_argument("-L", "--label")
+    m.set_defaults(func=cmd_mkfs)
+
+    mo = sub.add_parser(
+        "mount",
+        help="mount an image (returns once mounted; -f stays in the foreground)",
+        description="Options (-o, comma-separated): ro, allow_other, default_permissions "
+        "(default) / nodefault_permissions, uid=N, gid=N, umask=OCTAL (override what stat "
+        "shows), max_vnodes=N (live vnode actors), log_level=debug|info|warning|error, "
+        "log=FILE, trace=FILE (Chrome trace JSON of the messages), nowriteback, "
+        "entry_timeout=S, attr_timeout=S, negative_timeout=S, nokeep_cache, and the usual "
+        "nosuid, nodev, noexec, noatime, ...",
+    )
+    mo.add_argument("image")
+    mo.add_argument("mountpoint")
+    mo.add_argument("-o", dest="options", action="append", metavar="OPTS")
+    mo.add_argument("-f", "--foreground", action="store_true")
+    # Flags mount(8) passes to helpers: -n (no mtab), -s (sloppy), -v (verbose), -t TYPE.
+    mo.add_argument("-n", action="store_true", help=argparse.SUPPRESS)
+    mo.add_argument("-s", action="store_true", help=argparse.SUPPRESS)
+    mo.add_argument("-v", action="store_true", help=argparse.SUPPRESS)
+    mo.add_argument("-t", dest="type", help=argparse.SUPPRESS)
+    mo.set_defaults(func=cmd_mount)
+
+    u = sub.add_parser("umount", help="unmount and wait until the image is written back")
+    u.add_argument("mountpoint")
+    u.add_argument("--wait", type=float, default=300.0, help="seconds to wait (300)")
+    u.set_defaults(func=cmd_umount)
+
+    f = sub.add_parser("fsck", help="check an image with e2fsck -fn; says whether it is clean")
+    f.add_argument("image")
+    f.add_argument("-v", "--verbose", action="store_true", help="show e2fsck's output")
+    f.add_argument(
+        "--wait",
+        type=float,
+        default=300.0,
+        help="seconds to wait for a daemon still writing the image back (300)",
+    )
+    f.set_defaults(func=cmd_fsck)
+
+    h = sub.add_parser("install-helper", help="install mount.fuse.chanos for mount(8)/fstab")
+    h.add_argument("--dir", default="/usr/sbin")
+    h.set_defaults(func=cmd_install_helper)
+    return p
+
+
+COMMANDS = ("mkfs", "mount", "umount", "fsck", "install-helper")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # mount.fuse3 runs "chanos SOURCE MOUNTPOINT -o OPTS": no subcommand word.
+    if args and args[0] not in COMMANDS and not args[0].startswith("-"):
+        args = ["mount", *args]
+    parser = _parser()
+    try:
+        a = parser.parse_args(args)
+        return a.func(a)
+    except Fail as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.code
+    except OSError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EX_FAIL if exc.errno != errno.EINVAL else EX_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

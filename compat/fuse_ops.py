@@ -1,0 +1,560 @@
+"""The FUSE front end: every pyfuse3 request becomes one system-call message.
+
+``ChanosOperations`` is a ``pyfuse3.Operations`` subclass that owns no file-system state.
+Each request is translated into the matching message of ``chanos.personality.syscalls``
+and handed to ``await kernel.syscall(msg)``; the reply is translated back. What it does
+keep is bookkeeping of the FUSE protocol itself:
+
+* inode numbers: FUSE's ROOT_ID 1 <-> ext4's root inode 2 (every other number is the ext4
+  inode number, which the kernel never sees as 1: ext4 inode 1 is the bad-blocks inode and
+  is never named by a directory entry);
+* file handles: the kernel's ``Handle.fh`` is what the host kernel gets as the file
+  handle; the front end maps it back to the ``Handle`` (which carries the vnode's address,
+  so reads and writes go straight to the vnode actor);
+* lookup counts: the host kernel takes a reference for every entry reply (lookup,
+  mknod, mkdir, symlink, link, create) and for each readdirplus entry other than ``.`` and
+  ``..``. The chanos kernel counts only the first kind (each ``Entry`` it returns is one
+  reference); a readdirplus entry is a ``DirEntry``, which it does not count. So the front
+  end keeps both counts per inode, and when the host kernel forgets N references it first
+  drops readdir references and forwards the rest as ``Forget(inode, n)``: the chanos
+  kernel's count reaches zero exactly when the host kernel's does, and never goes below.
+  A forget of more references than were handed out is logged and clamped.
+
+Errors: an ``OSError`` from the kernel becomes ``FUSEError(errno)``; any other exception
+is a bug somewhere below, answered with EIO and logged once with the request that hit it.
+No exception other than ``FUSEError`` may escape a handler: pyfuse3 would end its main
+loop, which leaves the mount hanging.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import pyfuse3
+from chanos.personality.syscalls import (
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    ROOT_INO,
+    Attr,
+    Create,
+    DirEntry,
+    Entry,
+    Flush,
+    Forget,
+    FSync,
+    FSyncDir,
+    GetAttr,
+    GetXattr,
+    Handle,
+    Link,
+    ListXattr,
+    Lookup,
+    MkDir,
+    MkNod,
+    Open,
+    OpenDir,
+    Read,
+    ReadDir,
+    ReadLink,
+    Release,
+    ReleaseDir,
+    RemoveXattr,
+    Rename,
+    RmDir,
+    SetAttr,
+    SetXattr,
+    StatFs,
+    Symlink,
+    Unlink,
+    Write,
+)
+
+log = logging.getLogger("chanos.fuse")
+
+FUSE_ROOT = pyfuse3.ROOT_INODE  # 1
+
+
+class Kernel(Protocol):
+    """What the front end needs from the kernel ``boot()`` yields."""
+
+    async def syscall(self, msg: Any) -> Any: ...
+
+
+def to_fuse(ino: int) -> int:
+    """ext4 inode number -> FUSE node id."""
+    return FUSE_ROOT if ino == ROOT_INO else ino
+
+
+def to_ext4(ino: int) -> int:
+    """FUSE node id -> ext4 inode number."""
+    return ROOT_INO if ino == FUSE_ROOT else ino
+
+
+@dataclass(frozen=True, slots=True)
+class FrontEndConfig:
+    """How the front end presents the file system to the host kernel.
+
+    Timeouts are in seconds. Long entry/attribute timeouts are valid because every change
+    to the image goes through this mount (the image is locked against other writers), so
+    the host kernel's caches only go stale by changes it made itself and already knows.
+    ``uid``/``gid``/``umask`` override what stat reports (as libfuse's options of the same
+    names do); they do not change what is stored.
+    """
+
+    entry_timeout: float = 10.0
+    attr_timeout: float = 10.0
+    negative_timeout: float = 10.0
+    writeback_cache: bool = True
+    keep_cache: bool = True
+    read_only: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    umask: int | None = None
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _guarded(fn: F) -> F:
+    """Make a handler answer every failure with a FUSEError and nothing else."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self: ChanosOperations, *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception as exc:
+            self._unexpected(name, args, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ChanosOperations(pyfuse3.Operations):
+    """pyfuse3 operations that forward each request to ``kernel.syscall``."""
+
+    supports_dot_lookup = True
+    enable_acl = False
+
+    def __init__(self, kernel: Kernel, config: FrontEndConfig | None = None) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.config = config or FrontEndConfig()
+        self.enable_writeback_cache = self.config.writeback_cache
+        self._syscall = kernel.syscall
+        self._handles: dict[int, Handle] = {}
+        self._lookups: dict[int, int] = {}  # references the chanos kernel counted
+        self._dirrefs: dict[int, int] = {}  # references taken through readdirplus
+        self._logged: set[tuple[str, type]] = set()
+        self.unexpected_errors = 0
+        self._entry_timeout = self.config.entry_timeout
+        self._attr_timeout = self.config.attr_timeout
+        c = self.config
+        self._override = c.uid is not None or c.gid is not None or c.umask is not None
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _unexpected(self, op: str, args: Sequence[Any], exc: BaseException) -> None:
+        """Log an unexpected failure: with its traceback the first time per (op, type)."""
+        self.unexpected_errors += 1
+        key = (op, type(exc))
+        shown = tuple(a for a in args if not isinstance(a, pyfuse3.RequestContext))
+        if key in self._logged:
+            log.error("%s%r failed: %r (answered EIO)", op, shown, exc)
+        else:
+            self._logged.add(key)
+            log.error("%s%r failed: %r (answered EIO)", op, shown, exc, exc_info=exc)
+
+    def lookup_counts(self) -> dict[int, int]:
+        """References the host kernel holds, by ext4 inode (both kinds; for tests)."""
+        out = dict(self._lookups)
+        for ino, n in self._dirrefs.items():
+            out[ino] = out.get(ino, 0) + n
+        return out
+
+    def open_handles(self) -> int:
+        return len(self._handles)
+
+    def _ref(self, ino: int) -> None:
+        self._lookups[ino] = self._lookups.get(ino, 0) + 1
+
+    def _handle(self, fh: int) -> Handle:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            log.error("request on unknown file handle %d", fh)
+            raise pyfuse3.FUSEError(errno.EBADF) from None
+
+    def _attrs(self, a: Attr, generation: int = 0) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = to_fuse(a.ino)
+        e.generation = generation
+        e.entry_timeout = self._entry_timeout
+        e.attr_timeout = self._attr_timeout
+        mode, uid, gid = a.mode, a.uid, a.gid
+        if self._override:
+            c = self.config
+            if c.uid is not None:
+                uid = c.uid
+            if c.gid is not None:
+                gid = c.gid
+            if c.umask is not None:
+                mode &= ~c.umask
+        e.st_mode = mode
+        e.st_nlink = a.nlink
+        e.st_uid = uid
+        e.st_gid = gid
+        e.st_rdev = a.rdev
+        e.st_size = a.size
+        e.st_blksize = a.blksize
+        e.st_blocks = a.blocks
+        e.st_atime_ns = a.atime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns
+        e.st_birthtime_ns = a.crtime_ns
+        return e
+
+    def _entry(self, entry: Entry) -> pyfuse3.EntryAttributes:
+        """An entry reply: the host kernel takes one lookup reference on it."""
+        self._ref(entry.inode)
+        return self._attrs(entry.attr, entry.generation)
+
+    def _check_writable(self) -> None:
+        # The host kernel already refuses writes on an "ro" mount; this guards the
+        # paths it does not (e.g. setxattr on some kernels) so the image stays untouched.
+        if self.config.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    def _open_flags(self, flags: int) -> int:
+        """Adapt open flags to the writeback cache.
+
+        With the writeback cache the host kernel reads pages of files opened write-only
+        (to fill partial pages) and implements O_APPEND itself (it sends writes at the
+        end offset it knows), so the handle must allow reads and must not append again.
+        """
+        if self.config.writeback_cache:
+            if flags & os.O_ACCMODE == os.O_WRONLY:
+                flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+            flags &= ~os.O_APPEND
+        return flags
+
+    def _file_info(self, handle: Handle) -> pyfuse3.FileInfo:
+        self._handles[handle.fh] = handle
+        # keep_cache is valid: nothing but this mount changes the file, and the host
+        # kernel keeps its own page cache coherent with its own writes and truncates.
+        return pyfuse3.FileInfo(fh=handle.fh, keep_cache=self.config.keep_cache)
+
+    # ------------------------------------------------------------------ names
+
+    @_guarded
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        try:
+            entry = await self._syscall(Lookup(to_ext4(parent_inode), name))
+        except FileNotFoundError:
+            if self.config.negative_timeout <= 0:
+                raise
+            # A cached negative entry: valid for the same reason as the timeouts (the
+            # host kernel drops it itself when it creates the name).
+            neg = pyfuse3.EntryAttributes()
+            neg.st_ino = 0
+            neg.entry_timeout = self.config.negative_timeout
+            return neg
+        return self._entry(entry)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # No reply goes back for a forget, so nothing may raise out of here.
+        for fuse_ino, nlookup in inode_list:
+            ino = to_ext4(fuse_ino)
+            dirrefs = self._dirrefs.pop(ino, 0)
+            counted = self._lookups.pop(ino, 0)
+            if nlookup > dirrefs + counted:
+                log.error(
+                    "forget(%d, %d) but only %d references were handed out",
+                    ino,
+                    nlookup,
+                    dirrefs + counted,
+                )
+                nlookup = dirrefs + counted
+            from_dir = min(nlookup, dirrefs)
+            forward = nlookup - from_dir
+            if dirrefs - from_dir:
+                self._dirrefs[ino] = dirrefs - from_dir
+            if counted - forward:
+                self._lookups[ino] = counted - forward
+            if forward:
+                try:
+                    await self._syscall(Forget(ino, forward))
+                except Exception as exc:
+                    self._unexpected("forget", (ino, forward), exc)
+
+    @_guarded
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attrs(await self._syscall(GetAttr(to_ext4(inode))))
+
+    @_guarded
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        # pyfuse3 has already turned UTIME_NOW into the current time in ``attr``;
+        # UTIME_OMIT arrives as a field not to update, i.e. None here.
+        msg = SetAttr(
+            to_ext4(inode),
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
+            handle=self._handles.get(fh) if fh is not None else None,
+        )
+        return self._attrs(await self._syscall(msg))
+
+    @_guarded
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self._syscall(ReadLink(to_ext4(inode)))
+
+    @_guarded
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        mode = stat.S_IFMT(mode) | (stat.S_IMODE(mode) & ~ctx.umask)
+        msg = MkNod(to_ext4(parent_inode), name, mode, rdev, ctx.uid, ctx.gid)
+        return self._entry(await self._syscall(msg))
+
+    @_guarded
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        mode = stat.S_IFDIR | (stat.S_IMODE(mode) & ~ctx.umask)
+        msg = MkDir(to_ext4(parent_inode), name, mode, ctx.uid, ctx.gid)
+        return self._entry(await self._syscall(msg))
+
+    @_guarded
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable()
+        await self._syscall(Unlink(to_ext4(parent_inode), name))
+
+    @_guarded
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable()
+        await self._syscall(RmDir(to_ext4(parent_inode), name))
+
+    @_guarded
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        msg = Symlink(to_ext4(parent_inode), name, target, ctx.uid, ctx.gid)
+        return self._entry(await self._syscall(msg))
+
+    @_guarded
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._check_writable()
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
+            RENAME_NOREPLACE | RENAME_EXCHANGE
+        ):
+            # RENAME_WHITEOUT (overlayfs) and contradictory combinations.
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        await self._syscall(
+            Rename(to_ext4(parent_inode_old), name_old, to_ext4(parent_inode_new), name_new, flags)
+        )
+
+    @_guarded
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        msg = Link(to_ext4(inode), to_ext4(new_parent_inode), new_name)
+        return self._entry(await self._syscall(msg))
+
+    # ------------------------------------------------------------------ files
+
+    @_guarded
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        handle = await self._syscall(Open(to_ext4(inode), self._open_flags(flags)))
+        return self._file_info(handle)
+
+    @_guarded
+    async def create(
+        self,
+        parent_inode: int,
+        name: bytes,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._check_writable()
+        mode = stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask)
+        msg = Create(to_ext4(parent_inode), name, mode, self._open_flags(flags), ctx.uid, ctx.gid)
+        handle, entry = await self._syscall(msg)
+        return self._file_info(handle), self._entry(entry)
+
+    @_guarded
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self._syscall(Read(self._handle(fh), off, size))
+
+    @_guarded
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        # One message per request, however large: the host kernel gathers up to 1 MiB
+        # (max_pages) per WRITE and the vnode writes it as one contiguous extent.
+        return await self._syscall(Write(self._handle(fh), off, buf))
+
+    @_guarded
+    async def flush(self, fh: int) -> None:
+        await self._syscall(Flush(self._handle(fh)))
+
+    @_guarded
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            log.error("release of unknown file handle %d", fh)
+            return
+        await self._syscall(Release(handle))
+
+    @_guarded
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._syscall(FSync(self._handle(fh), datasync))
+
+    # ------------------------------------------------------------------ directories
+
+    @_guarded
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        handle = await self._syscall(OpenDir(to_ext4(inode)))
+        self._handles[handle.fh] = handle
+        return handle.fh
+
+    @_guarded
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self._handle(fh)
+        offset = start_id
+        # Fill the host kernel's buffer: ask the directory for more until it is full or
+        # the directory ends. Offsets come from the file system and stay valid across
+        # concurrent changes, so a later READDIR resumes exactly after the last entry.
+        while True:
+            entries: list[DirEntry] = await self._syscall(ReadDir(handle, offset))
+            if not entries:
+                return
+            for d in entries:
+                dot = d.name in (b".", b"..")
+                if dot:
+                    # The host kernel ignores the attributes of . and .. and takes no
+                    # reference on them; don't spend a message on their attributes.
+                    attrs = pyfuse3.EntryAttributes()
+                    attrs.st_ino = to_fuse(d.inode)
+                    attrs.st_mode = d.mode
+                else:
+                    a = d.attr
+                    if a is None:
+                        a = await self._syscall(GetAttr(d.inode))
+                    attrs = self._attrs(a)
+                if not pyfuse3.readdir_reply(token, d.name, attrs, d.next_offset):
+                    return  # buffer full: not sent, so no reference taken
+                if not dot:
+                    # readdirplus: the host kernel takes a reference on every entry,
+                    # one the chanos kernel did not count (see the module docstring).
+                    self._dirrefs[d.inode] = self._dirrefs.get(d.inode, 0) + 1
+                offset = d.next_offset
+
+    @_guarded
+    async def releasedir(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            log.error("releasedir of unknown file handle %d", fh)
+            return
+        await self._syscall(ReleaseDir(handle))
+
+    @_guarded
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self._syscall(FSyncDir(self._handle(fh), datasync))
+
+    # ------------------------------------------------------------------ file system
+
+    @_guarded
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = await self._syscall(StatFs())
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = s.f_bsize
+        out.f_frsize = s.f_frsize
+        out.f_blocks = s.f_blocks
+        out.f_bfree = s.f_bfree
+        out.f_bavail = s.f_bavail
+        out.f_files = s.f_files
+        out.f_ffree = s.f_ffree
+        out.f_favail = s.f_favail
+        out.f_namemax = s.f_namemax
+        return out
+
+    # ------------------------------------------------------------------ xattrs
+
+    @_guarded
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self._syscall(GetXattr(to_ext4(inode), name))
+
+    @_guarded
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        # pyfuse3 does not pass setxattr(2)'s XATTR_CREATE/XATTR_REPLACE flags on; the
+        # call is forwarded as a plain set (see docs/architecture.md).
+        self._check_writable()
+        await self._syscall(SetXattr(to_ext4(inode), name, value, 0))
+
+    @_guarded
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return list(await self._syscall(ListXattr(to_ext4(inode))))
+
+    @_guarded
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable()
+        await self._syscall(RemoveXattr(to_ext4(inode), name))
+
+    @_guarded
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        # Only reached without default_permissions (the host kernel checks permissions
+        # itself otherwise): check the mode bits as the kernel's generic_permission does.
+        a = await self._syscall(GetAttr(to_ext4(inode)))
+        return _permitted(a, mode, ctx.uid, ctx.gid, pyfuse3.get_sup_groups(ctx.pid))
+
+
+def _permitted(a: Attr, want: int, uid: int, gid: int, groups: set[int]) -> bool:
+    """POSIX permission check of ``want`` (R_OK/W_OK/X_OK bits) against ``a``."""
+    if uid == 0:
+        # root may do anything except execute a file no one may execute.
+        return not (want & os.X_OK) or stat.S_ISDIR(a.mode) or bool(a.mode & 0o111)
+    if uid == a.uid:
+        bits = (a.mode >> 6) & 7
+    elif gid == a.gid or a.gid in groups:
+        bits = (a.mode >> 3) & 7
+    else:
+        bits = a.mode & 7
+    return want & ~bits == 0

@@ -1,0 +1,191 @@
+"""Mount options of ``chanos mount``: parsing ``-o`` lists into one MountConfig.
+
+Three kinds of options arrive in one comma-separated list (from the command line, from
+mount(8)/mount.fuse3, or from an /etc/fstab line):
+
+* chanos's own: ``uid=``, ``gid=``, ``umask=``, ``max_vnodes=``, ``log_level=``,
+  ``log=FILE``, ``trace=FILE``, ``writeback``/``nowriteback``, ``entry_timeout=``,
+  ``attr_timeout=``, ``negative_timeout=``, ``keep_cache``/``nokeep_cache``,
+  ``default_permissions``/``nodefault_permissions``;
+* FUSE mount options handed to libfuse: ``allow_other``, ``default_permissions`` and the
+  generic VFS flags (``ro``, ``rw``, ``nosuid``, ``nodev``, ``noexec``, ``noatime``, ...);
+* options that only mean something to mount(8)/fstab (``defaults``, ``auto``, ``noauto``,
+  ``user``, ``nofail``, ``_netdev``, ``x-*``, ``comment=``): accepted and dropped.
+
+Anything else is refused with a one-line error naming the option.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+# Generic mount flags libfuse passes to mount(2) (lib/mount.c's mount_flags table).
+VFS_FLAGS = frozenset(
+    [
+        "rw",
+        "ro",
+        "suid",
+        "nosuid",
+        "dev",
+        "nodev",
+        "exec",
+        "noexec",
+        "async",
+        "sync",
+        "dirsync",
+        "atime",
+        "noatime",
+        "diratime",
+        "nodiratime",
+        "lazytime",
+        "nolazytime",
+        "relatime",
+        "norelatime",
+        "strictatime",
+        "nostrictatime",
+    ]
+)
+# Meaningful to mount(8), mount.fuse3 or fstab only.
+IGNORED = frozenset(
+    ["defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail", "_netdev"]
+)
+IGNORED_PREFIXES = ("x-", "comment=")
+
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+class OptionError(ValueError):
+    """A bad ``-o`` option; the message is the one-line error to print."""
+
+
+@dataclass
+class MountConfig:
+    """Everything ``-o`` can say, with the defaults chanos mounts with."""
+
+    read_only: bool = False
+    allow_other: bool = False
+    default_permissions: bool = True
+    uid: int | None = None
+    gid: int | None = None
+    umask: int | None = None
+    max_vnodes: int | None = None
+    log_level: int = logging.WARNING
+    log_file: str | None = None
+    trace_file: str | None = None
+    writeback_cache: bool = True
+    keep_cache: bool = True
+    entry_timeout: float = 10.0
+    attr_timeout: float = 10.0
+    negative_timeout: float = 10.0
+    vfs_flags: list[str] = field(default_factory=list)
+
+    def fuse_options(self, fsname: str) -> set[str]:
+        """The option set for ``pyfuse3.init``."""
+        opts = {f"fsname={fsname}", "subtype=chanos", *self.vfs_flags}
+        opts.discard("rw")
+        opts.discard("ro")
+        opts.add("ro" if self.read_only else "rw")
+        if self.default_permissions:
+            opts.add("default_permissions")
+        if self.allow_other:
+            opts.add("allow_other")
+        return opts
+
+
+def _int(name: str, value: str, base: int = 10) -> int:
+    try:
+        n = int(value, base)
+    except ValueError:
+        raise OptionError(f"option {name}= needs a number, not {value!r}") from None
+    if n < 0:
+        raise OptionError(f"option {name}= must not be negative")
+    return n
+
+
+def _seconds(name: str, value: str) -> float:
+    try:
+        s = float(value)
+    except ValueError:
+        raise OptionError(f"option {name}= needs seconds, not {value!r}") from None
+    if s < 0:
+        raise OptionError(f"option {name}= must not be negative")
+    return s
+
+
+def parse_options(specs: list[str], config: MountConfig | None = None) -> MountConfig:
+    """Parse ``-o`` arguments (each a comma-separated list) into a MountConfig."""
+    c = config or MountConfig()
+    for spec in specs:
+        for opt in spec.split(","):
+            opt = opt.strip()
+            if opt:
+                _apply(c, opt)
+    return c
+
+
+def _apply(c: MountConfig, opt: str) -> None:
+    name, eq, value = opt.partition("=")
+    if eq and not value:
+        raise OptionError(f"option {name}= needs a value")
+    match name:
+        case "ro":
+            c.read_only = True
+        case "rw":
+            c.read_only = False
+        case "allow_other":
+            c.allow_other = True
+        case "default_permissions":
+            c.default_permissions = True
+        case "nodefault_permissions" | "no_default_permissions":
+            c.default_permissions = False
+        case "uid":
+            c.uid = _int(name, value)
+        case "gid":
+            c.gid = _int(name, value)
+        case "umask":
+            c.umask = _int(name, value, 8) & 0o7777
+        case "max_vnodes":
+            n = _int(name, value)
+            if n < 16:
+                raise OptionError("option max_vnodes= must be at least 16")
+            c.max_vnodes = n
+        case "log_level" | "loglevel":
+            try:
+                c.log_level = LOG_LEVELS[value.lower()]
+            except KeyError:
+                raise OptionError(
+                    f"option log_level= must be one of {', '.join(LOG_LEVELS)}"
+                ) from None
+        case "debug":
+            c.log_level = logging.DEBUG
+        case "log":
+            c.log_file = value
+        case "trace":
+            c.trace_file = value
+        case "writeback" | "writeback_cache":
+            c.writeback_cache = True
+        case "nowriteback" | "nowriteback_cache":
+            c.writeback_cache = False
+        case "keep_cache":
+            c.keep_cache = True
+        case "nokeep_cache":
+            c.keep_cache = False
+        case "entry_timeout":
+            c.entry_timeout = _seconds(name, value)
+        case "attr_timeout":
+            c.attr_timeout = _seconds(name, value)
+        case "negative_timeout":
+            c.negative_timeout = _seconds(name, value)
+        case _ if not eq and name in VFS_FLAGS:
+            if name not in c.vfs_flags:
+                c.vfs_flags.append(name)
+        case _ if (not eq and name in IGNORED) or opt.startswith(IGNORED_PREFIXES):
+            pass
+        case _:
+            raise OptionError(f"unknown mount option {opt!r}")
