@@ -38,13 +38,13 @@ from chanos.fs.group_protocol import (
     Sync,
     WriteInode,
 )
-from chanos.fs.superblock_protocol import GroupCountsChanged, ReportError
+from chanos.fs.superblock_protocol import GetGroupCounts, GroupCountsChanged, ReportError
 
 try:
-    from chanos.personality import Actor, cast
+    from chanos.personality import Actor, call, cast
 except ImportError:  # TEMPORARY until the message model lands in chanos.personality
     Actor = object  # type: ignore[assignment,misc]
-    cast = None  # type: ignore[assignment]
+    call = cast = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -409,6 +409,7 @@ class BlockGroupActor(Actor):
         read_only: bool = False,
         write_through: bool = True,
     ) -> None:
+        self.superblock = superblock
         on_counts = on_error = None
         if superblock is not None:
             on_counts, on_error = _reporters(superblock)
@@ -424,6 +425,12 @@ class BlockGroupActor(Actor):
 
     async def started(self) -> None:
         await self.group.load()
+        if self.superblock is not None:
+            # used_dirs cannot be recomputed from the bitmaps: after a restart take the
+            # last value this group reported (the superblock never calls a group, so
+            # this call cannot deadlock).
+            counts = await call(self.superblock, GetGroupCounts())
+            self.group.used_dirs = counts[self.group.layout.index].used_dirs
         await self.group.sync()  # report the exact counts (they may differ from the GDT)
 
     async def handle(self, msg: object) -> Any:
