@@ -353,9 +353,11 @@ def serve(
     except KeyboardInterrupt:
         return EX_FAIL
     except Exception as exc:
-        log.exception("chanos daemon failed")
-        if not state["mounted"]:
-            failed(f"cannot mount {image}: {exc!r}")
+        if state["mounted"]:
+            log.exception("chanos daemon failed")
+        else:
+            log.debug("mount failed", exc_info=exc)
+            failed(f"cannot mount {image}: {type(exc).__name__}: {exc}")
         return EX_FAIL
     return EX_OK
 

@@ -95,7 +95,7 @@ class FakeKernel:
         self.open_handles: dict[int, Handle] = {}
         self.calls: dict[str, int] = {}
         self.write_sizes: list[int] = []
-        self.fail_next: type | None = None  # message class whose next call raises
+        self.crash: tuple[str, int] | None = None  # (message name, every n-th call raises)
 
     # -- helpers
     def _node(self, ino: int) -> Node:
@@ -161,9 +161,8 @@ class FakeKernel:
     async def syscall(self, msg):
         name = type(msg).__name__
         self.calls[name] = self.calls.get(name, 0) + 1
-        if self.fail_next is type(msg):
-            self.fail_next = None
-            raise RuntimeError("injected failure")
+        if self.crash and self.crash[0] == name and self.calls[name] % self.crash[1] == 0:
+            raise RuntimeError(f"injected failure of {name}")
         match msg:
             case Lookup(parent, nm):
                 d = self._dir(parent)
@@ -352,6 +351,10 @@ def main() -> None:
     mountpoint, stats_path = sys.argv[1], sys.argv[2]
     extra = sys.argv[3:]
     kernel = FakeKernel()
+    for arg in extra:
+        if arg.startswith("crash="):
+            op, _, n = arg[6:].partition(":")
+            kernel.crash = (op, int(n))
     wb = "nowriteback" not in extra
     ops = ChanosOperations(kernel, FrontEndConfig(writeback_cache=wb))
 
