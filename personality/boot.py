@@ -2,7 +2,7 @@
 
 ``boot(source, options)`` is an async context manager. It builds the supervisor tree::
 
-    kernel (one-for-all)
+    kernel (one-for-one)
     ├── driver            the block-device driver actor (unless one was passed in)
     ├── volume            superblock actor + one actor per block group (chanos.fs.volume)
     ├── vnode-table       inode number -> live vnode actor (chanos.fs.vnode_table)
@@ -58,7 +58,6 @@ from chanos.fs.vnode_table import (
 )
 from chanos.fs.vnode_table import Forget as TableForget
 from chanos.personality import (
-    ONE_FOR_ALL,
     ONE_FOR_ONE,
     PERMANENT,
     ActorRef,
@@ -396,6 +395,7 @@ async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterato
     Raises OSError for a mount that is refused (unknown incompat features, a journal that
     needs recovery, a corrupt superblock) with a message naming the reason.
     """
+    from chanos.drivers.client import BlockDevice
     from chanos.fs.orphans import OrphanList, cleanup_orphans
     from chanos.fs.rename import RenameCoordinator
     from chanos.fs.volume import mount
@@ -403,7 +403,7 @@ async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterato
     options = options or MountOptions()
     async with open_supervisor(
         name="kernel",
-        strategy=ONE_FOR_ALL,
+        strategy=ONE_FOR_ONE,
         max_restarts=options.max_restarts,
         within=options.restart_window,
     ) as sup:
@@ -412,7 +412,7 @@ async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterato
             driver = await sup.start(ChildSpec(name="driver", factory=factory, restart=PERMANENT))
         else:
             driver = source
-        volume = await mount(driver, read_only=options.read_only, supervisor=sup)
+        volume = await mount(BlockDevice(driver), read_only=options.read_only, supervisor=sup)
         read_only = options.read_only or bool(getattr(volume, "read_only", False))
         if read_only != options.read_only:
             options = replace(options, read_only=read_only)
@@ -481,17 +481,5 @@ async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterato
             if clean:
                 await volume.unmount()
             else:
-                # An error escaped: do not mark the image clean, but leave what is
-                # consistent on the device (the driver flushes on close).
-                await _quiet(volume, "abort")
-        sup.cancel()
-
-
-async def _quiet(volume: Any, method: str) -> None:
-    fn = getattr(volume, method, None)
-    if fn is None:
-        return
-    try:
-        await fn()
-    except Exception as exc:  # already failing: report, do not mask the first error
-        log.error("unmount after failure: %r", exc)
+                # An error escaped: stop without marking the image clean.
+                log.error("kernel stopped on an error; image left marked not clean")
