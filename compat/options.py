@@ -60,6 +60,23 @@ LOG_LEVELS = {
 }
 
 
+FLAG_OPTIONS = frozenset(
+    [
+        "allow_other",
+        "default_permissions",
+        "nodefault_permissions",
+        "no_default_permissions",
+        "debug",
+        "writeback",
+        "writeback_cache",
+        "nowriteback",
+        "nowriteback_cache",
+        "keep_cache",
+        "nokeep_cache",
+    ]
+)
+
+
 class OptionError(ValueError):
     """A bad ``-o`` option; the message is the one-line error to print."""
 
@@ -133,6 +150,8 @@ def _apply(c: MountConfig, opt: str) -> None:
     name, eq, value = opt.partition("=")
     if eq and not value:
         raise OptionError(f"option {name}= needs a value")
+    if eq and (name in FLAG_OPTIONS or name in VFS_FLAGS or name in IGNORED):
+        raise OptionError(f"option {name} takes no value")
     match name:
         case "ro":
             c.read_only = True

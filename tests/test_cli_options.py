@@ -1,0 +1,78 @@
+"""Mount option parsing and size parsing of the chanos command (no mount needed)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from chanos.compat.cli import Fail, parse_size
+from chanos.compat.options import MountConfig, OptionError, parse_options
+
+
+def test_defaults():
+    c = parse_options([])
+    assert c == MountConfig()
+    opts = c.fuse_options("/img")
+    assert "default_permissions" in opts
+    assert "rw" in opts and "ro" not in opts
+    assert "allow_other" not in opts
+    assert {"fsname=/img", "subtype=chanos"} <= opts
+
+
+def test_chanos_options():
+    c = parse_options(["ro,allow_other,uid=1000,gid=100", "umask=027,max_vnodes=5000"])
+    assert c.read_only and c.allow_other
+    assert (c.uid, c.gid, c.umask, c.max_vnodes) == (1000, 100, 0o027, 5000)
+    opts = c.fuse_options("/img")
+    assert "ro" in opts and "rw" not in opts and "allow_other" in opts
+    c = parse_options(["log_level=debug,log=/tmp/l,trace=/tmp/t.json,nowriteback"])
+    assert c.log_level == logging.DEBUG and c.log_file == "/tmp/l"
+    assert c.trace_file == "/tmp/t.json" and not c.writeback_cache
+    c = parse_options(["entry_timeout=0.5,attr_timeout=0,negative_timeout=2,nokeep_cache"])
+    assert (c.entry_timeout, c.attr_timeout, c.negative_timeout) == (0.5, 0.0, 2.0)
+    assert not c.keep_cache
+
+
+def test_default_permissions_can_be_turned_off():
+    c = parse_options(["nodefault_permissions"])
+    assert "default_permissions" not in c.fuse_options("/i")
+
+
+def test_vfs_flags_pass_through_and_fstab_words_are_dropped():
+    c = parse_options(["rw,nosuid,nodev,noatime,defaults,auto,nofail,_netdev,x-systemd.automount"])
+    opts = c.fuse_options("/i")
+    assert {"nosuid", "nodev", "noatime", "rw"} <= opts
+    assert not {"defaults", "auto", "nofail", "_netdev"} & opts
+    assert not any(o.startswith("x-") for o in opts)
+
+
+def test_last_of_ro_rw_wins():
+    assert parse_options(["ro,rw"]).read_only is False
+    assert parse_options(["rw", "ro"]).read_only is True
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["bogus", "uid=abc", "uid=-1", "umask=9", "max_vnodes=3", "log_level=loud",
+     "attr_timeout=x", "uid=", "allow_other=1"],
+)  # fmt: skip
+def test_bad_options_are_refused_with_a_message(bad):
+    with pytest.raises(OptionError) as ei:
+        parse_options([bad])
+    assert str(ei.value)
+    assert "\n" not in str(ei.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("512M", 512 << 20), ("1G", 1 << 30), ("64MiB", 64 << 20), ("1048576", 1 << 20),
+     ("4k", 4096), ("2T", 2 << 40)],
+)  # fmt: skip
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "12X", "M", "1.5G", "-1G"])
+def test_parse_size_rejects(text):
+    with pytest.raises(Fail):
+        parse_size(text)
