@@ -1,0 +1,255 @@
+"""A directory's entries over its data blocks: lookup, add, remove, replace, iterate.
+
+``Directory`` is owned by the vnode actor of one directory (never shared): it keeps the
+directory's blocks in memory as ``bytearray`` s, a name index over them, and a per-block
+"largest hole" hint so that an insert does not rescan every block. Record editing is the
+format codec's (``chanos.fs.format.dirent``); this module decides which block an entry
+goes to, keeps the index right, and writes changed blocks back through the directory's
+``FileData``.
+
+Stable offsets. The position of an entry is ``block * block_size + offset_in_block``.
+The codec never moves a live record (an insert splits a record's slack, a delete merges
+into the previous record), so an entry keeps its position for its whole life. ReadDir
+cookies are ``position + 1`` of the last entry returned ("resume after this entry"), so
+a scan resumed after any insertions and deletions returns every entry that existed for
+the whole scan exactly once. 0 stays free to mean "from the start".
+
+Htree (dir_index) directories read correctly by a linear scan: a dx_root block shows
+only "." and ".." (".." spans the index), a dx_node block is one unused record. The
+index is not maintained: the vnode clears EXT4_INDEX_FL before the first change, after
+which the old index bytes are plain slack and the image stays valid.
+
+Blocks that fail the codec's checks are kept aside as corrupt: their entries cannot be
+found, iteration skips them, and nothing is ever inserted into them.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any, NamedTuple
+
+from chanos.fs.format import dirent
+from chanos.fs.format._record import CorruptError
+
+
+class DirEntryInfo(NamedTuple):
+    """A live entry as iteration reports it."""
+
+    position: int  # block * block_size + offset: stable for the entry's life
+    name: bytes
+    inode: int
+    file_type: int
+
+
+class _Where(NamedTuple):
+    block: int
+    offset: int
+    inode: int
+    file_type: int
+
+
+def _largest_room(block: bytes | bytearray) -> int:
+    """The longest record ``dirent.insert`` could place in this block (0 = none)."""
+    best = 0
+    for r in dirent.records(block):
+        room = r.slack if r.inode else r.rec_len
+        if room > best:
+            best = room
+    return best
+
+
+class Directory:
+    """The entries of one directory (see the module docstring).
+
+    ``data`` is the directory's ``FileData`` (byte-level read/write over its blocks);
+    ``nblocks`` its size in blocks; ``max_inode`` the volume's inode count (entries
+    naming a larger inode make their block corrupt); ``filetype``: whether entries carry
+    file types (the filetype feature).
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        block_size: int,
+        nblocks: int,
+        *,
+        max_inode: int,
+        filetype: bool = True,
+    ) -> None:
+        self.data = data
+        self.block_size = block_size
+        self.nblocks = nblocks
+        self.max_inode = max_inode
+        self.filetype = filetype
+        self.blocks: list[bytearray] = []
+        self.corrupt: set[int] = set()
+        self._index: dict[bytes, _Where] = {}
+        self._room: list[int] = []
+
+    # ----- loading ------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read every block and build the index."""
+        bs = self.block_size
+        raw = await self.data.read(0, self.nblocks * bs) if self.nblocks else b""
+        mv = memoryview(raw)
+        self.blocks = [bytearray(mv[i * bs : (i + 1) * bs]) for i in range(self.nblocks)]
+        self._index.clear()
+        self._room = [0] * self.nblocks
+        self.corrupt.clear()
+        for i, block in enumerate(self.blocks):
+            self._index_block(i, block)
+
+    def _index_block(self, i: int, block: bytearray) -> None:
+        try:
+            recs = dirent.live_entries(block, self.max_inode)
+            room = _largest_room(block)
+        except CorruptError:
+            self.corrupt.add(i)
+            self._room[i] = 0
+            return
+        for r in recs:
+            # A name present twice (a damaged image) resolves to its first occurrence.
+            self._index.setdefault(r.name, _Where(i, r.offset, r.inode, r.file_type))
+        self._room[i] = room
+
+    @property
+    def size(self) -> int:
+        """The directory's i_size."""
+        return self.nblocks * self.block_size
+
+    # ----- queries --------------------------------------------------------------------------
+
+    def lookup(self, name: bytes) -> tuple[int, int] | None:
+        """(inode, file_type) of entry ``name``, or None."""
+        w = self._index.get(name)
+        return None if w is None else (w.inode, w.file_type)
+
+    def __len__(self) -> int:
+        """Number of live entries, "." and ".." included."""
+        return len(self._index)
+
+    def is_empty(self) -> bool:
+        """Only "." and ".." (or less, in a damaged directory) are left."""
+        return all(name in (b".", b"..") for name in self._index) and not self.corrupt
+
+    def dotdot(self) -> int:
+        """The parent recorded in ".." (0 when block 0 is missing or damaged)."""
+        if not self.blocks or 0 in self.corrupt:
+            return 0
+        try:
+            return dirent.dotdot_inode(self.blocks[0])
+        except CorruptError:
+            return 0
+
+    def entries(self, position: int = 0, limit: int = 0) -> list[DirEntryInfo]:
+        """Live entries at stable positions >= ``position``, in order (at most ``limit``,
+        0 = all)."""
+        bs = self.block_size
+        out: list[DirEntryInfo] = []
+        for i in range(max(0, position // bs), self.nblocks):
+            if i in self.corrupt:
+                continue
+            base = i * bs
+            for r in dirent.records(self.blocks[i]):
+                if r.inode and base + r.offset >= position:
+                    out.append(DirEntryInfo(base + r.offset, r.name, r.inode, r.file_type))
+                    if limit and len(out) >= limit:
+                        return out
+        return out
+
+    # ----- changes --------------------------------------------------------------------------
+
+    async def _write_block(self, i: int) -> None:
+        bs = self.block_size
+        await self.data.write(i * bs, self.blocks[i], size=self.size)
+
+    async def add(self, name: bytes, ino: int, file_type: int) -> int:
+        """Add ``name`` -> ``ino``; returns its position. EEXIST if present.
+
+        Goes into the first block with room; otherwise a new block is appended (ENOSPC
+        from the allocator leaves the directory unchanged).
+        """
+        dirent.check_name(name)
+        if name in self._index:
+            raise OSError(errno.EEXIST, f"{name!r} exists")
+        ft = file_type if self.filetype else 0
+        need = dirent.rec_len_for(len(name))
+        for i, room in enumerate(self._room):
+            if room >= need and i not in self.corrupt:
+                block = self.blocks[i]
+                off = dirent.insert(block, ino, name, ft)
+                if off is None:  # the hint was stale; recompute and go on
+                    self._room[i] = _largest_room(block)
+                    continue
+                try:
+                    await self._write_block(i)
+                except OSError:
+                    dirent.delete(block, off)
+                    raise
+                self._room[i] = _largest_room(block)
+                self._index[name] = _Where(i, off, ino, ft)
+                return i * self.block_size + off
+        # No room anywhere: a new block at the end.
+        i = self.nblocks
+        block = dirent.empty_block(self.block_size)
+        off = dirent.insert(block, ino, name, ft)
+        assert off is not None
+        await self.data.write(i * self.block_size, block, size=self.size)
+        self.blocks.append(block)
+        self._room.append(_largest_room(block))
+        self.nblocks += 1
+        self._index[name] = _Where(i, off, ino, ft)
+        return i * self.block_size + off
+
+    async def remove(self, name: bytes, expect_ino: int = 0) -> tuple[int, int]:
+        """Remove ``name``; returns (inode, file_type) it named. ENOENT if absent (or, with
+        ``expect_ino``, naming another inode)."""
+        w = self._index.get(name)
+        if w is None or (expect_ino and w.inode != expect_ino):
+            raise OSError(errno.ENOENT, f"no entry {name!r}")
+        block = self.blocks[w.block]
+        saved = bytes(block)
+        dirent.delete(block, w.offset)
+        try:
+            await self._write_block(w.block)
+        except OSError:
+            block[:] = saved
+            raise
+        del self._index[name]
+        self._room[w.block] = _largest_room(block)
+        return w.inode, w.file_type
+
+    async def replace(
+        self, name: bytes, ino: int, file_type: int, expect_ino: int = 0
+    ) -> tuple[int, int]:
+        """Point existing ``name`` at ``ino``; returns the old (inode, file_type)."""
+        w = self._index.get(name)
+        if w is None or (expect_ino and w.inode != expect_ino):
+            raise OSError(errno.ENOENT, f"no entry {name!r}")
+        ft = file_type if self.filetype else 0
+        block = self.blocks[w.block]
+        dirent.set_entry(block, w.offset, ino, ft)
+        try:
+            await self._write_block(w.block)
+        except OSError:
+            dirent.set_entry(block, w.offset, w.inode, w.file_type)
+            raise
+        self._index[name] = _Where(w.block, w.offset, ino, ft)
+        return w.inode, w.file_type
+
+    async def set_dotdot(self, parent: int) -> None:
+        """Rewrite ".." to name ``parent`` (a directory moved to another parent)."""
+        if not self.blocks or 0 in self.corrupt:
+            raise OSError(errno.EIO, "directory block 0 is damaged")
+        block = self.blocks[0]
+        dirent.set_dotdot(block, parent)
+        await self._write_block(0)
+        w = self._index.get(b"..")
+        if w is not None:
+            self._index[b".."] = _Where(w.block, w.offset, parent, w.file_type)
+
+
+def first_block(block_size: int, ino: int, parent: int, filetype: bool = True) -> bytearray:
+    """The first block of a new directory ("." and "..")."""
+    return dirent.new_dir_block(block_size, ino, parent, filetype)

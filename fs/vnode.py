@@ -1,0 +1,983 @@
+"""VnodeActor: one actor per active inode; everything that happens to one inode.
+
+The vnode owns its inode's in-memory state: the decoded ``Inode``, the file data (extent
+tree or block map, through ``FileData``), the entries of a directory (``Directory``) and
+the extended attributes (``Xattrs``). All operations on one inode are serialized by the
+actor's mailbox, so none of this needs a lock.
+
+Life cycle. The vnode table starts a vnode on the first message for its inode;
+``started`` reads the inode through the owning block-group actor (ReadInode). Every
+change is written through to the group actor (WriteInode) at the end of the message that
+made it, and file-data mapping blocks are flushed to the device before that, so the
+group actors always hold the current inode: ``stopped`` (retirement, unmount) only has
+to repeat the write. A vnode whose inode was freed forgets it; a later message re-reads
+the inode from disk (the number may have been allocated again, by a directory writing
+the new inode straight to its group actor).
+
+Who calls whom. Directories call their children (link counts, emptiness) through the
+vnode table, never the other way round, and the kernel composes Create and Link out of
+vnode messages, so two vnodes never wait on each other. Entry attributes for Lookup and
+ReadDir are read from the group actor, which holds the children's current inodes.
+
+Semantics follow Linux ext4: timestamps in nanoseconds (ctime on every change, mtime on
+content changes, relatime for atime), dir_nlink link counting, fast symlinks (< 60
+bytes) in i_block, device numbers in i_block, EXTENTS_FL on new files, directories and
+slow symlinks, i_extra_isize 32 and crtime on new inodes, setgid directories passing
+their group on, htree directories read linearly and their index flag cleared on the
+first change. An inode whose last link goes while it is open is put on the orphan list
+(``chanos.fs.orphans``) and freed at its last Release.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import stat
+import time
+from typing import Any
+
+from chanos.fs import vnode_protocol as vp
+from chanos.fs.directory import Directory, first_block
+from chanos.fs.extent_tree import ExtentTree
+from chanos.fs.file_data import FileData
+from chanos.fs.format import dirent
+from chanos.fs.format import features as F
+from chanos.fs.format.inode import (
+    APPEND_FL,
+    COMPR_FL,
+    DIRSYNC_FL,
+    EXTENTS_FL,
+    FT_DIR,
+    FT_UNKNOWN,
+    IMMUTABLE_FL,
+    INDEX_FL,
+    JOURNAL_DATA_FL,
+    LINK_MAX,
+    NOATIME_FL,
+    NOCOMPR_FL,
+    NODUMP_FL,
+    NOTAIL_FL,
+    PROJINHERIT_FL,
+    SECRM_FL,
+    SYNC_FL,
+    TOPDIR_FL,
+    UNRM_FL,
+    Inode,
+    file_type_from_mode,
+)
+from chanos.fs.orphans import AddOrphan, RemoveOrphan, SetOrphanNext
+from chanos.fs.vnode_table import call_vnode
+from chanos.fs.xattrs import Xattrs
+from chanos.personality import Actor, call
+from chanos.personality.syscalls import (
+    NAME_MAX,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    Attr,
+    DirEntry,
+    Entry,
+    Flush,
+    FSync,
+    FSyncDir,
+    GetAttr,
+    GetXattr,
+    Handle,
+    ListXattr,
+    Lookup,
+    MkDir,
+    MkNod,
+    Open,
+    OpenDir,
+    Read,
+    ReadDir,
+    ReadLink,
+    Release,
+    ReleaseDir,
+    RemoveXattr,
+    Rename,
+    RmDir,
+    SetAttr,
+    SetXattr,
+    Symlink,
+    Unlink,
+    Write,
+)
+
+log = logging.getLogger(__name__)
+
+# Flags a new inode inherits from its directory (ext4's EXT4_FL_INHERITED) and the masks
+# ext4_mask_flags applies by file type.
+_INHERITED = (
+    SECRM_FL
+    | UNRM_FL
+    | COMPR_FL
+    | SYNC_FL
+    | NODUMP_FL
+    | NOATIME_FL
+    | NOCOMPR_FL
+    | JOURNAL_DATA_FL
+    | NOTAIL_FL
+    | DIRSYNC_FL
+    | TOPDIR_FL
+    | PROJINHERIT_FL
+)
+_REG_MASK = ~(DIRSYNC_FL | TOPDIR_FL | PROJINHERIT_FL)
+_OTHER_MASK = NODUMP_FL | NOATIME_FL
+
+READDIR_BATCH = 256  # entries per ReadDir reply
+RELATIME_SECS = 24 * 3600
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+class _Store:
+    """BlockStore over the volume's device client (block numbers -> byte offsets)."""
+
+    __slots__ = ("bs", "device")
+
+    def __init__(self, device: Any, block_size: int) -> None:
+        self.device = device
+        self.bs = block_size
+
+    async def read_blocks(self, start: int, count: int) -> bytes:
+        return await self.device.read(start * self.bs, count * self.bs)
+
+    async def write_blocks(self, start: int, data: bytes | bytearray | memoryview) -> None:
+        await self.device.write(start * self.bs, data)
+
+
+class VnodeActor(Actor):
+    """The vnode of inode ``ino``. ``ctx`` is the kernel's VnodeContext: ``volume``
+    (chanos.fs.volume.Volume), ``table`` (the vnode table), ``orphans`` (the orphan list
+    actor), ``read_only``."""
+
+    def __init__(self, ino: int, ctx: Any) -> None:
+        self.ino = ino
+        self.ctx = ctx
+        vol = ctx.volume
+        self.vol = vol
+        geo = vol.geometry
+        self.geo = geo
+        self.bs = geo.block_size
+        self.huge_file = geo.has_ro_compat(F.RO_COMPAT_HUGE_FILE)
+        self.extent_feature = geo.has_incompat(F.INCOMPAT_EXTENTS)
+        self.dir_nlink = geo.has_ro_compat(F.RO_COMPAT_DIR_NLINK)
+        self.filetype = geo.has_incompat(F.INCOMPAT_FILETYPE)
+        self.store = _Store(vol.device, self.bs)
+        self.inode: Inode | None = None
+        self.load_error: OSError | None = None
+        self._data: FileData | None = None
+        self._dir: Directory | None = None
+        self._xattrs: Xattrs | None = None
+        self.opens = 0
+        self.on_orphan_list = False
+
+    # ----- life cycle -----------------------------------------------------------------------
+
+    async def started(self) -> None:
+        await self._load()
+
+    async def stopped(self) -> None:
+        if self.inode is not None and not self.ctx.read_only:
+            await self._save()
+
+    async def _load(self) -> None:
+        self.inode = None
+        self._data = self._dir = self._xattrs = None
+        self.load_error = None
+        try:
+            raw = await self.vol.read_inode(self.ino)
+            self.inode = Inode.parse(raw)
+        except OSError as e:
+            self.load_error = e
+        except Exception as e:  # a corrupt record: this inode answers EIO, nothing else
+            self.load_error = OSError(errno.EIO, f"inode {self.ino}: {e}")
+        if self.inode is not None:
+            self.on_orphan_list = self.inode.links_count == 0 and self.inode.mode != 0
+
+    def _live(self) -> Inode:
+        """The inode, if it exists (in use, or unlinked but still open)."""
+        if self.inode is None:
+            if self.load_error is not None:
+                raise self.load_error
+            raise OSError(errno.ENOENT, f"inode {self.ino} does not exist")
+        i = self.inode
+        if i.mode == 0 or (i.links_count == 0 and self.opens == 0):
+            raise OSError(errno.ENOENT, f"inode {self.ino} does not exist")
+        return i
+
+    def _writable(self) -> None:
+        if self.ctx.read_only:
+            raise OSError(errno.EROFS, "read-only file system")
+
+    def _fs_blocks_held(self, inode: Inode) -> int:
+        """Blocks the file's data and mapping hold (i_blocks without the xattr block)."""
+        n = inode.get_blocks(self.huge_file, self.bs) // (self.bs // 512)
+        return n - (1 if inode.file_acl else 0)
+
+    def _goal(self) -> int:
+        return self.vol.allocator.goal_for_inode(self.ino)
+
+    def _data_of(self, inode: Inode) -> FileData:
+        if self._data is None:
+            self._data = FileData(
+                inode.i_block,
+                extents=inode.uses_extents,
+                store=self.store,
+                allocator=self.vol.allocator,
+                block_size=self.bs,
+                fs_blocks=self._fs_blocks_held(inode),
+                goal=self._goal(),
+                extent_feature=self.extent_feature,
+                blocks_count=(inode.size + self.bs - 1) // self.bs,
+            )
+        return self._data
+
+    def _has_data_blocks(self, inode: Inode) -> bool:
+        return not inode.is_special and not inode.is_fast_symlink
+
+    async def _directory(self) -> Directory:
+        inode = self._live()
+        if not inode.is_dir:
+            raise OSError(errno.ENOTDIR, f"inode {self.ino} is not a directory")
+        if self._dir is None:
+            d = Directory(
+                self._data_of(inode),
+                self.bs,
+                inode.size // self.bs,
+                max_inode=self.geo.inodes_count,
+                filetype=self.filetype,
+            )
+            await d.load()
+            self._dir = d
+        return self._dir
+
+    async def _xattr_store(self) -> Xattrs:
+        inode = self._live()
+        if self._xattrs is None:
+            x = Xattrs(self.store, self.vol.allocator, self.bs, goal=self._goal())
+            await x.load(inode)
+            self._xattrs = x
+        return self._xattrs
+
+    async def _save(self) -> None:
+        """Write the inode through to its group actor (mapping blocks first)."""
+        inode = self.inode
+        assert inode is not None
+        d = self._data
+        if d is not None:
+            await d.flush()
+            inode.i_block = d.i_block
+            if d.converted:
+                inode.flags |= EXTENTS_FL
+            blocks = d.fs_blocks + (1 if inode.file_acl else 0)
+            inode.set_blocks(blocks * (self.bs // 512), self.huge_file, self.bs)
+        elif not self._has_data_blocks(inode):
+            blocks = 1 if inode.file_acl else 0
+            inode.set_blocks(blocks * (self.bs // 512), self.huge_file, self.bs)
+        if self._dir is not None:
+            inode.size = self._dir.size
+        await self.vol.write_inode(self.ino, inode.build())
+
+    def _attr(self, inode: Inode | None = None, ino: int | None = None) -> Attr:
+        inode = inode or self.inode
+        assert inode is not None
+        return attr_of(ino or self.ino, inode, self.bs, self.huge_file)
+
+    # ----- dispatch -------------------------------------------------------------------------
+
+    async def handle(self, msg: Any) -> Any:
+        inode = self.inode
+        if (inode is None or (inode.links_count == 0 and self.opens == 0)) and not isinstance(
+            msg, vp.WriteBack
+        ):
+            # Freed (or never loaded): the number may be in use again; read it afresh.
+            await self._load()
+        match msg:
+            # --- attributes ---
+            case GetAttr():
+                return self._attr(self._live())
+            case SetAttr():
+                self._writable()
+                return await self._setattr(msg)
+            # --- files ---
+            case Open(_, flags):
+                return await self._open(flags)
+            case Read(handle, offset, size):
+                return await self._read(handle, offset, size)
+            case Write(handle, offset, data):
+                self._writable()
+                return await self._write(handle, offset, data)
+            case Flush():
+                self._live()
+                return None
+            case Release() | ReleaseDir():
+                return await self._release()
+            case FSync() | FSyncDir():
+                return await self._fsync()
+            # --- directories ---
+            case OpenDir():
+                await self._directory()
+                self.opens += 1
+                return Handle(self.ino, self.ref, os.O_RDONLY | os.O_DIRECTORY)
+            case ReadDir(_, offset):
+                return await self._readdir(offset)
+            case Lookup(_, name):
+                return await self._lookup(name)
+            case MkDir(_, name, mode, uid, gid):
+                self._writable()
+                return await self._create(name, stat.S_IFDIR | stat.S_IMODE(mode), 0, uid, gid)
+            case MkNod(_, name, mode, rdev, uid, gid):
+                self._writable()
+                fmt = stat.S_IFMT(mode) or stat.S_IFREG
+                if fmt == stat.S_IFDIR or fmt == stat.S_IFLNK:
+                    raise OSError(errno.EINVAL, "mknod of a directory or symlink")
+                return await self._create(name, fmt | stat.S_IMODE(mode), rdev, uid, gid)
+            case Symlink(_, name, target, uid, gid):
+                self._writable()
+                return await self._create(name, stat.S_IFLNK | 0o777, 0, uid, gid, target)
+            case ReadLink():
+                return await self._readlink()
+            case Unlink(_, name):
+                self._writable()
+                return await self._unlink(name, want_dir=False)
+            case RmDir(_, name):
+                self._writable()
+                return await self._unlink(name, want_dir=True)
+            case Rename(old_parent, old_name, new_parent, new_name, flags):
+                self._writable()
+                if old_parent != self.ino or new_parent != self.ino:
+                    raise OSError(errno.EINVAL, "cross-directory rename goes to the coordinator")
+                return await self._rename_here(old_name, new_name, flags)
+            # --- xattrs ---
+            case GetXattr(_, name):
+                inode = self._live()
+                if name.startswith(b"user.") and not (inode.is_reg or inode.is_dir):
+                    raise OSError(errno.ENODATA, "no user attributes on this file type")
+                return (await self._xattr_store()).get(name)
+            case ListXattr():
+                return (await self._xattr_store()).names()
+            case SetXattr(_, name, value, flags):
+                self._writable()
+                return await self._setxattr(name, value, flags)
+            case RemoveXattr(_, name):
+                self._writable()
+                return await self._setxattr(name, None, 0)
+            # --- between vnodes ---
+            case vp.LookupEntry(name):
+                found = (await self._directory()).lookup(name)
+                if found is None:
+                    raise OSError(errno.ENOENT, f"no entry {name!r}")
+                return found
+            case vp.InsertEntry(name, ino, file_type):
+                self._writable()
+                d = await self._dir_for_change()
+                await d.add(name, ino, file_type)
+                await self._touch_dir()
+                return None
+            case vp.RemoveEntry(name, expect_ino):
+                self._writable()
+                d = await self._dir_for_change()
+                found = await d.remove(name, expect_ino)
+                await self._touch_dir()
+                return found
+            case vp.ReplaceEntry(name, ino, file_type, expect_ino):
+                self._writable()
+                d = await self._dir_for_change()
+                found = await d.replace(name, ino, file_type, expect_ino)
+                await self._touch_dir()
+                return found
+            case vp.CheckEmpty():
+                if not (await self._directory()).is_empty():
+                    raise OSError(errno.ENOTEMPTY, "directory not empty")
+                return None
+            case vp.AdjustLinks(delta):
+                self._writable()
+                return await self._adjust_links(delta)
+            case vp.AddLink():
+                self._writable()
+                return await self._add_link()
+            case vp.DropLink():
+                self._writable()
+                return await self._drop_link()
+            case vp.Renamed(new_parent):
+                self._writable()
+                inode = self._live()
+                if new_parent and inode.is_dir:
+                    d = await self._directory()
+                    await d.set_dotdot(new_parent)
+                inode.ctime_ns = _now()
+                await self._save()
+                return None
+            case SetOrphanNext(next_ino):
+                inode = self.inode
+                if (
+                    inode is not None
+                    and inode.mode
+                    and (self.on_orphan_list or (inode.links_count and not next_ino))
+                ):
+                    inode.dtime = next_ino
+                    await self._save()
+                return None
+            case vp.Reclaim():
+                inode = self.inode
+                if inode is None or inode.mode == 0:
+                    return None
+                if inode.links_count != 0:
+                    raise OSError(errno.EINVAL, f"inode {self.ino} on the orphan list has links")
+                await self._free()
+                return None
+            case vp.WriteBack():
+                if self.inode is not None and not self.ctx.read_only and self.inode.mode:
+                    await self._save()
+                return None
+            case _:
+                raise OSError(errno.ENOSYS, f"vnode: unsupported message {type(msg).__name__}")
+
+    # ----- attributes -----------------------------------------------------------------------
+
+    async def _setattr(self, msg: SetAttr) -> Attr:
+        inode = self._live()
+        now = _now()
+        changed = False
+        if msg.size is not None:
+            if inode.is_dir:
+                raise OSError(errno.EISDIR, "is a directory")
+            if not inode.is_reg:
+                raise OSError(errno.EINVAL, "truncate of a special file")
+            if inode.flags & (IMMUTABLE_FL | APPEND_FL):
+                raise OSError(errno.EPERM, "immutable or append-only file")
+            if msg.size != inode.size:
+                await self._data_of(inode).truncate(inode.size, msg.size)
+                inode.size = msg.size
+                inode.mtime_ns = now
+            changed = True
+        if msg.mode is not None:
+            inode.mode = stat.S_IFMT(inode.mode) | (msg.mode & 0o7777)
+            changed = True
+        if msg.uid is not None:
+            inode.uid = msg.uid
+            changed = True
+        if msg.gid is not None:
+            inode.gid = msg.gid
+            changed = True
+        if msg.atime_ns is not None:
+            inode.atime_ns = msg.atime_ns
+            changed = True
+        if msg.mtime_ns is not None:
+            inode.mtime_ns = msg.mtime_ns
+            changed = True
+        if msg.ctime_ns is not None:
+            inode.ctime_ns = msg.ctime_ns
+        elif changed:
+            inode.ctime_ns = now
+        await self._save()
+        return self._attr(inode)
+
+    # ----- regular files --------------------------------------------------------------------
+
+    async def _open(self, flags: int) -> Handle:
+        inode = self._live()
+        acc = flags & os.O_ACCMODE
+        if inode.is_dir and (acc != os.O_RDONLY or flags & os.O_TRUNC):
+            raise OSError(errno.EISDIR, "is a directory")
+        if flags & os.O_TRUNC and inode.is_reg and acc != os.O_RDONLY:
+            self._writable()
+            now = _now()
+            if inode.size:
+                await self._data_of(inode).truncate(inode.size, 0)
+                inode.size = 0
+            inode.mtime_ns = inode.ctime_ns = now
+            await self._save()
+        self.opens += 1
+        return Handle(self.ino, self.ref, flags)
+
+    async def _read(self, handle: Handle, offset: int, size: int) -> bytes:
+        inode = self._live()
+        if inode.is_dir:
+            raise OSError(errno.EISDIR, "is a directory")
+        if offset < 0 or size < 0:
+            raise OSError(errno.EINVAL, "negative offset or size")
+        if not inode.is_reg:
+            raise OSError(errno.EINVAL, "read of a special file")
+        end = min(inode.size, offset + size)
+        if end <= offset:
+            data = b""
+        else:
+            data = await self._data_of(inode).read(offset, end - offset)
+        await self._touch_atime(inode)
+        return data
+
+    async def _touch_atime(self, inode: Inode) -> None:
+        """relatime: atime moves when it is not newer than mtime/ctime, or a day old."""
+        if self.ctx.read_only or inode.flags & NOATIME_FL:
+            return
+        at = inode.atime_ns
+        now = _now()
+        if at <= inode.mtime_ns or at <= inode.ctime_ns or now - at >= RELATIME_SECS * 10**9:
+            inode.atime_ns = now
+            await self._save()
+
+    async def _write(self, handle: Handle, offset: int, data: bytes) -> int:
+        inode = self._live()
+        if not inode.is_reg:
+            raise OSError(errno.EINVAL if not inode.is_dir else errno.EISDIR, "not a file")
+        if handle.flags & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "handle not open for writing")
+        if inode.flags & IMMUTABLE_FL:
+            raise OSError(errno.EPERM, "immutable file")
+        if handle.flags & os.O_APPEND or inode.flags & APPEND_FL:
+            offset = inode.size
+        if offset < 0:
+            raise OSError(errno.EINVAL, "negative offset")
+        if not data:
+            return 0
+        fd = self._data_of(inode)
+        try:
+            n = await fd.write(offset, data, size=inode.size)
+        finally:
+            # Even a failed write may have allocated blocks: keep i_blocks exact.
+            if fd.inode_dirty or fd.fs_blocks != self._fs_blocks_held(inode):
+                await self._save()
+        if offset + n > inode.size:
+            inode.size = offset + n
+        now = _now()
+        inode.mtime_ns = inode.ctime_ns = now
+        # Writing drops set-user-ID, and set-group-ID when group-execute is set.
+        if inode.mode & stat.S_ISUID or (inode.mode & stat.S_ISGID and inode.mode & stat.S_IXGRP):
+            inode.mode &= ~(stat.S_ISUID | (stat.S_ISGID if inode.mode & stat.S_IXGRP else 0))
+        await self._save()
+        return n
+
+    async def _release(self) -> None:
+        if self.opens > 0:
+            self.opens -= 1
+        inode = self.inode
+        if self.opens == 0 and inode is not None and inode.links_count == 0 and inode.mode:
+            await self._free()
+        return None
+
+    async def _fsync(self) -> None:
+        self._live()
+        if self.ctx.read_only:
+            return None
+        await self._save()
+        await self.vol.sync()
+        return None
+
+    # ----- directories ----------------------------------------------------------------------
+
+    async def _dir_for_change(self) -> Directory:
+        """The directory, about to be modified: an htree index is dropped first (the
+        image stays valid as a linear directory)."""
+        d = await self._directory()
+        inode = self.inode
+        assert inode is not None
+        if inode.links_count == 0:
+            raise OSError(errno.ENOENT, "directory was removed")
+        if inode.flags & INDEX_FL:
+            inode.flags &= ~INDEX_FL
+            await self._save()
+        return d
+
+    async def _touch_dir(self) -> None:
+        inode = self.inode
+        assert inode is not None
+        inode.mtime_ns = inode.ctime_ns = _now()
+        await self._save()
+
+    async def _child_attr(self, ino: int) -> Attr:
+        if ino == self.ino:
+            return self._attr()
+        raw = await self.vol.read_inode(ino)
+        try:
+            child = Inode.parse(raw)
+        except Exception as e:
+            raise OSError(errno.EIO, f"inode {ino}: {e}") from None
+        if child.mode == 0:
+            raise OSError(errno.EIO, f"entry names a free inode {ino}")
+        return attr_of(ino, child, self.bs, self.huge_file)
+
+    async def _lookup(self, name: bytes) -> Entry:
+        d = await self._directory()
+        if len(name) > NAME_MAX:
+            raise OSError(errno.ENAMETOOLONG, "name too long")
+        found = d.lookup(name)
+        if found is None:
+            raise OSError(errno.ENOENT, f"no entry {name!r}")
+        ino = found[0]
+        attr = await self._child_attr(ino)
+        gen = self.inode.generation if ino == self.ino else await self._generation(ino)
+        return Entry(ino, gen, attr)
+
+    async def _generation(self, ino: int) -> int:
+        raw = await self.vol.read_inode(ino)
+        return int.from_bytes(raw[0x64:0x68], "little")
+
+    async def _readdir(self, offset: int) -> list[DirEntry]:
+        d = await self._directory()
+        out = []
+        for e in d.entries(offset, READDIR_BATCH):
+            try:
+                attr = await self._child_attr(e.inode)
+                mode = attr.mode
+            except OSError:
+                attr = None
+                mode = dirent.mode_format_from_file_type(e.file_type)
+            out.append(DirEntry(e.name, e.inode, mode, e.position + 1, attr))
+        return out
+
+    def _check_new(self, d: Directory, name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise OSError(errno.ENAMETOOLONG, "name too long")
+        dirent.check_name(name)
+        if name in (b".", b"..") or d.lookup(name) is not None:
+            raise OSError(errno.EEXIST, f"{name!r} exists")
+
+    async def _create(
+        self,
+        name: bytes,
+        mode: int,
+        rdev: int,
+        uid: int,
+        gid: int,
+        target: bytes | None = None,
+    ) -> Entry:
+        """MkNod / MkDir / Symlink: a new inode and its entry in this directory."""
+        d = await self._dir_for_change()
+        parent = self.inode
+        assert parent is not None
+        self._check_new(d, name)
+        is_dir = stat.S_ISDIR(mode)
+        if target is not None:
+            if not target:
+                raise OSError(errno.ENOENT, "empty symlink target")
+            if len(target) + 1 > self.bs:
+                raise OSError(errno.ENAMETOOLONG, "symlink target too long")
+        if is_dir:
+            self._check_dir_link_room(parent)
+
+        # setgid directories pass their group (and, to directories, the bit) on.
+        if parent.mode & stat.S_ISGID:
+            gid = parent.gid
+            if is_dir:
+                mode |= stat.S_ISGID
+
+        ino = await self.vol.alloc_inode(self.ino, is_dir)
+        now = _now()
+        child = Inode.new(self.geo.inode_size)
+        child.mode = mode
+        child.uid = uid
+        child.gid = gid
+        child.links_count = 2 if is_dir else 1
+        child.atime_ns = child.mtime_ns = child.ctime_ns = now
+        child.crtime_ns = now
+        child.generation = random.getrandbits(32)
+        flags = parent.flags & _INHERITED
+        if is_dir:
+            pass
+        elif stat.S_ISREG(mode):
+            flags &= _REG_MASK
+        else:
+            flags &= _OTHER_MASK
+        child.flags = flags
+        fmt = stat.S_IFMT(mode)
+        fast_link = target is not None and len(target) < 60
+        if (
+            self.extent_feature
+            and fmt in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK)
+            and not (fast_link)
+        ):
+            child.flags |= EXTENTS_FL
+            child.i_block = ExtentTree.empty_root()
+        if fmt in (stat.S_IFCHR, stat.S_IFBLK):
+            child.rdev = (os.major(rdev), os.minor(rdev))
+
+        data: FileData | None = None
+        try:
+            if fast_link:
+                assert target is not None
+                child.set_fast_symlink(target)
+            elif target is not None or is_dir:
+                data = FileData(
+                    child.i_block,
+                    extents=child.uses_extents,
+                    store=self.store,
+                    allocator=self.vol.allocator,
+                    block_size=self.bs,
+                    fs_blocks=0,
+                    goal=self.vol.allocator.goal_for_inode(ino),
+                    extent_feature=self.extent_feature,
+                    blocks_count=0,
+                )
+                if is_dir:
+                    content = bytes(first_block(self.bs, ino, self.ino, self.filetype))
+                else:
+                    assert target is not None
+                    content = target
+                await data.write(0, content, size=0)
+                await data.flush()
+                child.i_block = data.i_block
+                child.size = self.bs if is_dir else len(content)
+                child.set_blocks(data.i_blocks, self.huge_file, self.bs)
+            await self.vol.write_inode(ino, child.build())
+            await d.add(name, ino, file_type_from_mode(mode) if self.filetype else FT_UNKNOWN)
+        except BaseException:
+            await self._undo_create(ino, child, data, is_dir)
+            raise
+        if is_dir:
+            self._inc_dir_links(parent)
+        parent.mtime_ns = parent.ctime_ns = now
+        await self._save()
+        return Entry(ino, child.generation, attr_of(ino, child, self.bs, self.huge_file))
+
+    async def _undo_create(
+        self, ino: int, child: Inode, data: FileData | None, is_dir: bool
+    ) -> None:
+        """Give back what a failed create took (blocks, then the inode)."""
+        try:
+            if data is not None and data.fs_blocks:
+                await data.truncate(max(child.size, self.bs), 0)
+                await data.flush()
+            child.links_count = 0
+            child.dtime = int(time.time()) & 0xFFFFFFFF
+            child.size = 0
+            child.set_blocks(0, self.huge_file, self.bs)
+            await self.vol.write_inode(ino, child.build())
+            await self.vol.free_inode(ino, is_dir)
+        except OSError as e:
+            log.error("undoing the creation of inode %d failed: %s", ino, e)
+
+    def _check_dir_link_room(self, parent: Inode) -> None:
+        """EMLINK for a new subdirectory when the count is full and cannot go to 1."""
+        if parent.links_count >= LINK_MAX and not self.dir_nlink:
+            raise OSError(errno.EMLINK, "too many links")
+
+    def _inc_dir_links(self, parent: Inode) -> None:
+        """ext4_inc_count: past LINK_MAX (with dir_nlink) the count becomes 1, "many"."""
+        n = parent.links_count
+        if n == 1 and self.dir_nlink:
+            return
+        n += 1
+        if n > LINK_MAX:
+            if not self.dir_nlink:
+                raise OSError(errno.EMLINK, "too many links")
+            n = 1
+        parent.links_count = n
+
+    def _dec_dir_links(self, parent: Inode) -> None:
+        """ext4_dec_count for a directory: a count of 1 ("many") or 2 stays."""
+        if parent.links_count > 2:
+            parent.links_count -= 1
+
+    async def _adjust_links(self, delta: int) -> int:
+        inode = self._live()
+        if not inode.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory")
+        for _ in range(abs(delta)):
+            if delta > 0:
+                self._check_dir_link_room(inode)
+                self._inc_dir_links(inode)
+            else:
+                self._dec_dir_links(inode)
+        inode.ctime_ns = _now()
+        await self._save()
+        return inode.links_count
+
+    async def _readlink(self) -> bytes:
+        inode = self._live()
+        if not inode.is_symlink:
+            raise OSError(errno.EINVAL, "not a symbolic link")
+        if inode.is_fast_symlink:
+            return bytes(inode.fast_symlink_target)
+        if inode.size > self.bs or inode.size == 0:
+            raise OSError(errno.EIO, f"symlink {self.ino} has a bad size {inode.size}")
+        return await self._data_of(inode).read(0, inode.size)
+
+    async def _call_child(self, ino: int, msg: Any) -> Any:
+        if ino == self.ino:
+            raise OSError(errno.EINVAL, "directory entry names the directory itself")
+        return await call_vnode(self.ctx.table, ino, msg)
+
+    async def _unlink(self, name: bytes, want_dir: bool) -> None:
+        d = await self._dir_for_change()
+        if name == b".":
+            raise OSError(errno.EINVAL if want_dir else errno.EISDIR, "cannot remove '.'")
+        if name == b"..":
+            raise OSError(errno.ENOTEMPTY if want_dir else errno.EISDIR, "cannot remove '..'")
+        found = d.lookup(name)
+        if found is None:
+            if len(name) > NAME_MAX:
+                raise OSError(errno.ENAMETOOLONG, "name too long")
+            raise OSError(errno.ENOENT, f"no entry {name!r}")
+        ino, ft = found
+        if ft == FT_UNKNOWN:
+            ft = file_type_from_mode((await self._child_attr(ino)).mode)
+        is_dir = ft == FT_DIR
+        if want_dir and not is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory")
+        if not want_dir and is_dir:
+            raise OSError(errno.EISDIR, "is a directory")
+        if is_dir:
+            # The child checks emptiness and drops to 0 links in one turn of its own.
+            await self._call_child(ino, vp.DropLink())
+            await d.remove(name, ino)
+            self._dec_dir_links(self.inode)
+        else:
+            await d.remove(name, ino)
+            await self._call_child(ino, vp.DropLink())
+        await self._touch_dir()
+
+    async def _rename_here(self, old: bytes, new: bytes, flags: int) -> None:
+        """rename(2) inside this directory."""
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or (
+            flags & RENAME_NOREPLACE and flags & RENAME_EXCHANGE
+        ):
+            raise OSError(errno.EINVAL, "invalid rename flags")
+        d = await self._dir_for_change()
+        for n in (old, new):
+            if len(n) > NAME_MAX:
+                raise OSError(errno.ENAMETOOLONG, "name too long")
+            if n in (b".", b".."):
+                raise OSError(errno.EBUSY, "cannot rename '.' or '..'")
+        src = d.lookup(old)
+        if src is None:
+            raise OSError(errno.ENOENT, f"no entry {old!r}")
+        dst = d.lookup(new)
+        if flags & RENAME_EXCHANGE:
+            if dst is None:
+                raise OSError(errno.ENOENT, f"no entry {new!r}")
+            if src[0] == dst[0]:
+                return None
+            await d.replace(old, dst[0], dst[1], src[0])
+            await d.replace(new, src[0], src[1], dst[0])
+            await self._call_child(src[0], vp.Renamed())
+            await self._call_child(dst[0], vp.Renamed())
+            await self._touch_dir()
+            return None
+        if dst is not None and flags & RENAME_NOREPLACE:
+            raise OSError(errno.EEXIST, f"{new!r} exists")
+        if old == new or (dst is not None and dst[0] == src[0]):
+            return None
+        src_dir = src[1] == FT_DIR
+        if dst is None:
+            await d.add(new, src[0], src[1])
+            await d.remove(old, src[0])
+        else:
+            dst_dir = dst[1] == FT_DIR
+            if src_dir and not dst_dir:
+                raise OSError(errno.ENOTDIR, "not a directory")
+            if dst_dir and not src_dir:
+                raise OSError(errno.EISDIR, "is a directory")
+            if dst_dir:
+                await self._call_child(dst[0], vp.DropLink())  # ENOTEMPTY before any change
+                await d.replace(new, src[0], src[1], dst[0])
+                await d.remove(old, src[0])
+                self._dec_dir_links(self.inode)
+            else:
+                await d.replace(new, src[0], src[1], dst[0])
+                await d.remove(old, src[0])
+                await self._call_child(dst[0], vp.DropLink())
+        await self._call_child(src[0], vp.Renamed())
+        await self._touch_dir()
+        return None
+
+    # ----- links ----------------------------------------------------------------------------
+
+    async def _add_link(self) -> Attr:
+        inode = self._live()
+        if inode.is_dir:
+            raise OSError(errno.EPERM, "hard link to a directory")
+        if inode.links_count == 0:
+            raise OSError(errno.ENOENT, "file was removed")
+        if inode.links_count >= LINK_MAX:
+            raise OSError(errno.EMLINK, "too many links")
+        inode.links_count += 1
+        inode.ctime_ns = _now()
+        await self._save()
+        return self._attr(inode)
+
+    async def _drop_link(self) -> int:
+        inode = self._live()
+        if inode.is_dir:
+            if not (await self._directory()).is_empty():
+                raise OSError(errno.ENOTEMPTY, "directory not empty")
+            inode.links_count = 0
+        elif inode.links_count > 0:
+            inode.links_count -= 1
+        inode.ctime_ns = _now()
+        if inode.links_count == 0:
+            if self.opens == 0:
+                await self._free()
+                return 0
+            if not self.on_orphan_list:
+                inode.dtime = await call(self.ctx.orphans, AddOrphan(self.ino))
+                self.on_orphan_list = True
+        await self._save()
+        return inode.links_count
+
+    async def _free(self) -> None:
+        """Give back the blocks, the xattr block and the inode (links 0, nothing open)."""
+        inode = self.inode
+        assert inode is not None
+        is_dir = inode.is_dir
+        if self._has_data_blocks(inode):
+            d = self._data_of(inode)
+            await d.truncate(inode.size, 0)
+            await d.flush()
+            inode.i_block = d.i_block
+        if inode.file_acl:
+            x = await self._xattr_store()
+            await x.release(inode)
+        if self.on_orphan_list:
+            await call(self.ctx.orphans, RemoveOrphan(self.ino))
+            self.on_orphan_list = False
+        inode.links_count = 0
+        inode.size = 0
+        inode.set_blocks(0, self.huge_file, self.bs)
+        inode.dtime = int(time.time()) & 0xFFFFFFFF
+        await self.vol.write_inode(self.ino, inode.build())
+        await self.vol.free_inode(self.ino, is_dir)
+        self.inode = None
+        self._data = self._dir = self._xattrs = None
+
+    # ----- xattrs ---------------------------------------------------------------------------
+
+    async def _setxattr(self, name: bytes, value: bytes | None, flags: int) -> None:
+        inode = self._live()
+        if name.startswith(b"user.") and not (inode.is_reg or inode.is_dir):
+            raise OSError(errno.EPERM, "no user attributes on this file type")
+        x = await self._xattr_store()
+        if self._has_data_blocks(inode):
+            # Count the data blocks before i_file_acl changes (_save recounts i_blocks).
+            self._data_of(inode)
+        if value is None:
+            await x.remove(inode, name)
+        else:
+            await x.set(inode, name, value, flags)
+        inode.ctime_ns = _now()
+        await self._save()
+
+
+def attr_of(ino: int, inode: Inode, block_size: int, huge_file: bool) -> Attr:
+    """stat(2) attributes of an inode record."""
+    rdev = os.makedev(*inode.rdev) if inode.is_device else 0
+    return Attr(
+        ino=ino,
+        mode=inode.mode,
+        nlink=inode.links_count,
+        uid=inode.uid,
+        gid=inode.gid,
+        rdev=rdev,
+        size=inode.size,
+        blocks=inode.get_blocks(huge_file, block_size),
+        blksize=block_size,
+        atime_ns=inode.atime_ns,
+        mtime_ns=inode.mtime_ns,
+        ctime_ns=inode.ctime_ns,
+        crtime_ns=inode.crtime_ns,
+    )
