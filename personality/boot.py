@@ -180,7 +180,7 @@ class Kernel:
         self.options = options
         self._fh = itertools.count(1)
         # Open handles by fh, so unmount can release the ones nobody released.
-        self._open: dict[int, tuple[Handle, bool]] = {}
+        self._handles: dict[int, tuple[Handle, bool]] = {}
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -218,7 +218,7 @@ class Kernel:
             handle = await call(ref, msg)
             handle = replace(handle, vnode=ref, fh=next(self._fh))
             opened = 1
-            self._open[handle.fh] = (handle, type(msg) is OpenDir)
+            self._handles[handle.fh] = (handle, type(msg) is OpenDir)
             return handle
         except CallError as exc:
             cast(table, Crashed(ino, ref))
@@ -228,7 +228,7 @@ class Kernel:
             cast(table, Unpin(ino, opened))
 
     async def _release(self, handle: Handle, msg: Any) -> None:
-        if self._open.pop(handle.fh, None) is None:
+        if self._handles.pop(handle.fh, None) is None:
             raise OSError(errno.EBADF, "handle not open")
         try:
             await self._to_handle(handle, msg)
@@ -351,7 +351,7 @@ class Kernel:
         return await call(self.table, GetStats())
 
     async def _unmount(self) -> None:
-        for handle, is_dir in list(self._open.values()):
+        for handle, is_dir in list(self._handles.values()):
             # Handles nobody released (a test that stopped early, a killed front end):
             # release them so unlinked-but-open inodes are freed now, not at next mount.
             msg = ReleaseDir(handle) if is_dir else Release(handle)

@@ -117,3 +117,108 @@ def ext4_image(tmp_path: Path) -> Callable[..., Path]:
 def fsck_clean() -> Callable[[Path | str], None]:
     """``assert_fsck_clean`` as a fixture, for tests that prefer injection to import."""
     return assert_fsck_clean
+
+
+# ---------------------------------------------------------------------------------------
+# Driving a booted kernel (chanos.personality.boot) through system-call messages
+# ---------------------------------------------------------------------------------------
+
+
+class Errno:
+    """``with Errno(errno.ENOENT): ...`` / ``await Errno.of(code, coro)``: the block must
+    raise OSError with exactly that errno."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def __enter__(self) -> Errno:
+        return self
+
+    def __exit__(self, et, ev, tb) -> bool:
+        import errno as _errno
+
+        want = _errno.errorcode.get(self.code, self.code)
+        if et is None:
+            pytest.fail(f"expected OSError {want}, nothing raised", pytrace=False)
+        if not issubclass(et, OSError):
+            return False
+        got = _errno.errorcode.get(ev.errno, ev.errno)
+        assert ev.errno == self.code, f"expected {want}, got {got}: {ev}"
+        return True
+
+
+async def k_resolve(kernel, path: str | bytes) -> int:
+    """Inode number of an absolute path, walking Lookup from the root."""
+    from chanos.personality.syscalls import ROOT_INO, Lookup
+
+    if isinstance(path, str):
+        path = path.encode()
+    ino = ROOT_INO
+    for part in path.split(b"/"):
+        if part:
+            ino = (await kernel.syscall(Lookup(ino, part))).inode
+    return ino
+
+
+async def k_write_file(
+    kernel, parent: int, name: bytes, data: bytes, mode: int = 0o644, chunk: int = 1 << 20
+) -> int:
+    """Create (or truncate) ``parent/name``, write ``data``, release -> inode number."""
+    import os as _os
+
+    from chanos.personality.syscalls import Create, Release, Write
+
+    handle, entry = await kernel.syscall(
+        Create(parent, name, mode, _os.O_WRONLY | _os.O_CREAT | _os.O_TRUNC)
+    )
+    view = memoryview(data)
+    for off in range(0, len(data), chunk):
+        n = await kernel.syscall(Write(handle, off, bytes(view[off : off + chunk])))
+        assert n == min(chunk, len(data) - off)
+    await kernel.syscall(Release(handle))
+    return entry.inode
+
+
+async def k_read_file(kernel, ino: int, chunk: int = 1 << 20) -> bytes:
+    """The whole content of inode ``ino`` (opened read-only, read to the first short read)."""
+    import os as _os
+
+    from chanos.personality.syscalls import Open, Read, Release
+
+    handle = await kernel.syscall(Open(ino, _os.O_RDONLY))
+    parts = []
+    off = 0
+    try:
+        while True:
+            data = await kernel.syscall(Read(handle, off, chunk))
+            parts.append(bytes(data))
+            off += len(data)
+            if len(data) < chunk:
+                break
+    finally:
+        await kernel.syscall(Release(handle))
+    return b"".join(parts)
+
+
+async def k_listdir(kernel, ino: int, *, with_dots: bool = False) -> dict[bytes, int]:
+    """Entries of directory ``ino`` -> {name: inode}; asserts no name comes twice."""
+    from chanos.personality.syscalls import OpenDir, ReadDir, ReleaseDir
+
+    handle = await kernel.syscall(OpenDir(ino))
+    out: dict[bytes, int] = {}
+    off = 0
+    try:
+        while True:
+            batch = await kernel.syscall(ReadDir(handle, off))
+            if not batch:
+                break
+            for d in batch:
+                assert d.name not in out, f"readdir returned {d.name!r} twice"
+                out[d.name] = d.inode
+                off = d.next_offset
+    finally:
+        await kernel.syscall(ReleaseDir(handle))
+    if not with_dots:
+        out.pop(b".", None)
+        out.pop(b"..", None)
+    return out
