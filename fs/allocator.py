@@ -23,11 +23,7 @@ from typing import Any, Protocol
 
 from chanos.fs.group_protocol import AllocBlocks, AllocInode, FreeBlocks, FreeInode, GroupCounts
 from chanos.fs.superblock_protocol import GetGroupCounts
-
-try:
-    from chanos.personality import call
-except ImportError:  # TEMPORARY until the message model lands in chanos.personality
-    call = None  # type: ignore[assignment]
+from chanos.personality import call
 
 ROOT_INO = 2
 

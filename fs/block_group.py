@@ -39,12 +39,7 @@ from chanos.fs.group_protocol import (
     WriteInode,
 )
 from chanos.fs.superblock_protocol import GetGroupCounts, GroupCountsChanged, ReportError
-
-try:
-    from chanos.personality import Actor, call, cast
-except ImportError:  # TEMPORARY until the message model lands in chanos.personality
-    Actor = object  # type: ignore[assignment,misc]
-    call = cast = None  # type: ignore[assignment]
+from chanos.personality import Actor, call, cast
 
 log = logging.getLogger(__name__)
 

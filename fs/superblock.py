@@ -48,12 +48,8 @@ from chanos.fs.superblock_protocol import (
     Sync,
     Unmount,
 )
+from chanos.personality import Actor
 from chanos.personality.syscalls import FsStat
-
-try:
-    from chanos.personality import Actor
-except ImportError:  # TEMPORARY until the message model lands in chanos.personality
-    Actor = object  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
 

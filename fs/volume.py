@@ -42,12 +42,8 @@ from chanos.fs.format.superblock import (
     Superblock,
 )
 from chanos.fs.superblock import SuperblockActor, load_state
+from chanos.personality import PERMANENT, ChildSpec, call, open_supervisor
 from chanos.personality.syscalls import FsStat
-
-try:
-    from chanos.personality import PERMANENT, ChildSpec, call, open_supervisor
-except ImportError:  # TEMPORARY until the message model lands in chanos.personality
-    PERMANENT = ChildSpec = call = open_supervisor = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
 
