@@ -19,86 +19,49 @@ Block I/O and allocation go through two small async interfaces passed in by the 
 from __future__ import annotations
 
 import errno
-import struct
 from bisect import bisect_right
 from typing import NamedTuple, Protocol
 
+from chanos.fs.format import extent as fmt
+
 # Longest extent the format can express: initialized extents store up to 32768 blocks,
 # unwritten ones up to 32767 (ee_len above 32768 marks an unwritten extent).
-MAX_INIT_LEN = 32768
-MAX_UNWRITTEN_LEN = 32767
+MAX_INIT_LEN = fmt.MAX_INIT_LEN
+MAX_UNWRITTEN_LEN = fmt.MAX_UNWRITTEN_LEN
 # Logical block numbers are 32 bits; an extent may end exactly at 2**32.
 LBLK_LIMIT = 1 << 32
 # The root in i_block: 60 bytes = a 12-byte header and four 12-byte entries.
-ROOT_CAPACITY = 4
+ROOT_CAPACITY = fmt.max_entries(fmt.ROOT_SIZE)
 # The kernel refuses extent trees deeper than this.
-MAX_DEPTH = 5
+MAX_DEPTH = fmt.MAX_DEPTH
 
 
-# ----- node codec (header, index and leaf entries) ---------------------------------------
-# TODO(format): switch to chanos.fs.format.extent once it lands; keep these signatures.
-_MAGIC = 0xF30A
-_HDR = struct.Struct("<HHHHI")  # eh_magic, eh_entries, eh_max, eh_depth, eh_generation
-_LEAF = struct.Struct("<IHHI")  # ee_block, ee_len, ee_start_hi, ee_start_lo
-_IDX = struct.Struct("<IIHH")  # ei_block, ei_leaf_lo, ei_leaf_hi, ei_unused
+# ----- node codec adapter ----------------------------------------------------------------
+# The tree keeps entries as plain tuples (cheap to slice, compare and rebuild); the
+# on-disk codec is chanos.fs.format.extent.
 
 
 def _node_capacity(block_size: int) -> int:
     """Entries in one tree block (the header takes 12 bytes, each entry 12)."""
-    return (block_size - _HDR.size) // _LEAF.size
+    return fmt.max_entries(block_size)
 
 
 def _decode_node(raw: bytes, *, in_inode: bool) -> tuple[int, int, list[tuple]]:
     """(depth, eh_max, entries) of a node; raises OSError(EIO) when malformed."""
-    magic, n, emax, depth, _gen = _HDR.unpack_from(raw, 0)
-    cap = (len(raw) - _HDR.size) // _LEAF.size
-    if magic != _MAGIC:
-        raise _corrupt(f"bad header magic {magic:#x}")
-    # e2fsck accepts eh_max between capacity-2 and capacity (room for a checksum tail).
-    if n > emax or emax > cap or emax < max(cap - 2, 1):
-        raise _corrupt(f"header entries {n} max {emax} (capacity {cap})")
-    entries: list[tuple] = []
-    off = _HDR.size
-    if depth == 0:
-        for _ in range(n):
-            lblk, ln, hi, lo = _LEAF.unpack_from(raw, off)
-            off += 12
-            unwritten = ln > MAX_INIT_LEN
-            if unwritten:
-                ln -= MAX_INIT_LEN
-            if ln == 0:
-                raise _corrupt(f"zero-length extent at {lblk}")
-            entries.append((lblk, (hi << 32) | lo, ln, unwritten))
-    else:
-        for _ in range(n):
-            lblk, lo, hi, _unused = _IDX.unpack_from(raw, off)
-            off += 12
-            entries.append((lblk, (hi << 32) | lo))
-    prev = -1
-    for e in entries:
-        if e[0] <= prev:
-            raise _corrupt("entries out of order")
-        prev = e[0]
-    return depth, emax, entries
+    node = fmt.ExtentNode.parse(raw, fmt.ROOT_SIZE if in_inode else None)
+    if node.depth == 0:
+        return 0, node.max, [(e.logical, e.physical, e.length, e.unwritten) for e in node.entries]
+    return node.depth, node.max, [(ix.logical, ix.child) for ix in node.entries]
 
 
 def _encode_node(depth: int, emax: int, entries: list[tuple], *, in_inode: bool) -> bytes:
-    """The bytes of a node: 60 for the root, header + entries for a tree block."""
-    size = 60 if in_inode else _HDR.size + emax * _LEAF.size
-    buf = bytearray(size)
-    _HDR.pack_into(buf, 0, _MAGIC, len(entries), emax, depth, 0)
-    off = _HDR.size
+    """The bytes of a node: 60 for the root, header + ``emax`` slots for a tree block."""
+    size = fmt.ROOT_SIZE if in_inode else fmt.HEADER_SIZE + emax * fmt.ENTRY_SIZE
     if depth == 0:
-        for lblk, p, ln, unwritten in entries:
-            _LEAF.pack_into(
-                buf, off, lblk, ln + MAX_INIT_LEN if unwritten else ln, p >> 32, p & 0xFFFFFFFF
-            )
-            off += 12
+        ents: list = [fmt.Extent(lb, n, p, u) for lb, p, n, u in entries]
     else:
-        for lblk, child in entries:
-            _IDX.pack_into(buf, off, lblk, child & 0xFFFFFFFF, child >> 32, 0)
-            off += 12
-    return bytes(buf)
+        ents = [fmt.ExtentIndex(lb, c) for lb, c in entries]
+    return fmt.ExtentNode(depth, ents, size, emax).build()
 
 
 class BlockStore(Protocol):
