@@ -13,7 +13,7 @@ Refusals (``MountError``, an OSError with a clear message):
   bounded by the device size first).
 - unknown incompat features, named: EOPNOTSUPP.
 - a journal that needs recovery (``needs_recovery`` flag, or a jbd2 superblock with a
-  non-zero log start): EUCLEAN, "run e2fsck".
+  non-zero log start): EUCLEAN, "run e2fsck"; an unreadable journal superblock: EINVAL.
 Unknown ro_compat features (e.g. metadata_csum for now), or a read-only device, give a
 read-only mount; ``Volume.read_only_reason`` says why.
 """
@@ -34,7 +34,10 @@ from chanos.fs.allocator import Allocator
 from chanos.fs.block_group import BlockGroupActor, GroupLayout
 from chanos.fs.format import features as F
 from chanos.fs.format._record import CorruptError
+from chanos.fs.format.extent import MAX_DEPTH, ROOT_SIZE, ExtentNode
 from chanos.fs.format.group_desc import GroupDesc, parse_table
+from chanos.fs.format.inode import Inode
+from chanos.fs.format.journal import JournalSuperblock, needs_recovery
 from chanos.fs.format.superblock import (
     STATE_ERROR,
     STATE_VALID,
@@ -176,6 +179,9 @@ async def examine(device: Any, *, read_only: bool = False) -> Checked:
     descs = parse_table(gdt_raw, ngroups, sb.group_desc_size)
     layouts = _layouts(sb, descs)
 
+    if sb.has_compat(F.COMPAT_HAS_JOURNAL) and sb.journal_inum:
+        await _check_journal(device, sb, layouts)
+
     geo = Geometry(
         block_size=bs,
         blocks_count=blocks,
@@ -195,6 +201,48 @@ async def examine(device: Any, *, read_only: bool = False) -> Checked:
         log_groups_per_flex=sb.log_groups_per_flex,
     )
     return Checked(sb, descs, gdt_raw, geo, layouts, reason)
+
+
+async def _check_journal(device: Any, sb: Superblock, layouts: Sequence[GroupLayout]) -> None:
+    """Refuse a journal whose superblock says it holds transactions (s_start != 0)."""
+    ino = sb.journal_inum
+    if not 1 <= ino < sb.first_inode:
+        raise _bad(f"journal inode {ino} is not a reserved inode")
+    bs = sb.block_size
+    lay = layouts[sb.group_of_inode(ino)]
+    byte = sb.inode_index_in_group(ino) * lay.inode_size
+    raw = await device.read(lay.inode_table * bs + byte, lay.inode_size)
+    try:
+        inode = Inode.parse(raw)
+        block = await _first_block(device, sb, inode)
+        if not sb.first_data_block <= block < sb.blocks_count:
+            raise CorruptError(f"journal starts at block {block}, outside the volume")
+        jsb = JournalSuperblock.parse_checked(await device.read(block * bs, 1024))
+    except CorruptError as e:
+        raise _bad(f"the journal is unreadable: {e.strerror}") from None
+    if needs_recovery(sb.feature_incompat, jsb):
+        raise MountError(
+            errno.EUCLEAN,
+            "cannot mount: the journal needs recovery (it holds transactions from "
+            f"sequence {jsb.sequence}); run e2fsck to replay it first",
+        )
+
+
+async def _first_block(device: Any, sb: Superblock, inode: Inode) -> int:
+    """Physical block of logical block 0 of an extent-mapped or block-mapped inode."""
+    if not inode.uses_extents:
+        return int.from_bytes(inode.i_block[0:4], "little")
+    node = ExtentNode.parse(inode.i_block, ROOT_SIZE)
+    for _ in range(MAX_DEPTH + 1):
+        if not node.entries or node.entries[0].logical != 0:
+            break
+        if node.is_leaf:
+            return node.entries[0].physical
+        child = node.entries[0].child
+        if not sb.first_data_block <= child < sb.blocks_count:
+            break
+        node = ExtentNode.parse(await device.read(child * sb.block_size, sb.block_size))
+    raise CorruptError("no block mapped at the start of the journal")
 
 
 def _layouts(sb: Superblock, descs: Sequence[GroupDesc]) -> list[GroupLayout]:

@@ -380,3 +380,25 @@ async def test_orphan_head_and_error_state(ext4_image) -> None:
     hdr = dumpe2fs_header(img)
     assert hdr["Filesystem state"] == "clean with errors"
     assert hdr["FS Error count"] == "1"
+
+
+def journal_block(img: Path) -> int:
+    out = subprocess.run(
+        ["debugfs", "-R", "bmap <8> 0", str(img)], capture_output=True, text=True
+    ).stdout
+    return int(out.strip())
+
+
+@pytest.mark.parametrize("bs", [4096, 1024])
+async def test_refuses_journal_with_transactions(ext4_image, bs: int) -> None:
+    img = ext4_image("64M", bs)
+    jblock = journal_block(img)
+    assert (await examine(FileDev(img))).geometry.journal_inum == 8
+    with open(img, "r+b") as f:
+        f.seek(jblock * bs + 24)
+        f.write((7).to_bytes(4, "big") + (1).to_bytes(4, "big"))  # s_sequence 7, s_start 1
+    await expect_refusal(img, errno.EUCLEAN, "journal needs recovery", "sequence 7", "e2fsck")
+    with open(img, "r+b") as f:
+        f.seek(jblock * bs)
+        f.write(b"\0\0\0\0")  # magic gone
+    await expect_refusal(img, errno.EINVAL, "journal is unreadable", "magic")
