@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""chanos against its peers, in one run: chanos, fuse2fs on an identical image, tmpfs.
+
+    bench/fs_compare.py [--size 3G] [--targets chanos,fuse2fs,tmpfs] [--quick]
+                        [--chanos-opts OPTS] [--out DIR]
+
+Every target gets the same workloads, one after the other, on a fresh mount:
+``/work/shared/tools/fsbench.sh`` (or $FSBENCH) for creates/stats/unlinks per second,
+``ls -lR`` of a 4,000-file tree cold and warm, ``cp -r`` of that tree, sequential 512 MiB
+write with fsync and cold read, 4 KiB random-write IOPS with fio, cp in/out; plus, from
+this script, the untar of a real source tree (the Python standard library) with a final
+sync, and the daemon's peak memory over the whole run (VmHWM). chanos and fuse2fs get
+byte-identical copies of one image made by ``chanos mkfs``; after unmounting, both images
+must pass ``e2fsck -fn``.
+
+A target name may carry chanos mount options after a colon, e.g. ``chanos:nowriteback``
+(measure the writeback cache off) or ``chanos:attr_timeout=0``. The result is one
+markdown table with the fuse2fs column as the base of the ratios (``x`` > 1: more
+than fuse2fs for rates, longer for seconds). Needs root (mounts, drop_caches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHANOS = str(Path(sys.executable).parent / "chanos")
+SOURCE_SUBDIRS = (
+    *("asyncio", "email", "json", "xml", "unittest", "logging", "http", "urllib"),
+    *("concurrent", "importlib", "multiprocessing", "sqlite3", "tomllib"),
+)
+FSBENCH = os.environ.get("FSBENCH", "/work/shared/tools/fsbench.sh")
+
+
+def log(msg: str) -> None:
+    print(f"[fs_compare] {msg}", file=sys.stderr, flush=True)
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def wait_mounted(path: Path, proc: subprocess.Popen | None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not is_mounted(path):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"daemon exited {proc.returncode} before mounting {path}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} not mounted after {timeout}s")
+        time.sleep(0.05)
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class Target:
+    """One mounted file system under test."""
+
+    def __init__(self, spec: str, work: Path, master: Path) -> None:
+        self.kind, _, self.opts = spec.partition(":")
+        self.label = spec.replace(":", "+")
+        self.mnt = work / f"mnt-{self.label}"
+        self.image = work / f"{self.label}.img"
+        self.master = master
+        self.proc: subprocess.Popen | None = None
+        self.peak = 0.0
+
+    def mount(self) -> None:
+        self.mnt.mkdir(exist_ok=True)
+        if self.kind == "tmpfs":
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4G", "tmpfs", str(self.mnt)],
+                           check=True)  # fmt: skip
+            return
+        subprocess.run(["cp", "--sparse=always", str(self.master), str(self.image)], check=True)
+        logf = open(self.image.with_suffix(".log"), "ab")  # noqa: SIM115 - lives with the daemon
+        if self.kind == "chanos":
+            cmd = [CHANOS, "mount", "-f", str(self.image), str(self.mnt)]
+            if self.opts:
+                cmd += ["-o", self.opts]
+        elif self.kind == "fuse2fs":
+            cmd = ["fuse2fs", "-f", str(self.image), str(self.mnt)]
+            if self.opts:
+                cmd += ["-o", self.opts]
+        else:
+            raise SystemExit(f"unknown target {self.kind}")
+        self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+        wait_mounted(self.mnt, self.proc)
+
+    def sample(self) -> None:
+        if self.proc is not None:
+            self.peak = max(self.peak, peak_rss_mib(self.proc.pid) or 0.0)
+
+    def unmount(self) -> str:
+        """Unmount, wait for the daemon, fsck the image -> e2fsck verdict."""
+        if self.kind == "tmpfs":
+            subprocess.run(["umount", str(self.mnt)], check=True)
+            return ""
+        self.sample()
+        subprocess.run(["fusermount3", "-u", str(self.mnt)], check=False)
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return "daemon hung at unmount"
+        p = subprocess.run(["e2fsck", "-fn", str(self.image)], capture_output=True, text=True)
+        verdict = "clean" if p.returncode == 0 else f"NOT CLEAN (e2fsck {p.returncode})"
+        if p.returncode:
+            log(f"{self.label}: e2fsck -fn:\n{p.stdout[-3000:]}")
+        return verdict
+
+
+def drop_caches() -> None:
+    os.sync()
+    with contextlib.suppress(OSError):  # not root: measure with warm caches
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def emit(tsv: Path, label: str, key: str, desc: str, value: str, unit: str, note: str = "") -> None:
+    with open(tsv, "a") as f:
+        f.write(f"{label}\t{key}\t{desc}\t{value}\t{unit}\t{note}\n")
+
+
+def untar(t: Target, tarball: Path, tsv: Path, nfiles: int) -> None:
+    dest = t.mnt / "untar"
+    dest.mkdir()
+    drop_caches()
+    t0 = time.perf_counter()
+    subprocess.run(["tar", "-xf", str(tarball), "-C", str(dest)], check=True)
+    subprocess.run(["sync", "-f", str(dest)], check=True)
+    dt = time.perf_counter() - t0
+    t.sample()
+    emit(tsv, t.label, "untar", f"untar of a source tree ({nfiles} files) + sync", f"{dt:.2f}",
+         "s")  # fmt: skip
+    t0 = time.perf_counter()
+    subprocess.run(["rm", "-rf", str(dest)], check=True)
+    emit(tsv, t.label, "untar_rm", "rm -rf of the untarred tree", f"{time.perf_counter() - t0:.2f}",
+         "s")  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--size", default="3G", help="image size (default 3G)")
+    ap.add_argument("--block-size", default="4096")
+    ap.add_argument("--targets", default="chanos,fuse2fs,tmpfs")
+    ap.add_argument("--quick", action="store_true", help="smaller workloads (a smoke run)")
+    ap.add_argument("--out", type=Path, help="keep results here (default: a temp dir)")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("fs_compare.py needs root (mounts, drop_caches, per-phase RSS)")
+
+    work = Path(tempfile.mkdtemp(prefix="fs_compare.", dir="/var/tmp"))
+    out = a.out or work
+    out.mkdir(parents=True, exist_ok=True)
+    tsv = out / "results.tsv"
+    tsv.unlink(missing_ok=True)
+    master = work / "master.img"
+    subprocess.run([CHANOS, "mkfs", str(master), "--size", a.size, "--block-size",
+                    a.block_size], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    # the untar workload: a real source tree, tarred once on the host
+    tarball = work / "src.tar"
+    src = Path(os.__file__).parent
+    nfiles = 0
+    with tarfile.open(tarball, "w") as tf:
+        for sub in SOURCE_SUBDIRS:
+            if (src / sub).exists():
+                tf.add(src / sub, arcname=sub)
+        nfiles = sum(1 for m in tf.getmembers() if m.isfile())
+
+    env = dict(os.environ)
+    if a.quick:
+        env.update(FSB_NFILES="1000", FSB_TREE_DIRS="10", FSB_TREE_FILES="100", FSB_SEQ_MB="64",
+                   FSB_CP_MB="32", FSB_FIO_MB="16", FSB_FIO_SECS="3", FSB_TIMEOUT="60")  # fmt: skip
+    verdicts = {}
+    targets = [Target(s.strip(), work, master) for s in a.targets.split(",") if s.strip()]
+    try:
+        for t in targets:
+            log(f"=== {t.label}")
+            t.mount()
+            env_t = dict(env, FSB_TSV=str(tsv), FSB_HOSTDIR=str(work))
+            if t.proc is not None:
+                env_t["FSB_PID"] = str(t.proc.pid)
+            r = subprocess.run(["bash", FSBENCH, str(t.mnt), t.label], env=env_t,
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+            (out / f"fsbench-{t.label}.md").write_text(r.stdout)
+            t.sample()
+            untar(t, tarball, tsv, nfiles)
+            if t.proc is not None:
+                emit(tsv, t.label, "rss_peak", "daemon peak RSS (whole run, VmHWM)",
+                     f"{t.peak:.1f}", "MiB")  # fmt: skip
+            verdicts[t.label] = t.unmount()
+    finally:
+        for t in targets:
+            if is_mounted(t.mnt):
+                subprocess.run(["fusermount3", "-uz", str(t.mnt)], check=False)
+                subprocess.run(["umount", "-l", str(t.mnt)], check=False)
+            if t.proc is not None and t.proc.poll() is None:
+                t.proc.kill()
+    base = "fuse2fs" if any(t.label == "fuse2fs" for t in targets) else targets[0].label
+    table = subprocess.run(["bash", FSBENCH, "--merge", "--base", base, str(tsv)],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    print(f"\n### chanos vs peers ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+          f"{os.cpu_count()} cpu, image {a.size}, ratios against {base})\n")  # fmt: skip
+    print(table)
+    for label, v in verdicts.items():
+        if v:
+            print(f"- e2fsck -fn after the run, {label}: {v}")
+    print(f"\nraw results: {tsv}")
+    if a.out is None:
+        for p in work.glob("*.img"):
+            p.unlink()
+    return 0 if all(v in ("", "clean") for v in verdicts.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

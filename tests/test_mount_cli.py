@@ -1,0 +1,255 @@
+"""Mounting the way users do: daemon mode, mount(8)/mount.fuse3/fstab, signals, options.
+
+Each test ends with the image checked by ``e2fsck -fn``; where data was written, a
+remount checks it came back intact.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "programs"))
+
+from mountlib import (
+    CHANOS,
+    Mounted,
+    fsck,
+    is_mounted,
+    mkfs,
+    require_fuse,
+    run,
+    tree_digest,
+)
+
+pytestmark = pytest.mark.mount
+
+
+def chanos(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([CHANOS, *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def image(tmp_path):
+    require_fuse()
+    return mkfs(tmp_path / "disk.img", "128M")
+
+
+def wait_unmounted_and_unlocked(image: Path, mnt: Path) -> None:
+    """The daemon has exited once it no longer holds the image lock."""
+    p = chanos("fsck", "--wait", "120", str(image))  # waits for the lock, then checks
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert not is_mounted(mnt)
+
+
+def test_daemon_mode_returns_when_ready_and_umount_writes_back(image, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    p = chanos("mount", str(image), str(mnt))
+    assert p.returncode == 0, p.stderr
+    assert is_mounted(mnt)  # ready as soon as the command returns
+    assert p.stdout == "" and p.stderr == ""
+    payload = os.urandom(3 << 20)
+    (mnt / "f").write_bytes(payload)  # no fsync: umount must write it back
+    (mnt / "d").mkdir()
+    os.symlink("../f", mnt / "d" / "l")
+    # a second mount of the same image is refused while the first runs
+    other = tmp_path / "mnt2"
+    other.mkdir()
+    p2 = chanos("mount", str(image), str(other))
+    assert p2.returncode == 32 and "in use by another chanos" in p2.stderr
+    assert str(mnt) in p2.stderr
+    p3 = chanos("mount", str(image), str(mnt))
+    assert p3.returncode == 32 and "already a mount point" in p3.stderr
+    # chanos umount returns only when the daemon has written everything back
+    p = chanos("umount", str(mnt))
+    assert p.returncode == 0, p.stderr
+    assert fsck(image)[0] == 0
+    with Mounted(image, mnt) as m:
+        assert (m.mnt / "f").read_bytes() == payload
+        assert os.readlink(m.mnt / "d" / "l") == "../f"
+
+
+def test_plain_umount_then_chanos_fsck(image, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    assert chanos("mount", str(image), str(mnt)).returncode == 0
+    (mnt / "a").write_text("x" * 100000)
+    run(["umount", str(mnt)])
+    # umount returns before the daemon has finished; chanos fsck waits for it
+    wait_unmounted_and_unlocked(image, mnt)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_and_writes_back(image, tmp_path, sig):
+    m = Mounted(image, tmp_path / "mnt")
+    m.mount()
+    data = os.urandom(5 << 20)
+    (m.mnt / "dirty").write_bytes(data)  # still in the host page cache (writeback)
+    for i in range(50):
+        (m.mnt / f"small{i}").write_text(str(i))
+    assert m.terminate(sig) == 0, m.log_tail()
+    assert not is_mounted(m.mnt)
+    m.check_clean()
+    m.mount()
+    assert (m.mnt / "dirty").read_bytes() == data
+    assert all((m.mnt / f"small{i}").read_text() == str(i) for i in range(50))
+    m.unmount()
+
+
+def test_signal_while_busy_detaches_lazily(image, tmp_path):
+    m = Mounted(image, tmp_path / "mnt")
+    m.mount()
+    f = open(m.mnt / "open-file", "w")  # keeps the mount busy  # noqa: SIM115
+    try:
+        f.write("kept open")
+        m.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while is_mounted(m.mnt):  # detached from the tree, still served for open files
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert m.proc.poll() is None
+        f.write(" and still writable")
+    finally:
+        f.close()
+    code = m.proc.wait(timeout=60)
+    m.proc = None
+    assert code == 0
+    m.check_clean()
+    with Mounted(image, m.mnt) as m2:
+        assert (m2.mnt / "open-file").read_text() == "kept open and still writable"
+
+
+def test_mount_fuse3_form(image, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    helper = shutil.which("mount.fuse3") or "/sbin/mount.fuse3"
+    env = dict(os.environ, PATH=f"{Path(CHANOS).parent}:{os.environ.get('PATH', '')}")
+    p = subprocess.run([helper, f"chanos#{image}", str(mnt), "-o", "rw,nosuid,nodev,noatime"],
+                       capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert is_mounted(mnt)
+    (mnt / "via-helper").write_text("ok")
+    assert chanos("umount", str(mnt)).returncode == 0
+    assert fsck(image)[0] == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount(8) with a helper needs root")
+def test_mount_t_fuse_chanos_and_fstab(image, tmp_path):
+    p = chanos("install-helper", "--dir", "/usr/sbin")
+    assert p.returncode == 0, p.stderr
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run(["mount", "-t", "fuse.chanos", str(image), str(mnt), "-o", "noatime"])
+    assert is_mounted(mnt)
+    (mnt / "x").write_text("mount -t")
+    assert chanos("umount", str(mnt)).returncode == 0
+    # an fstab line (util-linux mount reads an alternative fstab with -T)
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{image} {mnt} fuse.chanos defaults,noatime,nofail 0 0\n")
+    run(["mount", "-T", str(fstab), str(mnt)])
+    assert (mnt / "x").read_text() == "mount -t"
+    assert chanos("umount", str(mnt)).returncode == 0
+    assert fsck(image)[0] == 0
+
+
+def test_read_only_mount_changes_nothing(image, tmp_path):
+    with Mounted(image, tmp_path / "mnt") as m:
+        (m.mnt / "f").write_text("before")
+    digest = sha(image)
+    m = Mounted(image, tmp_path / "mnt", options="ro")
+    m.mount()
+    assert (m.mnt / "f").read_text() == "before"
+    for attempt in (
+        lambda: (m.mnt / "g").write_text("x"),
+        lambda: (m.mnt / "f").write_text("x"),
+        lambda: os.mkdir(m.mnt / "d"),
+        lambda: os.chmod(m.mnt / "f", 0o600),
+        lambda: os.unlink(m.mnt / "f"),
+        lambda: os.setxattr(m.mnt / "f", "user.a", b"1"),
+    ):
+        with pytest.raises(OSError) as ei:
+            attempt()
+        assert ei.value.errno == errno.EROFS
+    m.unmount()
+    assert sha(image) == digest  # not one byte written
+
+
+def test_uid_gid_umask_override_what_stat_shows(image, tmp_path):
+    with Mounted(image, tmp_path / "mnt") as m:
+        (m.mnt / "f").write_text("x")
+        os.chmod(m.mnt / "f", 0o666)
+        os.chown(m.mnt / "f", 0, 0)
+    with Mounted(image, tmp_path / "mnt", options="uid=4321,gid=8765,umask=027") as m:
+        st = os.stat(m.mnt / "f")
+        assert (st.st_uid, st.st_gid) == (4321, 8765)
+        assert st.st_mode & 0o777 == 0o640
+    with Mounted(image, tmp_path / "mnt") as m:  # nothing stored changed
+        st = os.stat(m.mnt / "f")
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 0, 0o666)
+
+
+def test_unsupported_features_refuse_the_mount(tmp_path):
+    require_fuse()
+    img = tmp_path / "inline.img"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^metadata_csum,inline_data", str(img), "64M"],
+                   check=True, capture_output=True)  # fmt: skip
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    p = chanos("mount", str(img), str(mnt))
+    assert p.returncode == 32
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "inline_data" in lines[0], p.stderr
+    assert not is_mounted(mnt)
+
+
+def test_options_reach_the_kernel_and_trace_is_written(image, tmp_path):
+    trace = tmp_path / "trace.json"
+    log = tmp_path / "daemon.log"
+    with Mounted(image, tmp_path / "mnt", options=f"max_vnodes=64,trace={trace},log={log}") as m:
+        for i in range(300):  # more files than live vnodes allowed
+            (m.mnt / f"f{i}").write_text(str(i))
+        assert sorted(os.listdir(m.mnt)) == sorted(["lost+found", *(f"f{i}" for i in range(300))])
+        assert all((m.mnt / f"f{i}").read_text() == str(i) for i in range(300))
+    assert trace.exists() and trace.stat().st_size > 0
+    assert b"traceEvents" in trace.read_bytes()[:200]
+
+
+def test_allow_other_lets_another_user_in(image, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch users")
+    with Mounted(image, tmp_path / "mnt", options="allow_other") as m:
+        (m.mnt / "pub").write_text("for everyone")
+        os.chmod(m.mnt / "pub", 0o644)
+        (m.mnt / "priv").write_text("secret")
+        os.chmod(m.mnt / "priv", 0o600)
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat"]
+        assert run([*as_nobody, str(m.mnt / "pub")]) == "for everyone"
+        p = subprocess.run([*as_nobody, str(m.mnt / "priv")], capture_output=True, text=True)
+        assert p.returncode != 0 and "Permission denied" in p.stderr  # default_permissions
+
+
+def test_digest_survives_remount_with_nowriteback(image, tmp_path):
+    with Mounted(image, tmp_path / "mnt", options="nowriteback,attr_timeout=0") as m:
+        shutil.copytree(Path(os.__file__).parent / "json", m.mnt / "json")
+        with open(m.mnt / "app", "a") as f:
+            f.write("1")
+        with open(m.mnt / "app", "a") as f:
+            f.write("2")
+        before = tree_digest(m.mnt)
+        m.remount()
+        assert tree_digest(m.mnt) == before
+        assert (m.mnt / "app").read_text() == "12"
