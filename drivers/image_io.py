@@ -1,0 +1,290 @@
+"""Blocking I/O on an image file or block device: the "hardware" behind ImageFileDriver.
+
+Everything here is plain synchronous code over one file descriptor. The driver actor
+decides where it runs: reads first try ``preadv(..., RWF_NOWAIT)`` on the event loop (a
+page-cache hit costs about a microsecond and never blocks); whatever would block, and all
+writes, flushes and discards, run in a worker thread. Each entry point executes a list
+of planned runs (see ``chanos.drivers.queue``) in order and stores one result per request
+(its data, ``None``, or the ``OSError``) into ``results`` at the request's batch index.
+
+A merged run that fails is retried request by request, so an error lands only on the
+requests that really failed and their neighbours still complete.
+
+Discard punches a hole (``fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`` through
+ctypes; on block devices the kernel turns this into a zero-out/discard). Where the file
+system does not support hole punching the range is overwritten with zeros instead:
+``os.posix_fallocate`` only ever allocates, so it cannot discard.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import stat
+from typing import Any
+
+from chanos.drivers.queue import DiscardRun, FlushRun, ReadRun, Run, WriteRun
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+_BLKSSZGET = 0x1268  # logical sector size of a block device (int)
+_ZERO_CHUNK = 1 << 20
+
+_libc: Any = None
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        _libc.fallocate.restype = ctypes.c_int
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"fallocate(punch hole) at {offset}+{length}: {os.strerror(e)}")
+
+
+def _advance(views: list[memoryview], n: int) -> list[memoryview]:
+    """The buffers left after the first ``n`` bytes of ``views`` were transferred."""
+    out = []
+    for v in views:
+        if n >= len(v):
+            n -= len(v)
+            continue
+        out.append(v[n:] if n else v)
+        n = 0
+    return out
+
+
+def preadv_full(fd: int, views: list[memoryview], offset: int, flags: int = 0) -> int:
+    """Fill ``views`` from ``offset``; returns bytes read (short only at end of file)."""
+    total = 0
+    want = sum(len(v) for v in views)
+    while views:
+        n = (
+            os.preadv(fd, views, offset + total, flags)
+            if flags
+            else os.preadv(fd, views, offset + total)
+        )
+        if n == 0:
+            break
+        total += n
+        if total == want:
+            break
+        if flags:
+            # A partial non-blocking read: let the caller finish it where blocking is allowed.
+            break
+        views = _advance(views, n)
+    return total
+
+
+def pwritev_full(fd: int, views: list[memoryview], offset: int) -> None:
+    total = 0
+    want = sum(len(v) for v in views)
+    while total < want:
+        n = os.pwritev(fd, views, offset + total)
+        if n <= 0:
+            raise OSError(errno.EIO, f"write at {offset + total} made no progress")
+        total += n
+        views = _advance(views, n)
+
+
+class ImageFile:
+    """An open image file or block device; the synchronous half of ImageFileDriver."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], read_only: bool = False, block_size: int = 512
+    ):
+        self.path = os.fspath(path)
+        if block_size <= 0 or block_size & (block_size - 1):
+            raise ValueError(f"block size must be a positive power of two, not {block_size}")
+        flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            raise OSError(
+                errno.ENOENT, f"cannot open device image {self.path!r}: no such file"
+            ) from None
+        except PermissionError as e:
+            mode = "reading" if read_only else "reading and writing"
+            hint = "" if read_only else " (open it read-only if it is only readable)"
+            raise OSError(
+                e.errno,
+                f"cannot open device image {self.path!r} for {mode}: permission denied{hint}",
+            ) from None
+        except IsADirectoryError:
+            raise OSError(
+                errno.EISDIR, f"cannot use {self.path!r} as a device image: it is a directory"
+            ) from None
+        except OSError as e:
+            raise OSError(
+                e.errno, f"cannot open device image {self.path!r}: {os.strerror(e.errno or 0)}"
+            ) from None
+        try:
+            st = os.fstat(fd)
+            self.is_block_device = stat.S_ISBLK(st.st_mode)
+            if not (self.is_block_device or stat.S_ISREG(st.st_mode)):
+                raise OSError(
+                    errno.ENOTBLK,
+                    f"cannot use {self.path!r} as a device image: "
+                    "not a regular file or block device",
+                )
+            if self.is_block_device:
+                import fcntl
+                import struct
+
+                raw = fcntl.ioctl(fd, _BLKSSZGET, b"\0\0\0\0")
+                block_size = max(block_size, struct.unpack("i", raw)[0])
+            size = os.lseek(fd, 0, os.SEEK_END)
+            if size == 0:
+                raise OSError(errno.EINVAL, f"device image {self.path!r} is empty (size 0)")
+            if size % block_size:
+                raise OSError(
+                    errno.EINVAL,
+                    f"device image {self.path!r} has size {size} bytes, which is not a whole "
+                    f"number of {block_size}-byte blocks ({size % block_size} bytes over)",
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self.size = size
+        self.block_size = block_size
+        self.read_only = read_only
+        self.nowait = True  # cleared if the file system refuses RWF_NOWAIT
+        self.punch = True  # cleared if the file system cannot punch holes
+        self.dirty = False  # a write completed since the last successful fdatasync
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    # ------------------------------------------------------------ reads
+
+    def read_nowait(self, run: ReadRun, results: list[Any]) -> bool:
+        """Try ``run`` without blocking (page-cache hit); True if it was fully served."""
+        if not self.nowait:
+            return False
+        bufs = [bytearray(n) for _, n in run.members]
+        try:
+            got = preadv_full(self.fd, [memoryview(b) for b in bufs], run.offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self.nowait = False
+            return False  # real errors are reported by the blocking retry
+        if got != run.length:
+            return False
+        for (idx, _), buf in zip(run.members, bufs, strict=True):
+            results[idx] = memoryview(buf).toreadonly()
+        return True
+
+    def _read(self, run: ReadRun, results: list[Any]) -> None:
+        bufs = [bytearray(n) for _, n in run.members]
+        try:
+            got = preadv_full(self.fd, [memoryview(b) for b in bufs], run.offset)
+            if got != run.length:
+                raise OSError(
+                    errno.EIO,
+                    f"short read at {run.offset}: {got} of {run.length} bytes "
+                    f"(was {self.path!r} truncated?)",
+                )
+        except OSError as e:
+            if len(run.members) > 1:
+                self._split(run, results)
+            else:
+                results[run.members[0][0]] = e
+            return
+        for (idx, _), buf in zip(run.members, bufs, strict=True):
+            results[idx] = memoryview(buf).toreadonly()
+
+    # ------------------------------------------------------------ writes
+
+    def _write(self, run: WriteRun, results: list[Any]) -> None:
+        try:
+            pwritev_full(self.fd, [v for _, v in run.members], run.offset)
+        except OSError as e:
+            if len(run.members) > 1:
+                self._split(run, results)
+            else:
+                results[run.members[0][0]] = e
+            return
+        self.dirty = True
+        for idx, _ in run.members:
+            results[idx] = None
+
+    def _flush(self, run: FlushRun, results: list[Any]) -> None:
+        res: OSError | None = None
+        if self.dirty:
+            # Cleared before the call: a write racing in afterwards keeps it set again.
+            self.dirty = False
+            try:
+                os.fdatasync(self.fd)
+            except OSError as e:
+                self.dirty = True
+                res = e
+        for idx in run.members:
+            results[idx] = res
+
+    def _discard(self, run: DiscardRun, results: list[Any]) -> None:
+        try:
+            self._discard_range(run.offset, run.length)
+        except OSError as e:
+            if len(run.members) > 1:
+                self._split(run, results)
+            else:
+                results[run.members[0][0]] = e
+            return
+        self.dirty = True
+        for idx, _ in run.members:
+            results[idx] = None
+
+    def _discard_range(self, offset: int, length: int) -> None:
+        if self.punch:
+            try:
+                _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                self.punch = False
+        zeros = memoryview(bytes(min(length, _ZERO_CHUNK)))
+        pos, end = offset, offset + length
+        while pos < end:
+            n = min(end - pos, len(zeros))
+            pwritev_full(self.fd, [zeros[:n]], pos)
+            pos += n
+
+    def _split(self, run: ReadRun | WriteRun | DiscardRun, results: list[Any]) -> None:
+        """Retry a failed merged run one request at a time."""
+        pos = run.offset
+        for idx, item in run.members:
+            match run:
+                case ReadRun():
+                    self._read(ReadRun(pos, item, [(idx, item)]), results)
+                    pos += item
+                case WriteRun():
+                    self._write(WriteRun(pos, len(item), [(idx, item)]), results)
+                    pos += len(item)
+                case DiscardRun():
+                    self._discard(DiscardRun(pos, item, [(idx, item)]), results)
+                    pos += item
+
+    # ------------------------------------------------------------ plans
+
+    def execute(self, runs: list[Run], results: list[Any]) -> None:
+        """Run ``runs`` in order (blocking); one result per request into ``results``."""
+        for run in runs:
+            match run:
+                case ReadRun():
+                    self._read(run, results)
+                case WriteRun():
+                    self._write(run, results)
+                case FlushRun():
+                    self._flush(run, results)
+                case DiscardRun():
+                    self._discard(run, results)
