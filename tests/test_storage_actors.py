@@ -1,0 +1,186 @@
+"""The volume as actors: mount on a real driver, allocate through the policy, unmount,
+then e2fsprogs (e2fsck -fn, dumpe2fs, debugfs) checks what reached the image."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from chanos.drivers import BlockDevice, ImageFileDriver
+from chanos.fs import group_protocol as gp
+from chanos.fs.volume import Volume, mount
+from chanos.personality import PERMANENT, CallError, ChildSpec, call, open_supervisor
+from conftest import assert_fsck_clean
+
+
+def dumpe2fs(image: Path) -> tuple[dict[str, str], str]:
+    out = subprocess.run(["dumpe2fs", str(image)], capture_output=True, text=True).stdout
+    hdr = {}
+    for line in out.partition("\n\n\n")[0].splitlines():
+        k, sep, v = line.partition(":")
+        if sep:
+            hdr[k.strip()] = v.strip()
+    return hdr, out
+
+
+@asynccontextmanager
+async def mounted(image: Path, read_only: bool = False, **kw) -> AsyncIterator[Volume]:
+    async with open_supervisor(name="test") as sup:
+        drv = await sup.start(
+            ChildSpec(name="driver", factory=lambda: ImageFileDriver(str(image)), restart=PERMANENT)
+        )
+        vol = await mount(BlockDevice(drv), read_only, supervisor=sup, **kw)
+        try:
+            yield vol
+        finally:
+            await vol.unmount()
+            await drv.stop()
+
+
+async def test_mount_unmount_state_and_statfs(ext4_image) -> None:
+    img = ext4_image("64M", 4096)
+    before, _ = dumpe2fs(img)
+    async with mounted(img) as vol:
+        hdr, _ = dumpe2fs(img)
+        assert hdr["Filesystem state"] == "not clean"
+        assert hdr["Mount count"] == "1"
+        s = await vol.statfs()
+        assert s.f_bfree == int(before["Free blocks"])
+        assert s.f_blocks == int(before["Block count"]) - int(before["Overhead clusters"])
+        assert s.f_ffree == int(before["Free inodes"])
+        assert vol.geometry.group_count == 1 and not vol.read_only
+    after, _ = dumpe2fs(img)
+    assert after["Filesystem state"] == "clean"
+    assert after["Mount count"] == "1"
+    assert after["Last checked"] == before["Last checked"]
+    assert_fsck_clean(img)
+
+
+@pytest.mark.parametrize("bs", [4096, 1024])
+async def test_allocate_and_free_everything_is_fsck_clean(ext4_image, bs: int) -> None:
+    img = ext4_image("64M", bs)
+    before, _ = dumpe2fs(img)
+    async with mounted(img) as vol:
+        alloc = vol.allocator
+        runs = []
+        total = 0
+        goal = vol.geometry.first_data_block
+        while True:
+            try:
+                start, n = await alloc.allocate(goal, 4096)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+                break
+            runs.append((start, n))
+            total += n
+            goal = start + n
+        assert total == int(before["Free blocks"])
+        s = await vol.statfs()
+        assert s.f_bfree == 0 and s.f_bavail == 0
+        # Free in big pieces that span group boundaries where runs are adjacent.
+        for start, n in runs:
+            await alloc.free(start, n)
+        s = await vol.statfs()
+        assert s.f_bfree == int(before["Free blocks"])
+    after, _ = dumpe2fs(img)
+    assert after["Free blocks"] == before["Free blocks"]
+    assert_fsck_clean(img)
+
+
+async def test_directory_spreading_and_file_locality(ext4_image) -> None:
+    img = ext4_image("64M", 1024)  # 8 groups of 2048 inodes
+    async with mounted(img) as vol:
+        alloc = vol.allocator
+        ipg = vol.geometry.inodes_per_group
+        dirs = [await alloc.alloc_inode(2, is_dir=True) for _ in range(6)]
+        groups = [(d - 1) // ipg for d in dirs]
+        assert len(set(groups)) == 6, groups  # spread: each new directory its own group
+        # Files go next to their parent directory.
+        for d in dirs:
+            f = await alloc.alloc_inode(d, is_dir=False)
+            assert (f - 1) // ipg == (d - 1) // ipg
+        # Blocks near a goal in the file's group.
+        goal = alloc.goal_for_inode(dirs[2])
+        start, n = await alloc.allocate(goal, 16)
+        assert alloc.group_of_block(start) == groups[2] and n == 16
+        counts = await alloc.group_counts()
+        assert sum(c.used_dirs for c in counts) == 2 + 6
+        await alloc.free(start, n)
+        for d in dirs:
+            await alloc.free_inode(d, is_dir=True)
+            await alloc.free_inode(d + 1, is_dir=False)
+        with pytest.raises(OSError) as ei:
+            await alloc.free_inode(dirs[0], is_dir=True)
+        assert ei.value.errno == errno.EUCLEAN
+    hdr, _ = dumpe2fs(img)
+    # The double free above was an fs error: recorded, and the image stays consistent.
+    assert hdr["Filesystem state"] == "clean with errors"
+    assert hdr["FS Error count"] == "1"
+    assert_fsck_clean(img)
+
+
+async def test_inode_exhaustion_gives_enospc(ext4_image) -> None:
+    img = ext4_image("8M", 1024, extra_args=["-N", "64"])
+    async with mounted(img) as vol:
+        got = []
+        with pytest.raises(OSError) as ei:
+            while True:
+                got.append(await vol.alloc_inode(2, is_dir=False))
+        assert ei.value.errno == errno.ENOSPC
+        assert len(got) == len(set(got))
+        assert (await vol.statfs()).f_ffree == 0
+        for ino in got:
+            await vol.free_inode(ino, is_dir=False)
+    assert_fsck_clean(img)
+
+
+async def test_group_actor_restart_keeps_allocations(ext4_image) -> None:
+    img = ext4_image("64M", 4096)
+    async with mounted(img) as vol:
+        g0 = vol.groups[0]
+        a = await vol.alloc_inode(2, is_dir=True)
+        b = await vol.alloc_inode(2, is_dir=False)
+        run = await vol.allocator.allocate(5000, 8)
+        # A malformed message crashes the group actor (not an OSError): it is restarted.
+        with pytest.raises(CallError):
+            await call(g0, gp.WriteInode(a, None))  # type: ignore[arg-type]
+        c = await vol.alloc_inode(2, is_dir=False)
+        assert c not in (a, b)
+        run2 = await vol.allocator.allocate(5000, 8)
+        assert run2[0] >= run[0] + run[1] or run2[0] + run2[1] <= run[0]
+        counts = (await vol.allocator.group_counts())[0]
+        assert counts.used_dirs == 3  # root, lost+found, a: survived the restart
+        for ino, is_dir in ((a, True), (b, False), (c, False)):
+            await vol.free_inode(ino, is_dir)
+        await vol.allocator.free(*run)
+        await vol.allocator.free(*run2)
+    assert_fsck_clean(img)
+
+
+async def test_read_only_mount_writes_nothing(ext4_image) -> None:
+    img = ext4_image("16M", 4096)
+    raw = img.read_bytes()
+    async with mounted(img, read_only=True) as vol:
+        assert vol.read_only
+        root = await vol.read_inode(2)
+        assert int.from_bytes(root[0:2], "little") >> 12 == 0o04
+        with pytest.raises(OSError) as ei:
+            await vol.alloc_inode(2, is_dir=False)
+        assert ei.value.errno == errno.EROFS
+        with pytest.raises(OSError) as ei:
+            await vol.set_last_orphan(12)
+        assert ei.value.errno == errno.EROFS
+        assert (await vol.statfs()).f_files == 4096
+    assert img.read_bytes() == raw
+
+
+async def test_unknown_ro_compat_mounts_read_only(ext4_image) -> None:
+    img = ext4_image("16M", 4096, features=("metadata_csum",))
+    raw = img.read_bytes()
+    async with mounted(img) as vol:
+        assert vol.read_only and "metadata_csum" in vol.read_only_reason
+    assert img.read_bytes() == raw
