@@ -117,6 +117,7 @@ class BlockMap:
         """Append (logical, physical) for every mapped block in [lblk, end)."""
         for i in range(max(lblk, 0), min(end, N_DIRECT)):
             if self._root[i]:
+                self._check_ptr(self._root[i])
                 out.append((i, self._root[i]))
         for n, (base, depth) in enumerate(self._trees):
             span = self.per_block**depth
@@ -201,6 +202,7 @@ class BlockMap:
         data = 0
         for i in range(max(lblk, 0), N_DIRECT):
             if self._root[i]:
+                self._check_ptr(self._root[i])
                 await frees.add(self._root[i])
                 self._root[i] = 0
                 self.root_dirty = True

@@ -378,3 +378,30 @@ async def test_block_mapped_files_read_and_truncate(ext2_1k, tmp_path: Path) -> 
     debugfs(img, f"dump sp {tmp_path / 'sp.out'}", f"dump big {tmp_path / 'big.out'}")
     assert (tmp_path / "sp.out").read_bytes() == expect
     assert (tmp_path / "big.out").read_bytes() == files["big"][: 200 << 10]
+
+
+async def test_block_mapped_file_converts_to_extents_on_write(ext2_1k, tmp_path: Path) -> None:
+    """After ``tune2fs -O extent`` old files stay block-mapped; a write converts one."""
+    img, files = ext2_1k
+    subprocess.run(["tune2fs", "-O", "extent", str(img)], check=True, capture_output=True)
+    store = ImageStore(img, BS)
+    alloc = FreeListAllocator(free_blocks(img, 500, 1), set())
+    try:
+        ino, fd = open_file(img, "sp", store, alloc)
+        fd._extent_feature = True
+        alloc.owned = await held(fd)
+        m = Modeled(fd, files["sp"])
+        await m.write(301 * BS + 5, b"converted")
+        await m.write(len(m.model), b"appended")
+        assert fd.converted and fd.uses_extents
+        # the indirect blocks are gone: the file holds its data blocks only
+        assert fd.fs_blocks == len(await held(fd)) == len(alloc.owned)
+        await fd.flush()
+        ino.store(len(m.model), fd.i_blocks, fd.i_block, ino.flags | EXTENTS_FL)
+        assert await fd.read(0, len(m.model)) == bytes(m.model)
+    finally:
+        store.close()
+    fsck_fix_only_bitmaps(img)
+    debugfs(img, f"dump sp {tmp_path / 'sp.out'}")
+    assert (tmp_path / "sp.out").read_bytes() == bytes(m.model)
+    assert b"Flags: 0x80000" in debugfs(img, "stat sp")
