@@ -141,6 +141,9 @@ class RenameCoordinator(Actor):
         if dst is not None:
             dst_ino, dst_ft = dst
             dst_dir = dst_ft == FT_DIR
+            if dst_dir and cross and await self._is_ancestor(dst_ino, old_parent):
+                # The target holds the source somewhere below it (Linux's "trap").
+                raise OSError(errno.ENOTEMPTY, "rename: target is an ancestor of the source")
             if src_dir and not dst_dir:
                 raise OSError(errno.ENOTDIR, "rename: directory over non-directory")
             if dst_dir and not src_dir:

@@ -42,7 +42,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from chanos.fs.vnode_protocol import AddLink, DropLink, InsertEntry
+from chanos.fs.vnode_protocol import AddLink, InsertEntry, RemoveEntry
 from chanos.fs.vnode_table import (
     DEFAULT_MAX_VNODES,
     Closed,
@@ -184,12 +184,26 @@ class Kernel:
 
     # -- routing ---------------------------------------------------------------------------
 
-    async def _to_inode(self, ino: int, msg: Any, *, looked_up: bool = False) -> Any:
-        """Call ``ino``'s vnode, pinned; count an Entry reply as a lookup reference."""
+    async def _to_inode(
+        self, ino: int, msg: Any, *, looked_up: bool = False, absent: bool = False
+    ) -> Any:
+        """Call ``ino``'s vnode, pinned; count an Entry reply as a lookup reference.
+
+        ``absent``: the message is a Lookup that must fail with ENOENT; an answer is
+        EEXIST.
+        """
         table = self.table
         ref = await call(table, Pin(ino))
         entry_ino = 0
         try:
+            if absent:
+                try:
+                    await call(ref, msg)
+                except OSError as exc:
+                    if exc.errno == errno.ENOENT:
+                        return None
+                    raise
+                raise OSError(errno.EEXIST, "name exists")
             reply = await call(ref, msg)
             if looked_up and isinstance(reply, Entry):
                 entry_ino = reply.inode
@@ -327,14 +341,22 @@ class Kernel:
         return handle, entry
 
     async def _link(self, msg: Link) -> Entry:
-        """Link = one more link on the inode, then the new name; undone if the name fails."""
+        """Link = the new name, then one more link on the inode (undone if that fails).
+
+        The name goes first so the errors come in Linux's order: EEXIST (the name) before
+        EPERM (a directory) and EMLINK (the count).
+        """
         _check_new_name(msg.new_name)
-        attr = await self._to_inode(msg.inode, AddLink())
+        attr = await self._to_inode(msg.inode, GetAttr(msg.inode))
+        if stat.S_ISDIR(attr.mode):
+            await self._to_inode(msg.new_parent, Lookup(msg.new_parent, msg.new_name), absent=True)
+            raise OSError(errno.EPERM, "hard link to a directory")
         ftype = _FT_FROM_MODE.get(stat.S_IFMT(attr.mode), 0)
+        await self._to_inode(msg.new_parent, InsertEntry(msg.new_name, msg.inode, ftype))
         try:
-            await self._to_inode(msg.new_parent, InsertEntry(msg.new_name, msg.inode, ftype))
+            await self._to_inode(msg.inode, AddLink())
         except OSError:
-            await self._to_inode(msg.inode, DropLink())
+            await self._to_inode(msg.new_parent, RemoveEntry(msg.new_name, msg.inode))
             raise
         return await self._to_inode(
             msg.new_parent, Lookup(msg.new_parent, msg.new_name), looked_up=True
