@@ -99,7 +99,7 @@ def populate(img: Path, workdir: Path, block_size: int) -> None:
         "set_inode_field hello atime_extra 4",
         "ea_set hello user.color red",
         "ea_set hello trusted.t 0123456789abcdef",
-        "ea_set hello user.empty ''",
+        'ea_set hello user.empty ""',
         f"ea_set -f {workdir / 'bigval'} hello user.big",
         "ea_set dir security.selinux system_u:object_r:tmp_t",
         "mkdir many",
