@@ -184,3 +184,23 @@ async def test_unknown_ro_compat_mounts_read_only(ext4_image) -> None:
     async with mounted(img) as vol:
         assert vol.read_only and "metadata_csum" in vol.read_only_reason
     assert img.read_bytes() == raw
+
+
+async def test_free_run_spanning_groups_and_bad_frees(ext4_image) -> None:
+    img = ext4_image("64M", 1024)
+    before, _ = dumpe2fs(img)
+    async with mounted(img) as vol:
+        alloc = vol.allocator
+        assert await alloc.allocate(32760, 9) == (32760, 9)  # the end of group 3
+        assert await alloc.allocate(32769, 10) == (32769, 10)  # the start of group 4
+        counts = await alloc.group_counts()
+        assert counts[3].free_blocks == 7934 - 9 and counts[4].free_blocks == 8192 - 10
+        await alloc.free(32760, 19)  # one run over the group boundary
+        counts = await alloc.group_counts()
+        assert counts[3].free_blocks == 7934 and counts[4].free_blocks == 8192
+        for start, count in ((65530, 10), (0, 1), (24577, 1), (260, 1)):
+            with pytest.raises(OSError) as ei:
+                await alloc.free(start, count)  # past the end; block 0; sb backup; a bitmap
+            assert ei.value.errno == errno.EUCLEAN
+        assert (await vol.statfs()).f_bfree == int(before["Free blocks"])
+    assert_fsck_clean(img)
