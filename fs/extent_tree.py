@@ -354,9 +354,9 @@ class ExtentTree:
                     prev_end = e[0] + 1
 
         r = self._root
-        if r.depth > 0 and len(r.entries) == 1:
-            child = await self._child(r.entries[0][1], r.depth - 1)
-            if len(child.entries) <= ROOT_CAPACITY:
+        if r.depth > 0:
+            kids = [await self._child(c, r.depth - 1) for _k, c in r.entries]
+            if sum(len(k.entries) for k in kids) <= ROOT_CAPACITY:
                 raise AssertionError("tree could be shallower")
         await walk(r, 0, LBLK_LIMIT)
 
@@ -426,6 +426,13 @@ class ExtentTree:
         Every tree block the insertion needs is allocated before anything changes, so an
         ENOSPC leaves the tree as it was.
         """
+        leaf = path[-1][0]
+        full = len(leaf.entries) >= leaf.capacity
+        if full and len(path) > 1 and await self._shift_to_sibling(path, pos):
+            # The leaf and the sibling that took an entry both have room now; the new
+            # entry belongs in whichever of them covers its logical block.
+            path = await self._descend(entry[0])
+            pos = path[-1][1] + 1
         need = 0
         level = len(path) - 1
         while level >= 0 and len(path[level][0].entries) >= path[level][0].capacity:
@@ -512,14 +519,43 @@ class ExtentTree:
                 return
             level -= 1
 
+    async def _shift_to_sibling(self, path: list[list], pos: int) -> bool:
+        """Make room in a full leaf by moving one edge entry into a sibling leaf (same
+        parent) that has at least two free slots; False if neither has. Splitting only when
+        the neighbours are full keeps leaves dense, so trees stay as narrow as e2fsck likes.
+        """
+        level = len(path) - 1
+        node = path[level][0]
+        parent, idx = path[level - 1]
+        if idx + 1 < len(parent.entries) and pos > 0:
+            right = await self._child(parent.entries[idx + 1][1], node.depth)
+            if len(right.entries) + 2 <= right.capacity:
+                right.entries.insert(0, node.entries.pop())
+                parent.entries[idx + 1] = (right.entries[0][0], right.block)
+                for n in (node, right, parent):
+                    self._mark(n)
+                return True
+        if idx > 0 and pos < len(node.entries):
+            left = await self._child(parent.entries[idx - 1][1], node.depth)
+            if len(left.entries) + 2 <= left.capacity:
+                left.entries.append(node.entries.pop(0))
+                parent.entries[idx] = (node.entries[0][0], node.block)
+                for n in (node, left, parent):
+                    self._mark(n)
+                return True
+        return False
+
     async def _delete(self, path: list[list], level: int, pos: int) -> None:
-        """Remove entry pos of path[level]; free tree blocks that become empty."""
+        """Remove entry pos of path[level]; free tree blocks that become empty and merge a
+        node into its sibling when both fit in one block (with a slot to spare)."""
         node = path[level][0]
         del node.entries[pos]
         self._mark(node)
         if node.entries:
             if pos == 0:
                 self._fix_keys(path, level)
+            if level > 0:
+                await self._merge_with_sibling(path, level)
             return
         if level == 0:
             # An empty tree is a depth-0 root, as the kernel leaves it after truncate to 0.
@@ -528,6 +564,27 @@ class ExtentTree:
         await self._free_tree_block(node)
         await self._delete(path, level - 1, path[level - 1][1])
 
+    async def _merge_with_sibling(self, path: list[list], level: int) -> None:
+        node = path[level][0]
+        parent, idx = path[level - 1]
+        if idx + 1 < len(parent.entries):
+            left, right, right_idx = node, None, idx + 1
+        elif idx > 0:
+            left, right, right_idx = None, node, idx
+        else:
+            return
+        if left is None:
+            left = await self._child(parent.entries[idx - 1][1], node.depth)
+        if right is None:
+            right = await self._child(parent.entries[idx + 1][1], node.depth)
+        if len(left.entries) + len(right.entries) >= left.capacity:
+            return
+        left.entries.extend(right.entries)
+        self._mark(left)
+        await self._free_tree_block(right)
+        path[level][0] = left
+        await self._delete(path, level - 1, right_idx)
+
     async def _free_tree_block(self, node: _Node) -> None:
         assert node.block is not None
         self._cache.pop(node.block, None)
@@ -535,16 +592,18 @@ class ExtentTree:
         await self._alloc.free(node.block, 1)
 
     async def _collapse(self) -> None:
-        """Pull a lone child into the root while it fits, so the depth shrinks back."""
+        """Pull the root's children into the root while their entries fit there, so the
+        depth shrinks back (e2fsck calls a tree whose level fits in the root "shorter")."""
         root = self._root
-        while root.depth > 0 and len(root.entries) == 1:
-            child = await self._child(root.entries[0][1], root.depth - 1)
-            if len(child.entries) > ROOT_CAPACITY:
+        while root.depth > 0 and root.entries:
+            children = [await self._child(c, root.depth - 1) for _k, c in root.entries]
+            if sum(len(c.entries) for c in children) > ROOT_CAPACITY:
                 return
-            root.entries = list(child.entries)
-            root.depth = child.depth
+            root.entries = [e for c in children for e in c.entries]
+            root.depth -= 1
             self.root_dirty = True
-            await self._free_tree_block(child)
+            for c in children:
+                await self._free_tree_block(c)
 
     async def remove(self, lblk: int, count: int | None = None, *, free: bool = True) -> int:
         """Unmap logical blocks [lblk, lblk+count) (to the end of the file if count is None).
