@@ -206,9 +206,34 @@ class BlockGroup:
             )
             self._imap_dirty = False
 
-    async def _changed(self) -> None:
+    def _snapshot(self) -> tuple[int, ...]:
+        return (
+            self._bmap,
+            self._imap,
+            self.free_blocks,
+            self.free_inodes,
+            self.used_dirs,
+            self._bmap_dirty,
+            self._imap_dirty,
+        )
+
+    async def _changed(self, before: tuple[int, ...]) -> None:
+        """Persist a mutation (write-through) and report it; if the write fails, undo the
+        mutation in memory so the caller's error leaves nothing half-allocated."""
         if self.write_through:
-            await self._write_bitmaps()
+            try:
+                await self._write_bitmaps()
+            except OSError:
+                (
+                    self._bmap,
+                    self._imap,
+                    self.free_blocks,
+                    self.free_inodes,
+                    self.used_dirs,
+                    self._bmap_dirty,
+                    self._imap_dirty,
+                ) = before
+                raise
         if self._on_counts is not None:
             self._on_counts(self.counts())
 
@@ -241,6 +266,7 @@ class BlockGroup:
 
     async def alloc_inode(self, is_dir: bool) -> int | None:
         self._check_writable()
+        before = self._snapshot()
         free = self._full ^ (self._imap | self._inever)
         if not free:
             return None
@@ -250,7 +276,7 @@ class BlockGroup:
         self.free_inodes -= 1
         if is_dir:
             self.used_dirs += 1
-        await self._changed()
+        await self._changed(before)
         return self.layout.first_ino_of_group + idx
 
     async def free_inode(self, ino: int, is_dir: bool) -> None:
@@ -260,6 +286,7 @@ class BlockGroup:
             raise self._fs_error("free-reserved-inode", f"freeing reserved inode {ino}", ino=ino)
         if not (self._imap >> idx) & 1:
             raise self._fs_error("inode-double-free", f"inode {ino} freed twice", ino=ino)
+        before = self._snapshot()
         self._imap &= ~(1 << idx)
         self._imap_dirty = True
         self.free_inodes += 1
@@ -268,7 +295,7 @@ class BlockGroup:
                 self._fs_error("used-dirs-underflow", "directory count underflow", ino=ino)
             else:
                 self.used_dirs -= 1
-        await self._changed()
+        await self._changed(before)
 
     def _inode_place(self, ino: int) -> tuple[int, int]:
         """(absolute inode-table block, byte offset inside it) of inode ``ino``."""
@@ -307,8 +334,13 @@ class BlockGroup:
         block, off = self._inode_place(ino)
         buf = await self._itable_block(block)
         buf[off : off + len(raw)] = raw
-        # Written through: the block cache only ever holds what is on the device.
-        await self.device.write(block * self.layout.block_size, bytes(buf))
+        # Written through: the block cache only ever holds what is on the device (a failed
+        # write drops the block, to be read again).
+        try:
+            await self.device.write(block * self.layout.block_size, bytes(buf))
+        except OSError:
+            self._itable.pop(block, None)
+            raise
 
     # -- blocks ------------------------------------------------------------------------------
 
@@ -323,6 +355,7 @@ class BlockGroup:
         free = self._free_view()
         if not free:
             return None
+        before = self._snapshot()
         rel_goal = goal - lay.first_block
         if not 0 <= rel_goal < lay.nblocks:
             rel_goal = 0
@@ -350,7 +383,7 @@ class BlockGroup:
         self._bmap |= ((1 << n) - 1) << start
         self._bmap_dirty = True
         self.free_blocks -= n
-        await self._changed()
+        await self._changed(before)
         return lay.first_block + start, n
 
     async def free_blocks_run(self, start: int, count: int) -> None:
@@ -372,10 +405,11 @@ class BlockGroup:
             raise self._fs_error(
                 "block-double-free", f"blocks in {start}+{count} freed twice", block=start
             )
+        before = self._snapshot()
         self._bmap &= ~mask
         self._bmap_dirty = True
         self.free_blocks += count
-        await self._changed()
+        await self._changed(before)
 
     # -- introspection for tests and fsck-like checks -----------------------------------------
 

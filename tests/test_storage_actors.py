@@ -4,6 +4,7 @@ then e2fsprogs (e2fsck -fn, dumpe2fs, debugfs) checks what reached the image."""
 from __future__ import annotations
 
 import errno
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,13 +28,50 @@ def dumpe2fs(image: Path) -> tuple[dict[str, str], str]:
     return hdr, out
 
 
+class FailingWrites:
+    """The BlockDevice client with injectable write failures in a byte range.
+
+    (A thin client-side wrapper: failures must hit the group actor's own write, and nothing
+    else in these tests depends on where the failure is made.)
+    """
+
+    def __init__(self, inner: BlockDevice) -> None:
+        self.inner = inner
+        self.fail: tuple[int, int, int] | None = None  # (start, end, remaining)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await self.inner.read(offset, length)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        if self.fail is not None:
+            start, end, left = self.fail
+            if left and offset < end and offset + len(data) > start:
+                self.fail = (start, end, left - 1)
+                raise OSError(errno.EIO, "injected write error")
+        await self.inner.write(offset, data)
+
+    async def flush(self) -> None:
+        await self.inner.flush()
+
+    async def info(self):
+        return await self.inner.info()
+
+
 @asynccontextmanager
-async def mounted(image: Path, read_only: bool = False, **kw) -> AsyncIterator[Volume]:
+async def mounted(
+    image: Path, read_only: bool = False, faults: list | None = None, **kw
+) -> AsyncIterator[Volume]:
+    """Mount ``image`` through the image-file driver (with a FailingWrites client, appended
+    to ``faults``, when a list is given)."""
     async with open_supervisor(name="test") as sup:
         drv = await sup.start(
             ChildSpec(name="driver", factory=lambda: ImageFileDriver(str(image)), restart=PERMANENT)
         )
-        vol = await mount(BlockDevice(drv), read_only, supervisor=sup, **kw)
+        dev = BlockDevice(drv)
+        if faults is not None:
+            dev = FailingWrites(dev)
+            faults.append(dev)
+        vol = await mount(dev, read_only, supervisor=sup, **kw)
         try:
             yield vol
         finally:
@@ -204,3 +242,36 @@ async def test_free_run_spanning_groups_and_bad_frees(ext4_image) -> None:
             assert ei.value.errno == errno.EUCLEAN
         assert (await vol.statfs()).f_bfree == int(before["Free blocks"])
     assert_fsck_clean(img)
+
+
+async def test_failed_writes_leave_nothing_half_done(ext4_image) -> None:
+    img = ext4_image("64M", 1024)
+    before, _ = dumpe2fs(img)
+    faults: list = []
+    async with mounted(img, faults=faults) as vol:
+        dev = faults[0]
+        bb1 = 260  # group 1's block bitmap (flex_bg: in group 0), see dumpe2fs
+        assert (await vol.allocator.group_counts())[1].free_blocks == 7934
+        dev.fail = (bb1 * 1024, bb1 * 1024 + 1024, 1)
+        with pytest.raises(OSError) as ei:
+            await vol.allocator.allocate(9000, 10)
+        assert ei.value.errno == errno.EIO
+        counts = (await vol.allocator.group_counts())[1]
+        assert counts.free_blocks == 7934  # undone: not allocated, not reported
+        assert await vol.allocator.allocate(9000, 10) == (9000, 10)  # the same run again
+        await vol.allocator.free(9000, 10)
+        # A failed inode write: the record reads back as it was on disk.
+        root = await vol.read_inode(2)
+        itable = int(re.search(r"Inode table at (\d+)", _group0(img)).group(1))
+        dev.fail = (itable * 1024, itable * 1024 + 1024, 1)
+        with pytest.raises(OSError):
+            await vol.write_inode(2, b"\xff" * 256)
+        assert await vol.read_inode(2) == root
+    after, _ = dumpe2fs(img)
+    assert after["Free blocks"] == before["Free blocks"]
+    assert after["Free inodes"] == before["Free inodes"]
+    assert_fsck_clean(img)
+
+
+def _group0(img: Path) -> str:
+    return dumpe2fs(img)[1].split("Group 1:")[0]
