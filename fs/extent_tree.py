@@ -130,10 +130,15 @@ class ExtentTree:
         block_size: int,
         *,
         goal: int = 0,
+        blocks_count: int | None = None,
     ) -> None:
+        """``blocks_count``: size of the file system in blocks; when given, every block a
+        node points at (child or extent) must lie inside it, else the tree is EIO."""
+        self._limit = blocks_count
         depth, _max, entries = _decode_node(bytes(i_block[:60]), in_inode=True)
         if depth > MAX_DEPTH:
             raise _corrupt(f"root depth {depth}")
+        self._check_entries(depth, entries, "root")
         self._root = _Node(None, depth, ROOT_CAPACITY, entries)
         self._store = store
         self._alloc = allocator
@@ -167,15 +172,31 @@ class ExtentTree:
         raw = await self._store.read_blocks(block, 1)
         try:
             d, emax, entries = _decode_node(raw, in_inode=False)
-        except ValueError as e:
-            raise _corrupt(f"block {block}: {e}") from None
+        except OSError as e:
+            raise _corrupt(f"block {block}: {e.strerror}") from None
         if d != depth:
             raise _corrupt(f"block {block} has depth {d}, expected {depth}")
         if emax > self.node_capacity or emax < 1:
             raise _corrupt(f"block {block} eh_max {emax}")
+        if not entries:
+            raise _corrupt(f"empty tree block {block}")
+        self._check_entries(depth, entries, f"block {block}")
         node = _Node(block, depth, emax, entries)
         self._cache[block] = node
         return node
+
+    def _check_entries(self, depth: int, entries: list[tuple], where: str) -> None:
+        limit = self._limit
+        if limit is None:
+            return
+        if depth == 0:
+            for e in entries:
+                if e[1] == 0 or e[1] + e[2] > limit:
+                    raise _corrupt(f"{where}: extent {e[0]}+{e[2]} at block {e[1]} out of range")
+        else:
+            for e in entries:
+                if e[1] == 0 or e[1] >= limit:
+                    raise _corrupt(f"{where}: child block {e[1]} out of range")
 
     def _mark(self, node: _Node) -> None:
         if node.block is None:

@@ -72,9 +72,12 @@ class FileData:
         self._base_blocks = fs_blocks
         self._goal = goal
         self._extent_feature = extent_feature
+        self._blocks_count = blocks_count
         self.mapping: ExtentTree | BlockMap
         if extents:
-            self.mapping = ExtentTree(i_block, store, self._alloc, block_size, goal=goal)
+            self.mapping = ExtentTree(
+                i_block, store, self._alloc, block_size, goal=goal, blocks_count=blocks_count
+            )
         else:
             self.mapping = BlockMap(
                 i_block, store, self._alloc, block_size, blocks_count=blocks_count, goal=goal
@@ -154,7 +157,12 @@ class FileData:
         assert isinstance(old, BlockMap)
         runs = [r for r in await old.map(0, old.limit) if r.physical is not None]
         tree = ExtentTree(
-            ExtentTree.empty_root(), self._store, self._alloc, self.block_size, goal=self._goal
+            ExtentTree.empty_root(),
+            self._store,
+            self._alloc,
+            self.block_size,
+            goal=self._goal,
+            blocks_count=self._blocks_count,
         )
         try:
             for r in runs:

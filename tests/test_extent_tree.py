@@ -219,6 +219,17 @@ async def test_corrupt_tree_block_is_eio() -> None:
     with pytest.raises(OSError) as e:
         ExtentTree(bytes(60), store, alloc, 1024)
     assert e.value.errno == errno.EIO
+    # pointers past the end of the file system: the root's extent, a tree block's child
+    _, _, small = make(1024, 4096)
+    await small.insert(0, 4000, 50)
+    with pytest.raises(OSError) as e:
+        ExtentTree(small.i_block, store, alloc, 1024, blocks_count=4040)
+    assert e.value.errno == errno.EIO
+    ExtentTree(small.i_block, store, alloc, 1024, blocks_count=4050)  # exactly fits
+    ExtentTree(tree.i_block, store, alloc, 1024, blocks_count=blk + 1)
+    with pytest.raises(OSError) as e:
+        ExtentTree(tree.i_block, store, alloc, 1024, blocks_count=blk)
+    assert e.value.errno == errno.EIO
 
 
 async def test_mark_written_splits_unwritten_extent() -> None:
