@@ -402,3 +402,27 @@ async def test_refuses_journal_with_transactions(ext4_image, bs: int) -> None:
         f.seek(jblock * bs)
         f.write(b"\0\0\0\0")  # magic gone
     await expect_refusal(img, errno.EINVAL, "journal is unreadable", "magic")
+
+
+async def test_metadata_marked_free_in_a_bitmap_is_never_allocated(ext4_image) -> None:
+    """A damaged bitmap that shows group 1's superblock backup, descriptor copy and
+    reserved GDT blocks as free: the group still never hands them out."""
+    img = ext4_image("64M", 1024)
+    c = await examine(FileDev(img))
+    lay = c.layouts[1]
+    with open(img, "r+b") as f:
+        f.seek(lay.block_bitmap * 1024)
+        f.write(bytes(32))  # bits 0..255 of group 1 cleared: blocks 8193..8448
+    dev = FileDev(img)
+    g = BlockGroup(lay, dev, used_dirs=0, write_through=False)
+    await g.load()
+    protected = set()
+    for s, n in lay.protected:
+        protected.update(range(s, s + n))
+    assert set(range(8193, 8193 + 256)) <= protected
+    got = set()
+    while (r := await g.alloc_blocks(8193, 300)) is not None:
+        got.update(range(r[0], r[0] + r[1]))
+    assert got and not got & protected
+    assert got == set(range(8451, 16385))
+    dev.close()
