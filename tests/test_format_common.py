@@ -217,6 +217,25 @@ def populated(request, tmp_path_factory) -> Image:
     return Image.open(img)
 
 
+@pytest.fixture(scope="session")
+def htree_image(tmp_path_factory) -> tuple[Image, int]:
+    """A 1 KiB-block image with a two-level htree directory, indexed by e2fsck -D."""
+    d = tmp_path_factory.mktemp("htree")
+    img = mkfs(d / "h.img", 1024, "32M")
+    (d / "f").write_bytes(b"x")
+    cmds = ["mkdir big", "cd big", f"write {d / 'f'} f"]
+    for i in range(6000):
+        if i % 30 == 0:
+            cmds.append("expand .")
+        cmds.append(f"ln f entry-number-{i:05d}")
+    debugfs_w(img, cmds, d)
+    run(E2FSCK, "-fyD", img, check=False)  # exits 1: "file system modified"
+    rc, out = fsck(img)
+    assert rc == 0, out
+    image = Image.open(img)
+    return image, image.lookup("big")
+
+
 def test_populated_image_is_fsck_clean(populated: Image) -> None:
     """The fixture itself is sound: e2fsck sees nothing wrong with it."""
     rc, out = fsck(populated.path)

@@ -14,7 +14,7 @@ from chanos.fs.format._record import CorruptError
 from chanos.fs.format.inode import INDEX_FL, file_type_from_mode
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_format_common import Image, debugfs_r, debugfs_w, fsck, mkfs, run
+from test_format_common import Image, debugfs_r, fsck
 
 populated = common.populated  # the session fixture
 
@@ -65,23 +65,7 @@ def test_first_block_dot_dotdot(populated: Image) -> None:
 # --- htree --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def htree_image(tmp_path_factory) -> tuple[Image, int]:
-    """A 1 KiB-block image with a two-level htree directory, indexed by e2fsck -D."""
-    d = tmp_path_factory.mktemp("htree")
-    img = mkfs(d / "h.img", 1024, "32M")
-    (d / "f").write_bytes(b"x")
-    cmds = ["mkdir big", "cd big", f"write {d / 'f'} f"]
-    for i in range(6000):
-        if i % 30 == 0:
-            cmds.append("expand .")
-        cmds.append(f"ln f entry-number-{i:05d}")
-    debugfs_w(img, cmds, d)
-    run(common.E2FSCK, "-fyD", img, check=False)  # exits 1: "file system modified"
-    rc, out = fsck(img)
-    assert rc == 0, out
-    image = Image.open(img)
-    return image, image.lookup("big")
+htree_image = common.htree_image  # module fixture: a two-level htree directory
 
 
 def test_htree_recognised_and_linear_scan_sees_all(htree_image) -> None:

@@ -9,6 +9,7 @@ Pure codecs, no I/O and no actors: bytes in, objects out, and back.
                   i_blocks, device numbers, fast symlinks, mode -> file_type
 - ``extent``      extent tree nodes (``ExtentNode``, ``Extent``, ``ExtentIndex``)
 - ``dirent``      directory blocks (records, insert, delete, htree recognition)
+- ``dirhash``     htree name hashes (legacy, half_md4, tea; signed and unsigned)
 - ``xattr``       in-inode and block extended attributes, hashes, ACL conversion
 - ``journal``     jbd2 superblock, needs-recovery test
 

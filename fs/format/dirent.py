@@ -179,6 +179,32 @@ class DirRecord(NamedTuple):
         return self.rec_len - self.used_len
 
 
+def _headers(
+    block: bytes | bytearray | memoryview, max_inode: int = 0
+) -> Iterator[tuple[int, int, int, int, int]]:
+    """(offset, inode, rec_len, name_len, file_type) of every record, checked."""
+    size = len(block)
+    off = 0
+    unpack = _HDR.unpack_from
+    big = size >= 65536
+    while off < size:
+        if off + HEADER_SIZE > size:
+            raise CorruptError(f"directory entry header overruns block at {off}")
+        ino, rl, nl, ft = unpack(block, off)
+        if big:
+            rl = rec_len_from_disk(rl, size)
+        if rl < MIN_REC_LEN or rl & 3:
+            raise CorruptError(f"bad directory rec_len {rl} at offset {off}")
+        if rl < (nl + 11) & ~3:  # rec_len_for(nl), inlined: this is the hot loop
+            raise CorruptError(f"rec_len {rl} too small for name_len {nl} at offset {off}")
+        if off + rl > size:
+            raise CorruptError(f"directory entry overruns block at offset {off}")
+        if max_inode and ino > max_inode:
+            raise CorruptError(f"directory entry inode {ino} out of range at offset {off}")
+        yield off, ino, rl, nl, ft
+        off += rl
+
+
 def records(block: bytes | bytearray | memoryview, max_inode: int = 0) -> Iterator[DirRecord]:
     """Every record of the block, unused ones included, in order.
 
@@ -186,48 +212,39 @@ def records(block: bytes | bytearray | memoryview, max_inode: int = 0) -> Iterat
     CorruptError on a rec_len below 12, not a multiple of 4, too small for the name,
     or running past the block; and, if ``max_inode`` is given, an inode number above it.
     """
-    size = len(block)
-    off = 0
-    unpack = _HDR.unpack_from
-    while off < size:
-        if off + HEADER_SIZE > size:
-            raise CorruptError(f"directory entry header overruns block at {off}")
-        ino, rl, nl, ft = unpack(block, off)
-        if size >= 65536:
-            rl = rec_len_from_disk(rl, size)
-        if rl < MIN_REC_LEN or rl & 3:
-            raise CorruptError(f"bad directory rec_len {rl} at offset {off}")
-        if rl < rec_len_for(nl):
-            raise CorruptError(f"rec_len {rl} too small for name_len {nl} at offset {off}")
-        if off + rl > size:
-            raise CorruptError(f"directory entry overruns block at offset {off}")
-        if max_inode and ino > max_inode:
-            raise CorruptError(f"directory entry inode {ino} out of range at offset {off}")
+    for off, ino, rl, nl, ft in _headers(block, max_inode):
         yield DirRecord(off, ino, rl, bytes(block[off + 8 : off + 8 + nl]), ft)
-        off += rl
 
 
 def live_entries(block: bytes | bytearray | memoryview, max_inode: int = 0) -> list[DirRecord]:
     """The records naming an inode (inode != 0), in block order ("." and ".." included)."""
-    return [r for r in records(block, max_inode) if r.inode]
+    return [
+        DirRecord(off, ino, rl, bytes(block[off + 8 : off + 8 + nl]), ft)
+        for off, ino, rl, nl, ft in _headers(block, max_inode)
+        if ino
+    ]
 
 
 def find(block: bytes | bytearray | memoryview, name: bytes) -> DirRecord | None:
-    """The live record called ``name``, or None."""
-    nl = len(name)
-    for r in records(block):
-        if r.inode and len(r.name) == nl and r.name == name:
-            return r
+    """The live record called ``name``, or None.
+
+    Like the kernel, records are checked as the scan passes them; the scan stops at
+    the match, so damage after it is found by a later scan.
+    """
+    want = len(name)
+    for off, ino, rl, nl, ft in _headers(block):
+        if ino and nl == want and block[off + 8 : off + 8 + nl] == name:
+            return DirRecord(off, ino, rl, bytes(name), ft)
     return None
 
 
-def _is_csum_tail(r: DirRecord, size: int) -> bool:
+def _is_csum_tail(off: int, ino: int, rl: int, nl: int, ft: int, size: int) -> bool:
     return (
-        r.inode == 0
-        and r.rec_len == CSUM_TAIL_SIZE
-        and r.offset == size - CSUM_TAIL_SIZE
-        and r.file_type == CSUM_TAIL_FT
-        and not r.name
+        ino == 0
+        and rl == CSUM_TAIL_SIZE
+        and off == size - CSUM_TAIL_SIZE
+        and ft == CSUM_TAIL_FT
+        and nl == 0
     )
 
 
@@ -239,6 +256,19 @@ def _write_entry(block: bytearray, off: int, ino: int, rec_len: int, name: bytes
     block[end:pad] = bytes(pad - end)
 
 
+def _slot(block: bytes | bytearray | memoryview, need: int) -> tuple[int, int, int] | None:
+    """First record with ``need`` free bytes: (offset, rec_len, bytes it keeps)."""
+    size = len(block)
+    for off, ino, rl, nl, ft in _headers(block):
+        if ino:
+            used = (nl + 11) & ~3
+            if rl - used >= need:
+                return off, rl, used
+        elif rl >= need and not _is_csum_tail(off, ino, rl, nl, ft, size):
+            return off, rl, 0
+    return None
+
+
 def insert(block: bytearray, ino: int, name: bytes, file_type: int) -> int | None:
     """Add an entry in the first record with enough room; its offset, or None if full.
 
@@ -247,32 +277,20 @@ def insert(block: bytearray, ino: int, name: bytes, file_type: int) -> int | Non
     check_name(name)
     if ino <= 0:
         raise ValueError("directory entry needs an inode number")
-    need = rec_len_for(len(name))
-    size = len(block)
-    for r in records(block):
-        if r.inode:
-            if r.rec_len - r.used_len >= need:
-                used = r.used_len
-                _REC_LEN.pack_into(block, r.offset + 4, rec_len_to_disk(used, size))
-                _write_entry(block, r.offset + used, ino, r.rec_len - used, name, file_type)
-                return r.offset + used
-        elif r.rec_len >= need and not _is_csum_tail(r, size):
-            _write_entry(block, r.offset, ino, r.rec_len, name, file_type)
-            return r.offset
-    return None
+    slot = _slot(block, rec_len_for(len(name)))
+    if slot is None:
+        return None
+    off, rl, used = slot
+    if used:
+        # Split: the live record keeps exactly its own size, the new entry the rest.
+        _REC_LEN.pack_into(block, off + 4, rec_len_to_disk(used, len(block)))
+    _write_entry(block, off + used, ino, rl - used, name, file_type)
+    return off + used
 
 
 def has_room(block: bytes | bytearray, name_len: int) -> bool:
     """Whether ``insert`` of a name of this length would succeed."""
-    need = rec_len_for(name_len)
-    size = len(block)
-    for r in records(block):
-        if r.inode:
-            if r.rec_len - r.used_len >= need:
-                return True
-        elif r.rec_len >= need and not _is_csum_tail(r, size):
-            return True
-    return False
+    return _slot(block, rec_len_for(name_len)) is not None
 
 
 def delete(block: bytearray, offset: int) -> DirRecord:
@@ -281,24 +299,24 @@ def delete(block: bytearray, offset: int) -> DirRecord:
     Merges it into the previous record, or zeroes its inode if it is the block's first
     record.  The freed bytes are wiped, as ext4 does.
     """
-    prev: DirRecord | None = None
-    for r in records(block):
-        if r.offset == offset:
-            if not r.inode:
-                raise CorruptError(f"no directory entry at offset {offset}")
-            size = len(block)
-            if prev is None:
+    size = len(block)
+    prev_off = prev_rl = -1
+    for off, ino, rl, nl, ft in _headers(block):
+        if off == offset:
+            if not ino:
+                break
+            gone = DirRecord(off, ino, rl, bytes(block[off + 8 : off + 8 + nl]), ft)
+            if prev_off < 0:
                 # Keep rec_len; wipe inode, name_len, file_type and the name.
-                block[offset : offset + 4] = bytes(4)
-                block[offset + 6 : offset + r.rec_len] = bytes(r.rec_len - 6)
+                block[off : off + 4] = bytes(4)
+                block[off + 6 : off + rl] = bytes(rl - 6)
             else:
-                merged = prev.rec_len + r.rec_len
-                _REC_LEN.pack_into(block, prev.offset + 4, rec_len_to_disk(merged, size))
-                block[offset : offset + r.rec_len] = bytes(r.rec_len)
-            return r
-        if r.offset > offset:
+                _REC_LEN.pack_into(block, prev_off + 4, rec_len_to_disk(prev_rl + rl, size))
+                block[off : off + rl] = bytes(rl)
+            return gone
+        if off > offset:
             break
-        prev = r
+        prev_off, prev_rl = off, rl
     raise CorruptError(f"no directory entry at offset {offset}")
 
 
