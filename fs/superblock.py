@@ -115,15 +115,21 @@ class SuperblockState:
         self.errors_seen = False
         self._dirty_groups: set[int] = set()
         self._sb_dirty = False
+        self._counts: tuple[GroupCounts, ...] | None = None
+        # Running sums of the per-group counts (the superblock's global free counts).
+        self._free_blocks = sum(d.free_blocks_count for d in descs)
+        self._free_inodes = sum(d.free_inodes_count for d in descs)
         self._overhead = overhead_blocks(sb, descs)
 
     # -- counters -------------------------------------------------------------------------
 
     def group_counts(self) -> tuple[GroupCounts, ...]:
-        return tuple(
-            GroupCounts(i, d.free_blocks_count, d.free_inodes_count, d.used_dirs_count)
-            for i, d in enumerate(self.descs)
-        )
+        if self._counts is None:
+            self._counts = tuple(
+                GroupCounts(i, d.free_blocks_count, d.free_inodes_count, d.used_dirs_count)
+                for i, d in enumerate(self.descs)
+            )
+        return self._counts
 
     def set_group_counts(self, g: int, free_blocks: int, free_inodes: int, used_dirs: int) -> None:
         d = self.descs[g]
@@ -133,17 +139,20 @@ class SuperblockState:
             used_dirs,
         ):
             return
+        self._free_blocks += free_blocks - d.free_blocks_count
+        self._free_inodes += free_inodes - d.free_inodes_count
         d.free_blocks_count = free_blocks
         d.free_inodes_count = free_inodes
         d.used_dirs_count = used_dirs
+        self._counts = None
         self._dirty_groups.add(g)
         self._sb_dirty = True
 
     def free_blocks(self) -> int:
-        return sum(d.free_blocks_count for d in self.descs)
+        return self._free_blocks
 
     def free_inodes(self) -> int:
-        return sum(d.free_inodes_count for d in self.descs)
+        return self._free_inodes
 
     def statfs(self) -> FsStat:
         sb = self.sb
