@@ -61,26 +61,32 @@ class FileData:
         fs_blocks: int,
         goal: int = 0,
         extent_feature: bool = True,
+        fs_blocks_count: int | None = None,
         blocks_count: int | None = None,
     ) -> None:
         """``i_block``: the inode's 60-byte block array; ``extents``: EXT4_EXTENTS_FL is set;
         ``fs_blocks``: file-system blocks the file holds now (i_blocks without the xattr
-        block); ``goal``: a block near the inode, where the first data block should go."""
+        block); ``goal``: a block near the inode, where the first data block should go;
+        ``fs_blocks_count``: the file system's size in blocks (s_blocks_count): mapping
+        pointers at or past it make the file EIO instead of reaching outside the volume.
+        ``blocks_count`` is accepted and ignored (an earlier name, ambiguous with the
+        file's own block count)."""
+        del blocks_count
         self._store = store
         self._alloc = _CountingAllocator(allocator)
         self.block_size = block_size
         self._base_blocks = fs_blocks
         self._goal = goal
         self._extent_feature = extent_feature
-        self._blocks_count = blocks_count
+        self._blocks_count = fs_blocks_count
         self.mapping: ExtentTree | BlockMap
         if extents:
             self.mapping = ExtentTree(
-                i_block, store, self._alloc, block_size, goal=goal, blocks_count=blocks_count
+                i_block, store, self._alloc, block_size, goal=goal, blocks_count=fs_blocks_count
             )
         else:
             self.mapping = BlockMap(
-                i_block, store, self._alloc, block_size, blocks_count=blocks_count, goal=goal
+                i_block, store, self._alloc, block_size, blocks_count=fs_blocks_count, goal=goal
             )
         self.converted = False
 
