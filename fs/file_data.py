@@ -217,6 +217,15 @@ class FileData:
                 r = _run_at(runs, lblk)
                 if r.physical is not None and not r.unwritten:
                     edges[lblk] = await self._store.read_blocks(r.physical + (lblk - r.logical), 1)
+        if size is not None and size < offset and size // bs == first and first in edges:
+            # The gap between the old EOF and the write, inside the old last block, reads
+            # as zeros whatever another writer left there.
+            blk = bytearray(edges[first])
+            blk[size % bs : offset % bs] = bytes(offset % bs - size % bs)
+            edges[first] = bytes(blk)
+        if size is not None and end >= size and last in edges:
+            # Past the new EOF the last block holds zeros, as after a truncate.
+            edges[last] = edges[last][: end % bs] + bytes(bs - end % bs)
 
         segs: list[Run] = []
         short_at: int | None = None

@@ -133,6 +133,16 @@ async def test_write_past_eof_zeroes_old_tail() -> None:
     assert out == b"x" * 100 + bytes(4900) + b"y"
 
 
+async def test_write_past_eof_in_the_same_block_zeroes_the_gap() -> None:
+    store, _alloc, fd = make()
+    await fd.write(0, b"x" * 100)
+    (blk,) = await held_blocks(fd)
+    store.blocks[blk] = b"x" * 100 + b"G" * 924  # another writer left bytes past EOF
+    await fd.write(500, b"y", size=100)
+    assert await fd.read(0, 501) == b"x" * 100 + bytes(400) + b"y"
+    assert store.blocks[blk][501:] == bytes(523)  # and past the new EOF: zeros again
+
+
 async def test_punch_hole_frees_whole_blocks_and_zeroes_edges() -> None:
     _store, _alloc, fd = make()
     data = pattern(20 * 1024, 4)
