@@ -20,6 +20,15 @@ keep is bookkeeping of the FUSE protocol itself:
   kernel's count reaches zero exactly when the host kernel's does, and never goes below.
   A forget of more references than were handed out is logged and clamped.
 
+POSIX ACLs: the host kernel is not asked to enforce ACLs (pyfuse3's ``enable_acl`` would
+make the daemon responsible for default-ACL inheritance and umask on every create).
+ACL xattrs are stored (the file system converts them to ext4's on-disk form), and the
+front end does what the VFS does for ext4 when one is set or the mode changes: an access
+ACL that is equivalent to mode bits becomes just those mode bits (``cp -a`` sets every
+file's permissions that way), a fuller one also sets the mode's user/group(mask)/other
+bits, and chmod rewrites the ACL's owner/mask/other entries. Permission checks use the
+mode bits (default_permissions).
+
 Errors: an ``OSError`` from the kernel becomes ``FUSEError(errno)``; any other exception
 is a bug somewhere below, answered with EIO and logged once with the request that hit it.
 No exception other than ``FUSEError`` may escape a handler: pyfuse3 would end its main
@@ -33,6 +42,7 @@ import functools
 import logging
 import os
 import stat
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -79,6 +89,10 @@ from chanos.personality.syscalls import (
 log = logging.getLogger("chanos.fuse")
 
 FUSE_ROOT = pyfuse3.ROOT_INODE  # 1
+
+ACL_ACCESS = b"system.posix_acl_access"
+ACL_XATTR_VERSION = 2
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 1, 2, 4, 8, 16, 32
 
 
 class Kernel(Protocol):
@@ -327,7 +341,25 @@ class ChanosOperations(pyfuse3.Operations):
             ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
             handle=self._handles.get(fh) if fh is not None else None,
         )
-        return self._attrs(await self._syscall(msg))
+        attr = await self._syscall(msg)
+        if fields.update_mode:
+            await self._chmod_acl(to_ext4(inode), attr.mode)
+        return self._attrs(attr)
+
+    async def _chmod_acl(self, ino: int, mode: int) -> None:
+        """posix_acl_chmod: an access ACL follows the new mode's permission bits."""
+        try:
+            value = await self._syscall(GetXattr(ino, ACL_ACCESS))
+        except OSError as exc:
+            if exc.errno in (errno.ENODATA, errno.EOPNOTSUPP):
+                return
+            raise
+        entries = parse_acl(value)
+        if entries is None:
+            return
+        new = acl_with_mode(entries, mode)
+        if new != value:
+            await self._syscall(SetXattr(ino, ACL_ACCESS, new, 0))
 
     @_guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -527,7 +559,38 @@ class ChanosOperations(pyfuse3.Operations):
         # pyfuse3 does not pass setxattr(2)'s XATTR_CREATE/XATTR_REPLACE flags on; the
         # call is forwarded as a plain set (see docs/architecture.md).
         self._check_writable()
-        await self._syscall(SetXattr(to_ext4(inode), name, value, 0))
+        ino = to_ext4(inode)
+        if name == ACL_ACCESS:
+            await self._set_access_acl(inode, ino, value)
+            return
+        await self._syscall(SetXattr(ino, name, value, 0))
+
+    async def _set_access_acl(self, fuse_ino: int, ino: int, value: bytes) -> None:
+        """posix_acl_update_mode: the mode follows the ACL; an ACL that says no more than
+        mode bits is not stored at all."""
+        entries = parse_acl(value)
+        if entries is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        perms, equivalent = acl_mode(entries)
+        cur = await self._syscall(GetAttr(ino))
+        if stat.S_ISLNK(cur.mode):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        if equivalent:
+            try:
+                await self._syscall(RemoveXattr(ino, ACL_ACCESS))
+            except OSError as exc:
+                if exc.errno != errno.ENODATA:
+                    raise
+        else:
+            await self._syscall(SetXattr(ino, ACL_ACCESS, value, 0))
+        mode = (cur.mode & ~0o777) | perms
+        if mode != cur.mode:
+            await self._syscall(SetAttr(ino, mode=mode))
+        # The host kernel does not know the mode changed under a setxattr.
+        try:
+            pyfuse3.invalidate_inode(fuse_ino, attr_only=True)
+        except OSError as exc:
+            log.debug("attribute invalidation of %d failed: %s", ino, exc)
 
     @_guarded
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -558,3 +621,48 @@ def _permitted(a: Attr, want: int, uid: int, gid: int, groups: set[int]) -> bool
     else:
         bits = a.mode & 7
     return want & ~bits == 0
+
+
+def parse_acl(value: bytes) -> list[tuple[int, int, int]] | None:
+    """The xattr form of a POSIX ACL -> [(tag, perm, id)], or None if malformed."""
+    if len(value) < 4 or (len(value) - 4) % 8:
+        return None
+    if struct.unpack_from("<I", value)[0] != ACL_XATTR_VERSION:
+        return None
+    return list(struct.iter_unpack("<HHI", value[4:]))
+
+
+def acl_mode(entries: list[tuple[int, int, int]]) -> tuple[int, bool]:
+    """posix_acl_equiv_mode: (permission bits the ACL implies, whether it says no more)."""
+    user = group = other = 0
+    mask = None
+    equivalent = True
+    for tag, perm, _id in entries:
+        perm &= 7
+        if tag == ACL_USER_OBJ:
+            user = perm
+        elif tag == ACL_GROUP_OBJ:
+            group = perm
+        elif tag == ACL_OTHER:
+            other = perm
+        elif tag == ACL_MASK:
+            mask = perm
+            equivalent = False
+        else:
+            equivalent = False
+    return (user << 6) | ((group if mask is None else mask) << 3) | other, equivalent
+
+
+def acl_with_mode(entries: list[tuple[int, int, int]], mode: int) -> bytes:
+    """posix_acl_chmod: owner, mask (or owning group) and other entries take ``mode``."""
+    has_mask = any(tag == ACL_MASK for tag, _, _ in entries)
+    out = bytearray(struct.pack("<I", ACL_XATTR_VERSION))
+    for tag, perm, ident in entries:
+        if tag == ACL_USER_OBJ:
+            perm = (mode >> 6) & 7
+        elif tag == ACL_MASK or (tag == ACL_GROUP_OBJ and not has_mask):
+            perm = (mode >> 3) & 7
+        elif tag == ACL_OTHER:
+            perm = mode & 7
+        out += struct.pack("<HHI", tag, perm, ident)
+    return bytes(out)
