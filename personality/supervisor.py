@@ -184,6 +184,17 @@ class Supervisor:
     def _child_exited(self, child: Any, exc: BaseException | None) -> None:
         self._events.append((child, child.gen, exc))
         self._lot.unpark_all()
+        if self.strategy != ONE_FOR_ONE and not self._closing and _restartable(child, exc):
+            # Take the siblings that will be restarted down *now*, so that from the moment
+            # the crash is reported nobody gets an answer from a sibling's old state. Idle
+            # ones stop taking messages at once; busy ones after their current message.
+            # Their stopped() and the restarts run in the supervisor's task.
+            kids = list(self._children)
+            if child in kids:
+                start = 0 if self.strategy == ONE_FOR_ALL else kids.index(child) + 1
+                for other in kids[start:]:
+                    if other is not child:
+                        _take_down(other)
 
     def _forget(self, child: Any) -> None:
         self._children.pop(child, None)
@@ -208,8 +219,7 @@ class Supervisor:
         if self._closing:
             _kill(child)
             return
-        policy = child.spec.restart if type(child) is _Cell else PERMANENT
-        if policy == TEMPORARY or (policy == TRANSIENT and exc is None):
+        if not _restartable(child, exc):
             _kill(child)
             return
         now = trio.current_time()
@@ -287,6 +297,23 @@ class Supervisor:
         self._children.clear()
 
 
+def _restartable(child: Any, exc: BaseException | None) -> bool:
+    policy = child.spec.restart if type(child) is _Cell else PERMANENT
+    return not (policy == TEMPORARY or (policy == TRANSIENT and exc is None))
+
+
+def _take_down(child: Any) -> None:
+    """Synchronous part of `_quiesce`: stop accepting turns (see `_child_exited`)."""
+    if type(child) is not _Cell:
+        for c in child._children:
+            _take_down(c)
+        return
+    if child.state == IDLE:
+        child.state = RESTARTING  # instance kept: _quiesce runs its stopped()
+    elif child.state == BUSY:
+        _request_marker(child, _QUIESCE)
+
+
 async def _quiesce(child: Any) -> None:
     """Take a child down for a restart: it finishes its current message, its queued
     requests get ActorDied, its `stopped()` runs. Its address stays valid."""
@@ -305,12 +332,13 @@ async def _quiesce(child: Any) -> None:
     elif st == STOPPING:
         await _wait_state(child, (RESTARTING, DEAD))
         return
-    else:
-        return  # RESTARTING (crashed: no instance) or DEAD
+    elif st == DEAD or child.actor is None:
+        return  # dead, or crashed / starting (no instance to stop)
+    # Taken down (RESTARTING with its old instance): requests queued to the old instance
+    # were failed when its turn ended; requests since then wait for the new instance.
     actor = child.actor
     child.actor = None
     child.gen += 1  # any crash report for the old instance is now stale
-    _fail_queue(child, None)
     if actor is not None:
         try:
             await actor.stopped()
