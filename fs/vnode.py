@@ -144,7 +144,9 @@ class _Store:
         self.bs = block_size
 
     async def read_blocks(self, start: int, count: int) -> bytes:
-        return await self.device.read(start * self.bs, count * self.bs)
+        data = await self.device.read(start * self.bs, count * self.bs)
+        # The driver may answer with a memoryview; BlockStore promises bytes.
+        return data if type(data) is bytes else bytes(data)
 
     async def write_blocks(self, start: int, data: bytes | bytearray | memoryview) -> None:
         await self.device.write(start * self.bs, data)
@@ -256,8 +258,8 @@ class VnodeActor(Actor):
             self._dir = d
         return self._dir
 
-    async def _xattr_store(self) -> Xattrs:
-        inode = self._live()
+    async def _xattr_store(self, inode: Inode | None = None) -> Xattrs:
+        inode = inode or self._live()
         if self._xattrs is None:
             x = Xattrs(self.store, self.vol.allocator, self.bs, goal=self._goal())
             await x.load(inode)
@@ -931,7 +933,7 @@ class VnodeActor(Actor):
             await d.flush()
             inode.i_block = d.i_block
         if inode.file_acl:
-            x = await self._xattr_store()
+            x = await self._xattr_store(inode)
             await x.release(inode)
         if self.on_orphan_list:
             await call(self.ctx.orphans, RemoveOrphan(self.ino))
