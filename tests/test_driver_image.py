@@ -1,0 +1,373 @@
+"""ImageFileDriver: open errors, data path, write cache and queue discipline, errors, events."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+
+import pytest
+import trio
+from chanos.drivers import (
+    BlockDevice,
+    Discard,
+    Flush,
+    ImageFileDriver,
+    IOErrorEvent,
+    Read,
+    ReadOnlyEvent,
+    Write,
+)
+from chanos.personality import Channel, ChildSpec, WouldBlock, call, open_supervisor
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+async def sup():
+    async with open_supervisor(name="test") as s:
+        yield s
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "disk.img"
+    with open(path, "wb") as f:
+        f.truncate(4 * MiB)
+    return path
+
+
+async def start(sup, path, **kw):
+    ref = await sup.start(ChildSpec(name="driver", factory=lambda: ImageFileDriver(path, **kw)))
+    return ref, BlockDevice(ref)
+
+
+def file_bytes(path, offset, length):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+class SyscallLog:
+    """Records the data-path system calls the driver issues (wraps os functions)."""
+
+    def __init__(self, monkeypatch, fail=None):
+        self.calls: list[tuple[str, int, int]] = []
+        self.fail = fail  # (name, offset) -> errno: raise when a call covers that offset
+        real_pwritev, real_preadv, real_fdatasync = os.pwritev, os.preadv, os.fdatasync
+
+        def pwritev(fd, bufs, offset, *a):
+            n = sum(len(b) for b in bufs)
+            self.calls.append(("pwritev", offset, n))
+            self._maybe_fail("pwritev", offset, n)
+            return real_pwritev(fd, bufs, offset, *a)
+
+        def preadv(fd, bufs, offset, *a):
+            n = sum(len(b) for b in bufs)
+            self.calls.append(("preadv", offset, n))
+            self._maybe_fail("preadv", offset, n)
+            return real_preadv(fd, bufs, offset, *a)
+
+        def fdatasync(fd):
+            self.calls.append(("fdatasync", 0, 0))
+            return real_fdatasync(fd)
+
+        monkeypatch.setattr(os, "pwritev", pwritev)
+        monkeypatch.setattr(os, "preadv", preadv)
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+    def _maybe_fail(self, name, offset, n):
+        for (fname, at), code in (self.fail or {}).items():
+            if fname == name and offset <= at < offset + n:
+                raise OSError(code, os.strerror(code))
+
+    def of(self, name):
+        return [c for c in self.calls if c[0] == name]
+
+
+# ------------------------------------------------------------------ opening
+
+
+async def test_missing_path_is_a_clear_error(sup, tmp_path):
+    path = tmp_path / "nope.img"
+    with pytest.raises(OSError) as ei:
+        await start(sup, path)
+    assert ei.value.errno == errno.ENOENT
+    assert str(path) in str(ei.value) and "no such file" in str(ei.value)
+
+
+async def test_directory_is_refused(sup, tmp_path):
+    with pytest.raises(OSError) as ei:
+        await start(sup, tmp_path)
+    assert ei.value.errno == errno.EISDIR
+    assert "directory" in str(ei.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+async def test_unreadable_path_is_a_clear_error(sup, image):
+    os.chmod(image, 0)
+    with pytest.raises(OSError) as ei:
+        await start(sup, image)
+    assert ei.value.errno == errno.EACCES
+    assert "permission denied" in str(ei.value)
+
+
+async def test_permission_denied_message(sup, image, monkeypatch):
+    # (root can open anything, so the refusal comes from a stand-in for open(2))
+    def refuse(path, flags, *a):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(OSError) as ei:
+        await start(sup, image)
+    assert ei.value.errno == errno.EACCES
+    assert str(image) in str(ei.value) and "reading and writing" in str(ei.value)
+    assert "read-only" in str(ei.value)
+
+
+async def test_size_must_be_whole_blocks(sup, tmp_path):
+    path = tmp_path / "odd.img"
+    path.write_bytes(bytes(4096 + 100))
+    with pytest.raises(OSError) as ei:
+        await start(sup, path)
+    assert ei.value.errno == errno.EINVAL
+    assert "4196 bytes" in str(ei.value) and "whole number of 512-byte blocks" in str(ei.value)
+    with pytest.raises(OSError, match="whole number of 4096-byte blocks"):
+        await start(sup, tmp_path / "odd.img", block_size=4096)
+    (tmp_path / "empty.img").write_bytes(b"")
+    with pytest.raises(OSError, match="empty"):
+        await start(sup, tmp_path / "empty.img")
+
+
+async def test_info_and_range_checks(sup, image):
+    ref, dev = await start(sup, image, block_size=4096)
+    info = await dev.info()
+    assert (info.size, info.block_size, info.read_only) == (4 * MiB, 4096, False)
+    for bad in (Read(4 * MiB - 10, 11), Read(-1, 5), Write(4 * MiB, b"x"), Discard(0, 5 * MiB)):
+        with pytest.raises(OSError) as ei:
+            await call(ref, bad)
+        assert ei.value.errno == errno.EINVAL
+    assert bytes(await dev.read(0, 0)) == b""
+
+
+# ------------------------------------------------------------------ data path
+
+
+async def test_write_read_flush_roundtrip(sup, image):
+    _ref, dev = await start(sup, image)
+    data = random.Random(1).randbytes(3 * 4096 + 17)
+    await dev.write(1000, data)
+    assert bytes(await dev.read(1000, len(data))) == data  # read-your-writes
+    await dev.flush()
+    assert file_bytes(image, 1000, len(data)) == data
+    # a reply is private: a later write does not change it
+    old = await dev.read(0, 4096)
+    snapshot = bytes(old)
+    await dev.write(0, b"\xff" * 4096)
+    assert bytes(old) == snapshot
+
+
+async def test_writes_are_cached_until_flush_and_merged(sup, image, monkeypatch):
+    _ref, dev = await start(sup, image)
+    log = SyscallLog(monkeypatch)
+    blocks = list(range(32))
+    random.Random(2).shuffle(blocks)
+    for b in blocks:  # non-overlapping, out of order, byte-contiguous as a set
+        await dev.write(b * 4096, bytes([b]) * 4096)
+    assert log.of("pwritev") == []  # acknowledged, still in the write cache
+    await dev.flush()
+    assert log.calls == [("pwritev", 0, 32 * 4096), ("fdatasync", 0, 0)]
+    for b in range(32):
+        assert file_bytes(image, b * 4096, 4096) == bytes([b]) * 4096
+
+
+async def test_nothing_crosses_a_flush(sup, image, monkeypatch):
+    _ref, dev = await start(sup, image)
+    log = SyscallLog(monkeypatch)
+    await dev.write(0, b"a" * 4096)
+    await dev.write(4096, b"b" * 4096)
+    await dev.flush()
+    await dev.write(8192, b"c" * 4096)  # adjacent to the first run, but after the flush
+    await dev.flush()
+    await dev.flush()  # nothing written since: no second fdatasync
+    assert log.calls == [
+        ("pwritev", 0, 8192),
+        ("fdatasync", 0, 0),
+        ("pwritev", 8192, 4096),
+        ("fdatasync", 0, 0),
+    ]
+
+
+async def test_overlapping_writes_keep_their_order(sup, image):
+    _ref, dev = await start(sup, image)
+    await dev.write(0, b"A" * 8192)
+    await dev.write(4096, b"B" * 4096)
+    await dev.write(0, b"C" * 10)
+    await dev.write(4000, b"D" * 200)
+    await dev.flush()
+    want = bytearray(b"A" * 8192)
+    want[4096:8192] = b"B" * 4096
+    want[0:10] = b"C" * 10
+    want[4000:4200] = b"D" * 200
+    assert file_bytes(image, 0, 8192) == want
+
+
+async def test_read_of_queued_range_writes_out_first(sup, image, monkeypatch):
+    _ref, dev = await start(sup, image)
+    log = SyscallLog(monkeypatch)
+    await dev.write(8192, b"q" * 4096)
+    await dev.read(0, 4096)  # elsewhere: served without writing out
+    assert log.of("pwritev") == []
+    assert bytes(await dev.read(8000, 500)) == bytes(192) + b"q" * 308
+    assert log.of("pwritev") == [("pwritev", 8192, 4096)]
+
+
+async def test_write_cache_is_bounded(sup, image, monkeypatch):
+    _ref, dev = await start(sup, image, write_behind=64 * 1024)
+    log = SyscallLog(monkeypatch)
+    for i in range(40):
+        await dev.write(i * 4096, b"w" * 4096)
+    # 64 KiB high-water: written out after the 16th and the 32nd write, 8 still cached
+    assert log.of("pwritev") == [("pwritev", 0, 16 * 4096), ("pwritev", 16 * 4096, 16 * 4096)]
+    assert file_bytes(image, 32 * 4096, 4096) == bytes(4096)
+
+
+async def test_write_through_without_cache(sup, image, monkeypatch):
+    _ref, dev = await start(sup, image, write_behind=0)
+    log = SyscallLog(monkeypatch)
+    await dev.write(0, b"1" * 512)
+    assert file_bytes(image, 0, 512) == b"1" * 512
+    assert log.of("pwritev") == [("pwritev", 0, 512)]
+
+
+async def test_caller_buffer_reuse_is_safe(sup, image):
+    _ref, dev = await start(sup, image)
+    buf = bytearray(b"x" * 4096)
+    await dev.write(0, buf)
+    buf[:] = b"y" * 4096  # the driver copied what it queued
+    await dev.write(4096, memoryview(buf))
+    await dev.flush()
+    assert file_bytes(image, 0, 8192) == b"x" * 4096 + b"y" * 4096
+
+
+async def test_discard_punches_a_hole(sup, image):
+    _ref, dev = await start(sup, image)
+    await dev.write(0, b"z" * MiB)
+    await dev.flush()
+    before = os.stat(image).st_blocks
+    await dev.write(MiB - 4096, b"late" * 1024)  # queued write inside the range: discarded too
+    await dev.discard(256 * 1024, 768 * 1024)
+    assert bytes(await dev.read(256 * 1024, 768 * 1024)) == bytes(768 * 1024)
+    assert bytes(await dev.read(0, 256 * 1024)) == b"z" * (256 * 1024)
+    await dev.flush()
+    assert os.stat(image).st_blocks < before  # the range no longer occupies space
+    assert os.path.getsize(image) == 4 * MiB
+
+
+async def test_read_only_image(sup, image):
+    with open(image, "r+b") as f:
+        f.write(b"ro" * 256)
+    ref, dev = await start(sup, image, read_only=True)
+    assert (await dev.info()).read_only
+    assert bytes(await dev.read(0, 4)) == b"roro"
+    for msg in (Write(0, b"x"), Discard(0, 512)):
+        with pytest.raises(OSError) as ei:
+            await call(ref, msg)
+        assert ei.value.errno == errno.EROFS
+    await dev.flush()  # nothing to do, not an error
+    assert file_bytes(image, 0, 4) == b"roro"
+
+
+async def test_stop_writes_the_cache_back(image):
+    async with open_supervisor(name="t") as s:
+        _ref, dev = await start(s, image)
+        await dev.write(512, b"kept" * 128)
+    assert file_bytes(image, 512, 512) == b"kept" * 128
+
+
+async def test_truncated_image_read_is_eio(sup, image):
+    _ref, dev = await start(sup, image)
+    os.truncate(image, MiB)
+    with pytest.raises(OSError) as ei:
+        await dev.read(2 * MiB, 4096)
+    assert ei.value.errno == errno.EIO and "short read" in str(ei.value)
+
+
+# ------------------------------------------------------------------ errors and events
+
+
+async def test_failed_write_lands_on_its_range_only(sup, image, monkeypatch):
+    _ref, dev = await start(sup, image)
+    events = Channel(16)
+    await dev.subscribe(events)
+    bad = 5 * 4096 + 100
+    log = SyscallLog(monkeypatch, fail={("pwritev", bad): errno.EIO})
+    for i in range(8):
+        await dev.write(i * 4096, bytes([i + 1]) * 4096)
+    with pytest.raises(OSError) as ei:
+        await dev.flush()
+    assert ei.value.errno == errno.EIO
+    assert f"at {5 * 4096}" in str(ei.value)
+    # the merged write failed, then each write was retried alone
+    assert log.of("pwritev")[0] == ("pwritev", 0, 8 * 4096)
+    assert len(log.of("pwritev")) == 9
+    ev = events.receive_nowait()
+    assert ev == IOErrorEvent(str(image), "write", 5 * 4096, 4096, errno.EIO)
+    for i in range(8):
+        want = bytes(4096) if i == 5 else bytes([i + 1]) * 4096
+        assert file_bytes(image, i * 4096, 4096) == want
+    await dev.flush()  # the error was reported once
+
+
+async def test_read_error_is_answered_and_published(sup, image, monkeypatch):
+    _ref, dev = await start(sup, image)
+    events = Channel(4)
+    await dev.subscribe(events)
+    SyscallLog(monkeypatch, fail={("preadv", 12345): errno.EIO})
+    with pytest.raises(OSError) as ei:
+        await dev.read(12288, 4096)
+    assert ei.value.errno == errno.EIO
+    assert events.receive_nowait() == IOErrorEvent(str(image), "read", 12288, 4096, errno.EIO)
+    assert bytes(await dev.read(0, 4096)) == bytes(4096)  # the device goes on
+
+
+async def test_erofs_from_the_medium_turns_device_read_only(sup, image, monkeypatch):
+    _ref, dev = await start(sup, image, write_behind=0)
+    events = Channel(4)
+    await dev.subscribe(events)
+    SyscallLog(monkeypatch, fail={("pwritev", 0): errno.EROFS})
+    with pytest.raises(OSError) as ei:
+        await dev.write(0, b"x" * 512)
+    assert ei.value.errno == errno.EROFS
+    ev = events.receive_nowait()
+    assert isinstance(ev, ReadOnlyEvent)
+    assert (await dev.info()).read_only
+    with pytest.raises(OSError):
+        await dev.write(4096, b"y")  # refused by the driver now
+    with pytest.raises(WouldBlock):
+        events.receive_nowait()  # announced once
+
+
+# ------------------------------------------------------------------ concurrency
+
+
+async def test_many_concurrent_clients(sup, image):
+    ref, dev = await start(sup, image, write_behind=256 * 1024)
+    rng = random.Random(9)
+    regions = [(i * 64 * 1024, rng.randrange(1, 64 * 1024)) for i in range(48)]
+    payload = {off: rng.randbytes(n) for off, n in regions}
+
+    async def client(off, n):
+        # each client writes its region in pieces, reads it back, flushes
+        data = payload[off]
+        for pos in range(0, n, 5000):
+            await dev.write(off + pos, data[pos : pos + 5000])
+            await trio.sleep(0)
+        assert bytes(await dev.read(off, n)) == data
+        await call(ref, Flush())
+
+    async with trio.open_nursery() as nursery:
+        for off, n in regions:
+            nursery.start_soon(client, off, n)
+    for off, n in regions:
+        assert file_bytes(image, off, n) == payload[off]
