@@ -235,6 +235,7 @@ class VnodeActor(Actor):
                 fs_blocks=self._fs_blocks_held(inode),
                 goal=self._goal(),
                 extent_feature=self.extent_feature,
+                fs_blocks_count=self.geo.blocks_count,
                 blocks_count=(inode.size + self.bs - 1) // self.bs,
             )
         return self._data
@@ -714,6 +715,7 @@ class VnodeActor(Actor):
                     fs_blocks=0,
                     goal=self.vol.allocator.goal_for_inode(ino),
                     extent_feature=self.extent_feature,
+                    fs_blocks_count=self.geo.blocks_count,
                     blocks_count=0,
                 )
                 if is_dir:
