@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -231,7 +232,10 @@ def test_options_reach_the_kernel_and_trace_is_written(image, tmp_path):
 def test_allow_other_lets_another_user_in(image, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root to switch users")
-    with Mounted(image, tmp_path / "mnt", options="allow_other") as m:
+    # the other user must be able to reach the mount point (pytest's tmp dirs are 0700)
+    mnt = Path(tempfile.mkdtemp(prefix="chanos-allow-other-"))
+    mnt.chmod(0o755)
+    with Mounted(image, mnt, options="allow_other") as m:
         (m.mnt / "pub").write_text("for everyone")
         os.chmod(m.mnt / "pub", 0o644)
         (m.mnt / "priv").write_text("secret")
@@ -240,6 +244,7 @@ def test_allow_other_lets_another_user_in(image, tmp_path):
         assert run([*as_nobody, str(m.mnt / "pub")]) == "for everyone"
         p = subprocess.run([*as_nobody, str(m.mnt / "priv")], capture_output=True, text=True)
         assert p.returncode != 0 and "Permission denied" in p.stderr  # default_permissions
+    mnt.rmdir()
 
 
 def test_digest_survives_remount_with_nowriteback(image, tmp_path):
