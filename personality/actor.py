@@ -153,6 +153,7 @@ class _Marker:
 _STOP = _Marker("stop")  # final stop after the current message
 _EXIT = _Marker("exit")  # normal exit requested by the actor itself
 _QUIESCE = _Marker("quiesce")  # the supervisor takes the actor down for a restart
+_GONE = _Marker("gone")  # killed while a turn ran: the turn's end must not revive it
 _NOTHING = _Marker("nothing")
 
 
@@ -551,6 +552,8 @@ def _request_marker(cell: _Cell, marker: _Marker) -> None:
 
 def _on_marker(cell: _Cell, marker: _Marker) -> None:
     cell.runner = None
+    if marker is _GONE:
+        return
     if marker is _QUIESCE:
         cell.state = RESTARTING
         _fail_queue(cell, None)
@@ -593,6 +596,9 @@ def _crash(cell: _Cell, exc: BaseException) -> None:
     if _tr.ON:
         _tr.turn_end(cell.name, "crash")
         _tr.actor_event("crash", cell.name, repr(exc))
+    if cell.state == DEAD:  # killed while this turn ran
+        cell.mailbox = None
+        return
     if isinstance(exc, Exception):
         log.error("actor %s crashed: %r", cell.name, exc, exc_info=exc)
     mb = cell.mailbox
@@ -630,10 +636,13 @@ async def _finish_stop(cell: _Cell, final: bool) -> None:
 def _mark_dead(cell: _Cell, cause: BaseException | None) -> None:
     if cell.state == DEAD:
         return
+    was_busy = cell.state == BUSY
     cell.state = DEAD
     cell.actor = None
     cell.runner = None
     _fail_queue(cell, cause)
+    if was_busy:
+        cell.mailbox = deque((_GONE,))
     if _tr.ON:
         _tr.actor_event("exit", cell.name, repr(cause) if cause else "stopped")
     cell.sup._forget(cell)

@@ -286,3 +286,36 @@ async def test_exception_in_body_kills_children_without_stopped() -> None:
             raise KeyError("body failed")
     assert j.of("stopped") == []
     assert not ref.alive
+
+
+async def test_actor_killed_during_a_turn_stays_dead() -> None:
+    """The supervisor dies while a turn runs in a task outside it: when that turn ends
+    the actor must not come back to life."""
+
+    class Waiter(Worker):
+        async def handle(self, msg: Any) -> Any:
+            if isinstance(msg, trio.Event):
+                await msg.wait()
+                return "done"
+            return await super().handle(msg)
+
+    j = Journal()
+    ev = trio.Event()
+    results: list[Any] = []
+
+    async def outside_caller(ref: Any) -> None:
+        results.append(await call(ref, ev))
+
+    async with open_scope() as outer:
+        with pytest.raises(KeyError):
+            async with open_supervisor() as sup:
+                ref = await sup.start(ChildSpec("w", lambda: Waiter("w", j, 0)))
+                outer.start(outside_caller, ref)
+                await trio.testing.wait_all_tasks_blocked()
+                raise KeyError("supervisor body fails")
+        assert ref.state == "dead"
+        ev.set()
+    assert results == ["done"]
+    assert ref.state == "dead"
+    with pytest.raises(ActorDied):
+        await call(ref, Bump())
