@@ -187,7 +187,8 @@ class Directory:
                 except OSError:
                     dirent.delete(block, off)
                     raise
-                self._room[i] = _largest_room(block)
+                # The hint stays an upper bound (an insert only shrinks holes); it is
+                # made exact again when an insert finds the block fuller than hinted.
                 self._index[name] = _Where(i, off, ino, ft)
                 return i * self.block_size + off
         # No room anywhere: a new block at the end.
@@ -210,14 +211,15 @@ class Directory:
             raise OSError(errno.ENOENT, f"no entry {name!r}")
         block = self.blocks[w.block]
         saved = bytes(block)
-        dirent.delete(block, w.offset)
+        gone = dirent.delete(block, w.offset)
         try:
             await self._write_block(w.block)
         except OSError:
             block[:] = saved
             raise
         del self._index[name]
-        self._room[w.block] = _largest_room(block)
+        # The merged hole is at most the old bound plus the freed record: still a bound.
+        self._room[w.block] = min(self.block_size, self._room[w.block] + gone.rec_len)
         return w.inode, w.file_type
 
     async def replace(
