@@ -164,6 +164,7 @@ def test_default_image_features_supported(populated: Image) -> None:
         (("inline_data",), ("inline_data",), ()),
         (("^64bit", "uninit_bg"), (), ("uninit_bg",)),
         (("meta_bg", "^resize_inode"), ("meta_bg",), ()),
+        (("bigalloc",), (), ("bigalloc",)),  # per-group bitmap counts clusters
     ],
 )
 def test_feature_check_on_real_images(tmp_path, extra, incompat, ro) -> None:

@@ -163,7 +163,13 @@ class Superblock(Record):
             raise CorruptError(f"bad block size 2^(10+{self.log_block_size})")
         if self.blocks_per_group == 0 or self.inodes_per_group == 0:
             raise CorruptError("zero blocks or inodes per group")
-        if self.blocks_per_group > 8 * self.block_size:
+        # The block bitmap has one bit per cluster (= block without bigalloc).
+        per_group = (
+            self.clusters_per_group
+            if self.feature_ro_compat & F.RO_COMPAT_BIGALLOC
+            else self.blocks_per_group
+        )
+        if per_group == 0 or per_group > 8 * self.block_size:
             raise CorruptError(f"blocks per group {self.blocks_per_group} exceeds bitmap")
         if self.inodes_per_group > 8 * self.block_size:
             raise CorruptError(f"inodes per group {self.inodes_per_group} exceeds bitmap")
