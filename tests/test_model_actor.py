@@ -549,3 +549,101 @@ def test_random_traffic_order_and_no_hang(plan: list[list[tuple[str, bool]]]) ->
                 assert set(delivered) <= {tuple(x) for x in log}
 
     trio.run(main)
+
+
+# -- property: cancellations and crashes never leave a turn half-way ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    ident: tuple[int, int]
+    blocks: int
+    crash: bool
+
+
+class Worker(Actor):
+    """Logs begin/end of every turn into a log that survives restarts."""
+
+    def __init__(self, log: list[tuple[str, Any]]) -> None:
+        self.log = log
+
+    async def handle(self, msg: Any) -> Any:
+        self.log.append(("begin", msg.ident))
+        for i in range(msg.blocks):
+            if i % 2:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.sleep(0.4)  # time passes: callers' deadlines fire mid-turn
+        if msg.crash:
+            self.log.append(("crash", msg.ident))
+            raise RuntimeError("crash")
+        self.log.append(("end", msg.ident))
+        return msg.ident
+
+
+work_op = st.tuples(
+    st.integers(0, 3),  # blocking points inside the turn
+    st.booleans() | st.just(False),  # crash (rarer)
+    st.one_of(st.none(), st.floats(0, 3)),  # caller's cancel deadline
+    st.sampled_from(["call", "call", "cast"]),
+    st.integers(0, 2),  # checkpoints before the operation
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(work_op, max_size=8), min_size=1, max_size=4))
+def test_turns_are_atomic_under_cancellation_and_crashes(plan: list[list[Any]]) -> None:
+    log: list[tuple[str, Any]] = []
+    returned: set[tuple[int, int]] = set()
+    crashed: set[tuple[int, int]] = set()
+    casts: set[tuple[int, int]] = set()
+
+    async def main() -> None:
+        async with open_supervisor(max_restarts=10_000, within=1.0) as sup:
+            ref = await sup.start(ChildSpec("w", lambda: Worker(log)))
+
+            async def sender(sid: int, ops: list[Any]) -> None:
+                for seq, (blocks, crash, deadline, kind, pre) in enumerate(ops):
+                    for _ in range(pre):
+                        await trio.lowlevel.checkpoint()
+                    msg = Work((sid, seq), blocks, crash)
+                    if kind == "cast":
+                        if cast(ref, msg):
+                            casts.add(msg.ident)
+                        continue
+                    with trio.CancelScope() as cs:
+                        if deadline is not None:
+                            cs.deadline = trio.current_time() + deadline
+                        try:
+                            assert await call(ref, msg) == msg.ident
+                            returned.add(msg.ident)
+                        except ActorDied:
+                            pass
+                        except CallError as e:
+                            assert isinstance(e.cause, RuntimeError)
+                            crashed.add(msg.ident)
+
+            async with open_scope() as scope:
+                for sid, ops in enumerate(plan):
+                    scope.start(sender, sid, ops)
+            with trio.fail_after(100):
+                while not ref.idle:  # let the casts run
+                    await trio.sleep(1)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    # Turns never overlap and never stop half-way: begin X is followed by end X or crash X.
+    assert len(log) % 2 == 0
+    for (k1, a), (k2, b) in zip(log[::2], log[1::2], strict=True):
+        assert k1 == "begin" and k2 in ("end", "crash") and a == b, log
+    ended = {i for k, i in log if k == "end"}
+    crashes = {i for k, i in log if k == "crash"}
+    # A call returned exactly when its turn ran to the end; a call saw CallError exactly
+    # when its own turn crashed; nothing else ran (cancelled-before-turn and ActorDied
+    # requests were never delivered).
+    assert ended - casts == returned
+    assert crashes - casts == crashed
+    # Per-sender order.
+    for sid in range(len(plan)):
+        seqs = [i[1] for k, i in log if k == "begin" and i[0] == sid]
+        assert seqs == sorted(seqs)
