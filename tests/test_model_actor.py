@@ -647,3 +647,23 @@ def test_turns_are_atomic_under_cancellation_and_crashes(plan: list[list[Any]]) 
     for sid in range(len(plan)):
         seqs = [i[1] for k, i in log if k == "begin" and i[0] == sid]
         assert seqs == sorted(seqs)
+
+
+async def test_portable_call_path_same_semantics() -> None:
+    """The fallback used when trio's internals differ keeps the same semantics."""
+    from chanos.personality.actor import _call_portable
+
+    async with open_supervisor() as sup:
+        ref = await sup.start(ChildSpec("c", Counter))
+        assert await _call_portable(ref, Add(2)) == 2
+        with pytest.raises(OSError):
+            await _call_portable(ref, Fail(errno.EIO))
+        with trio.move_on_after(0.01):
+            assert await _call_portable(ref, Sleep(0.03)) == 4  # finishes despite cancel
+        with pytest.raises(CallError):
+            await _call_portable(ref, Crash())
+        assert await _call_portable(ref, Get()) == 0
+        with trio.CancelScope() as cs:
+            cs.cancel()
+            await _call_portable(ref, Add(1))
+        assert await call(ref, Get()) == 0
