@@ -19,6 +19,7 @@ the noise of a shared machine):
   bytes_per_live_actor   memory per idle live actor (runtime record + address + instance +
                          supervisor entry + its ChildSpec), measured over 20,000 actors
   bytes_per_retired_actor  what a stopped actor's record keeps while its address is held
+  bytes_per_idle_trio_task the comparison point: a bare trio task parked on an Event
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+import trio.testing
 from chanos.personality import (
     TEMPORARY,
     Actor,
@@ -253,6 +255,23 @@ async def bench_spawn_and_memory(sup_factory: Any, count: int) -> dict[str, floa
     }
 
 
+async def bench_idle_task_memory(count: int) -> float:
+    """The comparison point: a bare trio task parked on an Event."""
+    ev = trio.Event()
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(ev.wait)
+        await trio.testing.wait_all_tasks_blocked()
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - base
+        ev.set()
+    tracemalloc.stop()
+    return used / count
+
+
 async def main_async(quick: bool) -> dict[str, float]:
     n = 20_000 if quick else 100_000
     repeats = 3 if quick else 7
@@ -264,6 +283,7 @@ async def main_async(quick: bool) -> dict[str, float]:
         results["cast_msgs_per_s"] = await bench_cast(sup, n, repeats)
         results["choose8_us"] = await bench_choose(n, repeats)
     results.update(await bench_spawn_and_memory(lambda: open_supervisor(name="mem"), 20_000))
+    results["bytes_per_idle_trio_task"] = await bench_idle_task_memory(20_000)
     return results
 
 
@@ -280,6 +300,7 @@ _UNITS = {
     "spawn_us": ("us", "start an actor under a supervisor"),
     "bytes_per_live_actor": ("B", "memory per idle live actor (target <= 2048)"),
     "bytes_per_retired_actor": ("B", "memory per retired actor record"),
+    "bytes_per_idle_trio_task": ("B", "for comparison: a trio task waiting on an Event"),
 }
 
 
