@@ -6,36 +6,43 @@ the request path is short. Where time goes:
 * Reads first try ``preadv(..., RWF_NOWAIT)`` right in the turn: a page-cache hit is
   served without any thread hop. A read that would block goes to a worker thread.
 * Writes are queued in the driver's write cache (like a disk's volatile cache) and
-  acknowledged at once; the data is copied unless it is immutable ``bytes``. The queue is
-  written out when it holds ``write_behind`` bytes or IOV_MAX requests, before a read or
-  discard that overlaps it, and on every flush. Writing out plans the queue with
-  ``chanos.drivers.queue.plan`` (adjacent writes merged into one ``pwritev``, sorted when
-  they do not overlap, arrival order kept when they do) and runs it in one worker-thread
-  trip, so sequential writers pay one thread hop per few megabytes.
-* Flush writes the queue out, then ``fdatasync`` (skipped when nothing was written since
-  the last one). A write is durable once a flush issued after it has been answered;
-  nothing queued after a flush is written before that flush's write-out.
-* Discard writes the queue out, then punches a hole (see ``image_io``).
+  acknowledged at once; the data is copied unless it is immutable ``bytes``. When the
+  queue holds ``write_behind`` bytes or IOV_MAX requests it is *written out*: planned
+  with ``chanos.drivers.queue.plan`` (adjacent writes merged into one ``pwritev``, sorted
+  when they do not overlap, arrival order kept when they do) and handed to a worker
+  thread in one trip. The driver does not wait for that write-out: the thread's
+  completion is its interrupt (a callback in the event loop records the outcome), and
+  the driver meanwhile serves and queues more requests. At most one write-out is in
+  flight; the next one waits for it, so writes reach the file in order and the cache
+  holds at most twice ``write_behind`` bytes.
+* A read overlapping the queue or the write-out in flight waits for that data to reach
+  the file first (it then sees it); other reads pass.
+* Flush writes the queue out, waits for it, then ``fdatasync`` (skipped when nothing was
+  written since the last one). A write is durable once a flush issued after it has been
+  answered; nothing queued after a flush is written before that flush's write-out.
+* Discard writes the queue out, waits, then punches a hole (see ``image_io``).
 
-Errors: a write that fails while being written out was already acknowledged. It is
-published at once as an ``IOErrorEvent`` naming its range, answered directly to the
-caller if that caller's own write was being written out, and reported again by the next
+Errors: a write that fails during a write-out has already been acknowledged. It is
+published at once as an ``IOErrorEvent`` naming its range, and reported again by the next
 flush (``EIO``, once, like a host kernel's fsync after a writeback error), so nothing
-acknowledged is silently lost before a successful flush.
+acknowledged is silently lost before a successful flush. ``write_behind=0`` turns the
+cache off: every write then goes to the file within its own turn and its error (if any)
+is that request's reply.
 
-Worker threads come from the driver's own ``trio.CapacityLimiter`` of size 1: turns are
-serialized, so one request is in a thread at a time, and a private limiter means the
-driver never waits behind other users of trio's shared thread pool.
-
-``write_behind=0`` turns the cache off: every write goes to the file in its own turn.
+Blocking reads, flushes and discards use worker threads from the driver's own
+``trio.CapacityLimiter`` of size 1: turns are serialized, so one of them is in a thread at
+a time, and a private limiter means the driver never waits behind other users of trio's
+shared thread pool. The write-out in flight uses one more thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from typing import Any
 
+import outcome as outcome_mod
 import trio
 from chanos.drivers.base import BlockDriver
 from chanos.drivers.image_io import ImageFile
@@ -63,8 +70,8 @@ class ImageFileDriver(BlockDriver):
         self.queued_bytes = 0
         self.queue_lo = 0  # byte bounds of everything queued, for a quick overlap test
         self.queue_hi = 0
+        self.inflight: _WriteOut | None = None  # the write-out the worker thread is doing
         self.deferred: list[OSError] = []  # write-out failures the next flush reports
-        self.syscalls = 0  # read/write system-call batches issued (for tests and benches)
 
     async def started(self) -> None:
         f = ImageFile(self.path, self.read_only, self.block_size)
@@ -77,8 +84,9 @@ class ImageFileDriver(BlockDriver):
         if f is None:
             return
         try:
+            await self._reap()
             if self.removed is None:
-                await self._write_out()
+                await self._settle()
                 await self._thread(f.execute, [FlushRun([0])], [None])
         finally:
             f.close()
@@ -90,15 +98,29 @@ class ImageFileDriver(BlockDriver):
     # ------------------------------------------------------------------ reads
 
     async def do_read(self, offset: int, length: int) -> memoryview:
-        if self.queue and offset < self.queue_hi and offset + length > self.queue_lo:
-            await self._write_out()
-        run = ReadRun(offset, length, [(0, length)])
-        results: list[Any] = [None]
+        end = offset + length
+        if self.queue and offset < self.queue_hi and end > self.queue_lo:
+            await self._settle()
+        elif (op := self.inflight) is not None and offset < op.hi and end > op.lo:
+            await self._reap()
         f = self.file
         assert f is not None
-        if not f.read_nowait(run, results):
-            self.syscalls += 1
-            await self._thread(f.execute, [run], results)
+        if f.nowait:
+            # The hot path: a page-cache hit, served in this turn without a thread hop.
+            buf = bytearray(length)
+            try:
+                got = os.preadv(f.fd, (buf,), offset, os.RWF_NOWAIT)
+            except BlockingIOError:
+                got = -1
+            except OSError as e:
+                if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                    f.nowait = False  # not supported here: always use the thread
+                got = -1  # a real error is reported by the blocking retry
+            if got == length:
+                return memoryview(buf).toreadonly()
+        run = ReadRun(offset, length, [(0, length)])
+        results: list[Any] = [None]
+        await self._thread(f.execute, [run], results)
         r = results[0]
         if isinstance(r, OSError):
             raise r
@@ -115,44 +137,79 @@ class ImageFileDriver(BlockDriver):
         else:
             self.queue_lo = min(self.queue_lo, offset)
             self.queue_hi = max(self.queue_hi, offset + n)
-        mine = len(self.queue)
-        self.queue.append((mine, Write(offset, data)))
+        self.queue.append((len(self.queue), Write(offset, data)))
         self.queued_bytes += n
-        if self.queued_bytes >= self.write_behind or len(self.queue) >= IOV_MAX:
-            await self._write_out(mine)
+        if self.write_behind <= 0:
+            await self._write_out()
+            await self._reap(raise_own=True)
+        elif self.queued_bytes >= self.write_behind or len(self.queue) >= IOV_MAX:
+            await self._write_out()
 
-    async def _write_out(self, mine: int | None = None) -> None:
-        """Write the whole queue to the file; raise only the error of request ``mine``."""
-        queue = self.queue
-        if not queue:
+    async def _write_out(self) -> None:
+        """Start writing the queue to the file (after the write-out in flight, if any)."""
+        if not self.queue:
             return
+        if self.inflight is not None:
+            await self._reap()
+        queue = self.queue
         self.queue = []
         self.queued_bytes = 0
         f = self.file
         assert f is not None
-        runs = plan(queue)
-        results: list[Any] = [None] * len(queue)
-        self.syscalls += 1
-        await self._thread(f.execute, runs, results)
-        own: OSError | None = None
-        for idx, w in queue:
-            r = results[idx]
-            if isinstance(r, OSError):
+        op = _WriteOut(queue, self.queue_lo, self.queue_hi)
+        self.inflight = op
+        token = trio.lowlevel.current_trio_token()
+
+        def work() -> None:
+            f.execute(plan(queue), op.results)
+
+        def deliver(outcome: Any) -> None:  # in the worker thread
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._completed, op, outcome)
+
+        trio.lowlevel.start_thread_soon(work, deliver, name=f"write-out {self.name}")
+
+    def _completed(self, op: _WriteOut, outcome: Any) -> None:
+        """The write-out's interrupt: runs in the event loop when the thread is done."""
+        if isinstance(outcome, outcome_mod.Error):
+            # execute() answers OSErrors per request; anything else is a bug: fail them all
+            exc = outcome.error
+            op.results = [exc] * len(op.queue)
+        for idx, w in op.queue:
+            r = op.results[idx]
+            if isinstance(r, BaseException):
+                code = r.errno if isinstance(r, OSError) and r.errno else errno.EIO
                 err = OSError(
-                    r.errno or errno.EIO,
+                    code,
                     f"{self.name}: write of {len(w.data)} bytes at {w.offset} failed: "
-                    f"{r.strerror or r}",
+                    f"{getattr(r, 'strerror', None) or r}",
                 )
-                if idx == mine:
-                    own = err  # answered to its caller, who publishes it
-                else:
-                    self.deferred.append(err)
-                    self._note_error("write", w.offset, len(w.data), err)
-        if own is not None:
-            raise own
+                op.errors.append(err)
+                self.deferred.append(err)
+                self._note_error("write", w.offset, len(w.data), err)
+        op.done.set()
+
+    async def _reap(self, raise_own: bool = False) -> None:
+        """Wait for the write-out in flight; with ``raise_own``, raise its first error (it
+        then counts as answered, not deferred to the next flush)."""
+        op = self.inflight
+        if op is None:
+            return
+        await op.done.wait()
+        if self.inflight is op:
+            self.inflight = None
+        if raise_own and op.errors:
+            for err in op.errors:
+                self.deferred.remove(err)
+            raise _Reported(op.errors[0].errno or errno.EIO, op.errors[0].strerror)
+
+    async def _settle(self) -> None:
+        """Everything queued so far is in the file (or has failed)."""
+        await self._write_out()
+        await self._reap()
 
     async def do_flush(self) -> None:
-        await self._write_out()
+        await self._settle()
         f = self.file
         assert f is not None
         if f.dirty:
@@ -168,8 +225,7 @@ class ImageFileDriver(BlockDriver):
             raise _Reported(first.errno or errno.EIO, f"{first.strerror}{more}")
 
     async def do_discard(self, offset: int, length: int) -> None:
-        if self.queue:
-            await self._write_out()
+        await self._settle()
         f = self.file
         assert f is not None
         results: list[Any] = [None]
@@ -181,6 +237,20 @@ class ImageFileDriver(BlockDriver):
         if isinstance(err, _Reported):
             return
         super()._note_error(op, offset, length, err)
+
+
+class _WriteOut:
+    """One write-out in flight: its requests, their byte bounds, results, completion."""
+
+    __slots__ = ("done", "errors", "hi", "lo", "queue", "results")
+
+    def __init__(self, queue: list[tuple[int, Write]], lo: int, hi: int) -> None:
+        self.queue = queue
+        self.lo = lo
+        self.hi = hi
+        self.results: list[Any] = [None] * len(queue)
+        self.errors: list[OSError] = []
+        self.done = trio.Event()
 
 
 class _Reported(OSError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import threading
 
 import pytest
 import trio
@@ -227,9 +228,40 @@ async def test_write_cache_is_bounded(sup, image, monkeypatch):
     log = SyscallLog(monkeypatch)
     for i in range(40):
         await dev.write(i * 4096, b"w" * 4096)
-    # 64 KiB high-water: written out after the 16th and the 32nd write, 8 still cached
+    # 64 KiB high-water: written out after the 16th and the 32nd write, 8 still cached;
+    # a read inside the second write-out waits for it, and does not write out the rest
+    assert bytes(await dev.read(20 * 4096, 4096)) == b"w" * 4096
     assert log.of("pwritev") == [("pwritev", 0, 16 * 4096), ("pwritev", 16 * 4096, 16 * 4096)]
+    assert file_bytes(image, 31 * 4096, 4096) == b"w" * 4096
     assert file_bytes(image, 32 * 4096, 4096) == bytes(4096)
+
+
+async def test_write_out_runs_in_the_background(sup, image, monkeypatch):
+    gate = threading.Event()
+    real = os.pwritev
+
+    def stuck(fd, bufs, offset, *a):
+        gate.wait(10)
+        return real(fd, bufs, offset, *a)
+
+    monkeypatch.setattr(os, "pwritev", stuck)
+    _ref, dev = await start(sup, image, write_behind=8192)
+    await dev.write(0, b"a" * 8192)  # reaches the high-water mark: the write-out starts
+    with trio.fail_after(2):
+        await dev.write(8192, b"b" * 4096)  # acknowledged while the write-out hangs
+        assert bytes(await dev.read(65536, 16)) == bytes(16)  # an unrelated read passes
+    flushed = trio.Event()
+
+    async def flusher():
+        await dev.flush()
+        flushed.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flusher)
+        await trio.sleep(0.1)
+        assert not flushed.is_set()  # the flush waits for the write-out in flight
+        gate.set()
+    assert file_bytes(image, 0, 12288) == b"a" * 8192 + b"b" * 4096
 
 
 async def test_write_through_without_cache(sup, image, monkeypatch):
