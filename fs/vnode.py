@@ -488,7 +488,7 @@ class VnodeActor(Actor):
         acc = flags & os.O_ACCMODE
         if inode.is_dir and (acc != os.O_RDONLY or flags & os.O_TRUNC):
             raise OSError(errno.EISDIR, "is a directory")
-        if flags & os.O_TRUNC and inode.is_reg and acc != os.O_RDONLY:
+        if flags & os.O_TRUNC and inode.is_reg:
             self._writable()
             now = _now()
             if inode.size:
@@ -550,9 +550,6 @@ class VnodeActor(Actor):
             inode.size = offset + n
         now = _now()
         inode.mtime_ns = inode.ctime_ns = now
-        # Writing drops set-user-ID, and set-group-ID when group-execute is set.
-        if inode.mode & stat.S_ISUID or (inode.mode & stat.S_ISGID and inode.mode & stat.S_IXGRP):
-            inode.mode &= ~(stat.S_ISUID | (stat.S_ISGID if inode.mode & stat.S_IXGRP else 0))
         await self._save()
         return n
 
