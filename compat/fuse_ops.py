@@ -11,14 +11,19 @@ keep is bookkeeping of the FUSE protocol itself:
 * file handles: the kernel's ``Handle.fh`` is what the host kernel gets as the file
   handle; the front end maps it back to the ``Handle`` (which carries the vnode's address,
   so reads and writes go straight to the vnode actor);
-* lookup counts: the host kernel takes a reference for every entry reply (lookup,
-  mknod, mkdir, symlink, link, create) and for each readdirplus entry other than ``.`` and
-  ``..``. The chanos kernel counts only the first kind (each ``Entry`` it returns is one
-  reference); a readdirplus entry is a ``DirEntry``, which it does not count. So the front
-  end keeps both counts per inode, and when the host kernel forgets N references it first
-  drops readdir references and forwards the rest as ``Forget(inode, n)``: the chanos
-  kernel's count reaches zero exactly when the host kernel's does, and never goes below.
-  A forget of more references than were handed out is logged and clamped.
+* lookup counts and generations: the host kernel takes a reference for every entry reply
+  (lookup, mknod, mkdir, symlink, link, create) and for each readdirplus entry other than
+  ``.`` and ``..``, and it identifies an inode by (node id, generation): an entry that
+  names a node id it holds with another generation makes it treat its inode as stale
+  (open files on it then fail with EIO). The chanos kernel counts only ``Entry`` replies
+  and a ``DirEntry`` carries no generation. So a readdirplus entry for an inode the host
+  kernel does not hold yet is resolved with a ``Lookup`` (a counted reference, with the
+  true generation, which also keeps the inode from being freed and its number reused
+  while the host kernel knows it); an entry for an inode it already holds reuses the known
+  generation and is counted here only. When the host kernel forgets N references, the
+  front end first drops those counted here only and forwards the rest as
+  ``Forget(inode, n)``: the chanos kernel's count reaches zero exactly when the host
+  kernel's does. A forget of more references than were handed out is logged and clamped.
 
 POSIX ACLs: the host kernel is not asked to enforce ACLs (pyfuse3's ``enable_acl`` would
 make the daemon responsible for default-ACL inheritance and umask on every create).
@@ -136,6 +141,27 @@ class FrontEndConfig:
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+def _shown(args: Sequence[Any]) -> tuple:
+    """Request arguments for a log line (no context objects, no bulk data)."""
+    return tuple(
+        f"<{len(a)} bytes>" if isinstance(a, bytes) and len(a) > 64 else a
+        for a in args
+        if not isinstance(a, pyfuse3.RequestContext)
+    )
+
+
+def _reply(r: Any) -> Any:
+    if isinstance(r, pyfuse3.EntryAttributes):
+        return f"<ino {r.st_ino} mode {r.st_mode:o} size {r.st_size} nlink {r.st_nlink}>"
+    if isinstance(r, tuple):
+        return tuple(_reply(x) for x in r)
+    if isinstance(r, pyfuse3.FileInfo):
+        return f"<fh {r.fh}>"
+    if isinstance(r, bytes) and len(r) > 64:
+        return f"<{len(r)} bytes>"
+    return r
+
+
 def _guarded(fn: F) -> F:
     """Make a handler answer every failure with a FUSEError and nothing else."""
     name = fn.__name__
@@ -143,10 +169,16 @@ def _guarded(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(self: ChanosOperations, *args: Any) -> Any:
         try:
+            if self._debug:
+                reply = await fn(self, *args)
+                log.debug("%s%r -> %s", name, _shown(args), _reply(reply))
+                return reply
             return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise
         except OSError as exc:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s%r -> %s", name, _shown(args), exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         except Exception as exc:
             self._unexpected(name, args, exc)
@@ -169,9 +201,11 @@ class ChanosOperations(pyfuse3.Operations):
         self._syscall = kernel.syscall
         self._handles: dict[int, Handle] = {}
         self._lookups: dict[int, int] = {}  # references the chanos kernel counted
-        self._dirrefs: dict[int, int] = {}  # references taken through readdirplus
+        self._dirrefs: dict[int, int] = {}  # readdirplus references counted here only
+        self._gens: dict[int, int] = {}  # generation of every inode the host kernel holds
         self._logged: set[tuple[str, type]] = set()
         self.unexpected_errors = 0
+        self._debug = log.isEnabledFor(logging.DEBUG)  # log every request and reply
         self._entry_timeout = self.config.entry_timeout
         self._attr_timeout = self.config.attr_timeout
         c = self.config
@@ -183,7 +217,7 @@ class ChanosOperations(pyfuse3.Operations):
         """Log an unexpected failure: with its traceback the first time per (op, type)."""
         self.unexpected_errors += 1
         key = (op, type(exc))
-        shown = tuple(a for a in args if not isinstance(a, pyfuse3.RequestContext))
+        shown = _shown(args)
         if key in self._logged:
             log.error("%s%r failed: %r (answered EIO)", op, shown, exc)
         else:
@@ -200,8 +234,9 @@ class ChanosOperations(pyfuse3.Operations):
     def open_handles(self) -> int:
         return len(self._handles)
 
-    def _ref(self, ino: int) -> None:
+    def _ref(self, ino: int, generation: int) -> None:
         self._lookups[ino] = self._lookups.get(ino, 0) + 1
+        self._gens[ino] = generation
 
     def _handle(self, fh: int) -> Handle:
         try:
@@ -241,7 +276,7 @@ class ChanosOperations(pyfuse3.Operations):
 
     def _entry(self, entry: Entry) -> pyfuse3.EntryAttributes:
         """An entry reply: the host kernel takes one lookup reference on it."""
-        self._ref(entry.inode)
+        self._ref(entry.inode, entry.generation)
         return self._attrs(entry.attr, entry.generation)
 
     def _check_writable(self) -> None:
@@ -308,6 +343,8 @@ class ChanosOperations(pyfuse3.Operations):
                 self._dirrefs[ino] = dirrefs - from_dir
             if counted - forward:
                 self._lookups[ino] = counted - forward
+            elif ino not in self._dirrefs:
+                self._gens.pop(ino, None)
             if forward:
                 try:
                     await self._syscall(Forget(ino, forward))
@@ -497,25 +534,40 @@ class ChanosOperations(pyfuse3.Operations):
             if not entries:
                 return
             for d in entries:
-                dot = d.name in (b".", b"..")
-                if dot:
+                if d.name in (b".", b".."):
                     # The host kernel ignores the attributes of . and .. and takes no
                     # reference on them; don't spend a message on their attributes.
                     attrs = pyfuse3.EntryAttributes()
                     attrs.st_ino = to_fuse(d.inode)
                     attrs.st_mode = d.mode
-                else:
-                    a = d.attr
-                    if a is None:
-                        a = await self._syscall(GetAttr(d.inode))
-                    attrs = self._attrs(a)
-                if not pyfuse3.readdir_reply(token, d.name, attrs, d.next_offset):
-                    return  # buffer full: not sent, so no reference taken
-                if not dot:
-                    # readdirplus: the host kernel takes a reference on every entry,
-                    # one the chanos kernel did not count (see the module docstring).
-                    self._dirrefs[d.inode] = self._dirrefs.get(d.inode, 0) + 1
+                    if not pyfuse3.readdir_reply(token, d.name, attrs, d.next_offset):
+                        return
+                elif not await self._readdir_entry(token, handle, d):
+                    return  # buffer full
                 offset = d.next_offset
+
+    async def _readdir_entry(
+        self, token: pyfuse3.ReaddirToken, handle: Handle, d: DirEntry
+    ) -> bool:
+        """Reply one readdirplus entry with a reference the books account for."""
+        gen = self._gens.get(d.inode)
+        if gen is not None:  # held already: same identity, a reference counted here
+            a = d.attr if d.attr is not None else await self._syscall(GetAttr(d.inode))
+            if not pyfuse3.readdir_reply(token, d.name, self._attrs(a, gen), d.next_offset):
+                return False
+            self._dirrefs[d.inode] = self._dirrefs.get(d.inode, 0) + 1
+            return True
+        try:
+            entry = await self._syscall(Lookup(handle.inode, d.name))
+        except FileNotFoundError:
+            return True  # removed since ReadDir: skip it, as if read a moment later
+        if not pyfuse3.readdir_reply(
+            token, d.name, self._attrs(entry.attr, entry.generation), d.next_offset
+        ):
+            await self._syscall(Forget(entry.inode, 1))  # not sent: give it back
+            return False
+        self._ref(entry.inode, entry.generation)
+        return True
 
     @_guarded
     async def releasedir(self, fh: int) -> None:
