@@ -156,12 +156,19 @@ async def call_vnode(table: ActorRef, ino: int, msg: Any) -> Any:
 class _Slot:
     """Book-keeping of one live vnode (plain record, owned by the table actor)."""
 
-    __slots__ = ("opened", "pins", "ref")
+    __slots__ = ("adopted", "opened", "pins", "ref")
 
-    def __init__(self, ref: ActorRef) -> None:
+    def __init__(self, ref: ActorRef, adopted: bool = False) -> None:
         self.ref = ref
         self.pins = 0  # requests in flight
         self.opened = 0  # open handles
+        # Found running when the table (re)started: its pins and handles are unknown, so it
+        # is kept until unmount rather than risk retiring it under an open handle.
+        self.adopted = adopted
+
+    @property
+    def idle(self) -> bool:
+        return self.pins == 0 and self.opened == 0 and not self.adopted
 
 
 class VnodeTable(Actor):
@@ -172,10 +179,12 @@ class VnodeTable(Actor):
         self,
         start_vnode: Callable[[int], Any],
         max_vnodes: int = DEFAULT_MAX_VNODES,
+        running: Callable[[], list[Any]] | None = None,
     ) -> None:
         if max_vnodes < 1:
             raise ValueError("max_vnodes must be at least 1")
         self._start_vnode = start_vnode
+        self._running = running
         self._max = max_vnodes
         # Live vnodes, least recently used first (move_to_end on every Pin).
         self._live: OrderedDict[int, _Slot] = OrderedDict()
@@ -184,6 +193,23 @@ class VnodeTable(Actor):
         self._started = 0
         self._retired = 0
         self._peak = 0
+
+    async def started(self) -> None:
+        # After a crash of the table, the vnodes it had started are still running: adopt
+        # them, so no second actor is ever started for an inode that has one.
+        if self._running is None:
+            return
+        for ref in self._running():
+            name = getattr(ref, "name", "")
+            if not name.startswith("vnode-") or not _alive(ref):
+                continue
+            try:
+                ino = int(name.removeprefix("vnode-"))
+            except ValueError:
+                continue
+            self._live[ino] = _Slot(ref, adopted=True)
+        if self._live:
+            log.warning("vnode table restarted: adopted %d running vnodes", len(self._live))
 
     async def handle(self, msg: Any) -> Any:
         match msg:
@@ -224,7 +250,7 @@ class VnodeTable(Actor):
                     return None
                 self._lookups.pop(ino, None)
                 slot = self._live.get(ino)
-                if slot is not None and slot.pins == 0 and slot.opened == 0:
+                if slot is not None and slot.idle:
                     await self._retire(ino, slot)
                 return None
             case Crashed(ino, ref):
@@ -245,7 +271,7 @@ class VnodeTable(Actor):
             case GetStats():
                 return TableStats(
                     live=len(self._live),
-                    pinned=sum(1 for s in self._live.values() if s.pins or s.opened),
+                    pinned=sum(1 for s in self._live.values() if not s.idle),
                     started=self._started,
                     retired=self._retired,
                     peak=self._peak,
@@ -261,7 +287,7 @@ class VnodeTable(Actor):
             return
         victims = []
         for ino, slot in self._live.items():
-            if slot.pins == 0 and slot.opened == 0:
+            if slot.idle:
                 victims.append((ino, slot))
                 if len(victims) == excess:
                     break

@@ -460,7 +460,9 @@ async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterato
                 ChildSpec(
                     name="vnode-table",
                     factory=lambda: VnodeTable(
-                        supervised_starter(vnodes, make_vnode), options.max_vnodes
+                        supervised_starter(vnodes, make_vnode),
+                        options.max_vnodes,
+                        running=lambda: vnodes.children,
                     ),
                     restart=PERMANENT,
                 )

@@ -36,7 +36,7 @@ from chanos.fs.vnode_table import (
     call_vnode,
     supervised_starter,
 )
-from chanos.personality import PERMANENT, Actor, ChildSpec, call, open_supervisor
+from chanos.personality import PERMANENT, Actor, CallError, ChildSpec, call, open_supervisor
 from chanos.personality.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, Rename
 
 FT_REG, FT_DIR = 1, 2
@@ -200,7 +200,11 @@ async def start_kernel_parts(sup, disk: FakeDisk, max_vnodes: int):
     vnodes = await sup.start_supervisor(name="vnodes")
     starter = supervised_starter(vnodes, lambda ino: FakeVnode(ino, disk))
     table = await sup.start(
-        ChildSpec(name="table", factory=lambda: VnodeTable(starter, max_vnodes), restart=PERMANENT)
+        ChildSpec(
+            name="table",
+            factory=lambda: VnodeTable(starter, max_vnodes, running=lambda: vnodes.children),
+            restart=PERMANENT,
+        )
     )
     rename = await sup.start(ChildSpec(name="rename", factory=lambda: RenameCoordinator(table)))
     return table, rename
@@ -289,6 +293,30 @@ async def test_crashed_vnode_gives_eio_and_is_restarted():
         assert await call_vnode(table, g, "ping") == g  # everyone else goes on
         assert await call_vnode(table, f, "ping") == f  # and the crashed one works again
         assert disk.started.count(f) == 2
+
+
+async def test_table_crash_adopts_running_vnodes_instead_of_duplicating_them():
+    disk = new_disk()
+    files = [disk.mkfile(2, b"f%d" % i) for i in range(5)]
+    async with open_supervisor(name="t", max_restarts=5) as sup:
+        table, _ = await start_kernel_parts(sup, disk, max_vnodes=3)
+        refs = {}
+        for ino in files[:3]:
+            refs[ino] = await call(table, Pin(ino))
+            await call(table, Unpin(ino, opened=1))  # open handles hold these addresses
+        with pytest.raises(CallError):
+            await call(table, "not a table message")  # a crash: the table restarts empty
+        # The open vnodes are adopted (same addresses), never started twice (FakeVnode
+        # asserts one live actor per inode), and not retired under their handles.
+        for ino in files:
+            await call_vnode(table, ino, "ping")
+        for ino in files[:3]:
+            assert await call(table, Pin(ino)) is refs[ino]
+            await call(table, Unpin(ino))
+            assert await call(refs[ino], "ping") == ino
+        assert [disk.started.count(i) for i in files[:3]] == [1, 1, 1]
+        await call(table, RetireAll())
+        assert not disk.live
 
 
 async def test_pin_of_missing_inode_is_an_error_not_a_slot():
