@@ -611,3 +611,34 @@ async def test_read_only_mount_refuses_changes(image):
             with Errno(errno.EROFS):
                 await k.syscall(msg)
     assert_fsck_clean(image)
+
+
+async def test_crashed_vnode_gives_eio_and_the_rest_goes_on(image, monkeypatch):
+    from chanos.fs import vnode as vnode_mod
+
+    real_handle = vnode_mod.VnodeActor.handle
+    crash_next: set[int] = set()
+
+    async def flaky_handle(self, msg):
+        if self.ino in crash_next and isinstance(msg, GetAttr):
+            crash_next.discard(self.ino)
+            raise RuntimeError("injected crash")
+        return await real_handle(self, msg)
+
+    monkeypatch.setattr(vnode_mod.VnodeActor, "handle", flaky_handle)
+    async with boot(image, LOW) as k:
+        f = await k_write_file(k, ROOT_INO, b"f", b"before")
+        g = await k_write_file(k, ROOT_INO, b"g", b"other")
+        h = await k.syscall(Open(f, os.O_RDWR))
+        crash_next.add(f)
+        with Errno(errno.EIO):
+            await k.syscall(GetAttr(f))
+        # Restarted from disk: the same inode answers again, its open handle still works,
+        # and other inodes never noticed.
+        assert (await k.syscall(GetAttr(f))).size == 6
+        assert await k.syscall(Read(h, 0, 100)) == b"before"
+        await k.syscall(Write(h, 6, b"+after"))
+        await k.syscall(Release(h))
+        assert await k_read_file(k, g) == b"other"
+        assert await k_read_file(k, f) == b"before+after"
+    assert_fsck_clean(image)
