@@ -10,11 +10,12 @@ the request path is short. Where time goes:
   queue holds ``write_behind`` bytes or IOV_MAX requests it is *written out*: planned
   with ``chanos.drivers.queue.plan`` (adjacent writes merged into one ``pwritev``, sorted
   when they do not overlap, arrival order kept when they do) and handed to a worker
-  thread in one trip. The driver does not wait for that write-out: the thread's
-  completion is its interrupt (a callback in the event loop records the outcome), and
-  the driver meanwhile serves and queues more requests. At most one write-out is in
-  flight; the next one waits for it, so writes reach the file in order and the cache
-  holds at most twice ``write_behind`` bytes.
+  thread in one piece. The driver does not wait for it: the worker's completion is its
+  interrupt (a callback in the event loop records the outcome), and the driver meanwhile
+  serves and queues more requests. One worker thread takes write-outs in order from its
+  inbox, so writes reach the file in the order planned and back-to-back write-outs leave
+  the thread no idle gap; at most two are outstanding, so the cache holds at most three
+  times ``write_behind`` bytes.
 * A read overlapping the queue or the write-out in flight waits for that data to reach
   the file first (it then sees it); other reads pass.
 * Flush writes the queue out, waits for it, then ``fdatasync`` (skipped when nothing was
@@ -32,20 +33,21 @@ is that request's reply.
 Blocking reads, flushes and discards use worker threads from the driver's own
 ``trio.CapacityLimiter`` of size 1: turns are serialized, so one of them is in a thread at
 a time, and a private limiter means the driver never waits behind other users of trio's
-shared thread pool. The write-out in flight uses one more thread.
+shared thread pool. The write-out worker is one more thread, alive while write-outs are
+outstanding.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
+from collections import deque
+from queue import SimpleQueue
 from typing import Any
 
-import outcome as outcome_mod
 import trio
 from chanos.drivers.base import BlockDriver
-from chanos.drivers.image_io import ImageFile
+from chanos.drivers.image_io import ImageFile, read_buffer
 from chanos.drivers.protocol import Write
 from chanos.drivers.queue import IOV_MAX, DiscardRun, FlushRun, ReadRun, plan
 
@@ -70,7 +72,9 @@ class ImageFileDriver(BlockDriver):
         self.queued_bytes = 0
         self.queue_lo = 0  # byte bounds of everything queued, for a quick overlap test
         self.queue_hi = 0
-        self.inflight: _WriteOut | None = None  # the write-out the worker thread is doing
+        # Write-outs handed to the worker thread, oldest first (it does them in order).
+        self.outstanding: deque[_WriteOut] = deque()
+        self.ring: SimpleQueue[_WriteOut | None] | None = None  # the worker's inbox
         self.deferred: list[OSError] = []  # write-out failures the next flush reports
 
     async def started(self) -> None:
@@ -101,13 +105,16 @@ class ImageFileDriver(BlockDriver):
         end = offset + length
         if self.queue and offset < self.queue_hi and end > self.queue_lo:
             await self._settle()
-        elif (op := self.inflight) is not None and offset < op.hi and end > op.lo:
-            await self._reap()
+        elif self.outstanding:
+            for op in reversed(self.outstanding):
+                if offset < op.hi and end > op.lo:
+                    await op.done.wait()  # FIFO: the older ones are done as well
+                    break
         f = self.file
         assert f is not None
         if f.nowait:
             # The hot path: a page-cache hit, served in this turn without a thread hop.
-            buf = bytearray(length)
+            buf = read_buffer(length)
             try:
                 got = os.preadv(f.fd, (buf,), offset, os.RWF_NOWAIT)
             except BlockingIOError:
@@ -146,35 +153,50 @@ class ImageFileDriver(BlockDriver):
             await self._write_out()
 
     async def _write_out(self) -> None:
-        """Start writing the queue to the file (after the write-out in flight, if any)."""
+        """Hand the queue to the worker thread; do not wait for it to be written."""
         if not self.queue:
             return
-        if self.inflight is not None:
-            await self._reap()
-        queue = self.queue
+        while len(self.outstanding) >= _MAX_OUTSTANDING:
+            await self.outstanding[0].done.wait()
+        op = _WriteOut(self.queue, self.queue_lo, self.queue_hi)
         self.queue = []
         self.queued_bytes = 0
+        self.outstanding.append(op)
+        ring = self.ring
+        if ring is None:
+            ring = self.ring = SimpleQueue()
+            self._start_worker(ring)
+        ring.put(op)
+
+    def _start_worker(self, ring: SimpleQueue[_WriteOut | None]) -> None:
+        """One worker thread per burst of write-outs: it takes them from ``ring`` in order,
+        so back-to-back write-outs run without a gap, and it is told to exit (``None``)
+        when nothing is outstanding."""
         f = self.file
         assert f is not None
-        op = _WriteOut(queue, self.queue_lo, self.queue_hi)
-        self.inflight = op
         token = trio.lowlevel.current_trio_token()
+        completed = self._completed
 
-        def work() -> None:
-            f.execute(plan(queue), op.results)
+        def worker() -> None:
+            while True:
+                op = ring.get()
+                if op is None:
+                    return
+                try:
+                    f.execute(plan(op.queue), op.results)
+                except BaseException as exc:  # execute() answers OSErrors itself
+                    op.results = [exc] * len(op.queue)
+                try:
+                    token.run_sync_soon(completed, op)
+                except trio.RunFinishedError:
+                    return
 
-        def deliver(outcome: Any) -> None:  # in the worker thread
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(self._completed, op, outcome)
+        trio.lowlevel.start_thread_soon(worker, lambda _: None, name=f"write-out {self.name}")
 
-        trio.lowlevel.start_thread_soon(work, deliver, name=f"write-out {self.name}")
-
-    def _completed(self, op: _WriteOut, outcome: Any) -> None:
-        """The write-out's interrupt: runs in the event loop when the thread is done."""
-        if isinstance(outcome, outcome_mod.Error):
-            # execute() answers OSErrors per request; anything else is a bug: fail them all
-            exc = outcome.error
-            op.results = [exc] * len(op.queue)
+    def _completed(self, op: _WriteOut) -> None:
+        """A write-out's interrupt: runs in the event loop when the worker is done with it."""
+        if self.outstanding and self.outstanding[0] is op:
+            self.outstanding.popleft()
         for idx, w in op.queue:
             r = op.results[idx]
             if isinstance(r, BaseException):
@@ -187,17 +209,18 @@ class ImageFileDriver(BlockDriver):
                 op.errors.append(err)
                 self.deferred.append(err)
                 self._note_error("write", w.offset, len(w.data), err)
+        if not self.outstanding and self.ring is not None:
+            self.ring.put(None)
+            self.ring = None
         op.done.set()
 
     async def _reap(self, raise_own: bool = False) -> None:
-        """Wait for the write-out in flight; with ``raise_own``, raise its first error (it
-        then counts as answered, not deferred to the next flush)."""
-        op = self.inflight
-        if op is None:
+        """Wait for every write-out handed to the worker; with ``raise_own``, raise the
+        first error of the last one (it then counts as answered, not deferred)."""
+        if not self.outstanding:
             return
+        op = self.outstanding[-1]
         await op.done.wait()
-        if self.inflight is op:
-            self.inflight = None
         if raise_own and op.errors:
             for err in op.errors:
                 self.deferred.remove(err)
@@ -239,8 +262,11 @@ class ImageFileDriver(BlockDriver):
         super()._note_error(op, offset, length, err)
 
 
+_MAX_OUTSTANDING = 2  # one being written, one waiting: the worker never idles between them
+
+
 class _WriteOut:
-    """One write-out in flight: its requests, their byte bounds, results, completion."""
+    """One write-out handed to the worker: its requests, their byte bounds, results."""
 
     __slots__ = ("done", "errors", "hi", "lo", "queue", "results")
 

@@ -1,11 +1,11 @@
 """Blocking I/O on an image file or block device: the "hardware" behind ImageFileDriver.
 
 Everything here is plain synchronous code over one file descriptor. The driver actor
-decides where it runs: reads first try ``preadv(..., RWF_NOWAIT)`` on the event loop (a
-page-cache hit costs about a microsecond and never blocks); whatever would block, and all
-writes, flushes and discards, run in a worker thread. Each entry point executes a list
-of planned runs (see ``chanos.drivers.queue``) in order and stores one result per request
-(its data, ``None``, or the ``OSError``) into ``results`` at the request's batch index.
+decides where it runs (reads first try ``preadv(..., RWF_NOWAIT)`` in the actor's turn;
+whatever would block, and all writes, flushes and discards, run in worker threads).
+``execute`` runs a list of planned runs (see ``chanos.drivers.queue``) in order and
+stores one result per request (its data, ``None``, or the ``OSError``) into ``results``
+at the request's index.
 
 A merged run that fails is retried request by request, so an error lands only on the
 requests that really failed and their neighbours still complete.
@@ -34,6 +34,19 @@ _ZERO_CHUNK = 1 << 20
 
 _libc: Any = None
 
+# bytearray(n) zero-fills, which for a 128 KiB read costs about as much as the copy from
+# the page cache; the C API's PyByteArray_FromStringAndSize(NULL, n) does not. Such a
+# buffer is only handed out after a read filled every byte of it.
+_uninit = ctypes.pythonapi.PyByteArray_FromStringAndSize
+_uninit.restype = ctypes.py_object
+_uninit.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+_UNINIT_MIN = 16 * 1024  # below this, zeroing is cheaper than the foreign call
+
+
+def read_buffer(n: int) -> bytearray:
+    """A fresh ``n``-byte buffer to read into (contents undefined until filled)."""
+    return _uninit(None, n) if n >= _UNINIT_MIN else bytearray(n)
+
 
 def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     global _libc
@@ -58,23 +71,16 @@ def _advance(views: list[memoryview], n: int) -> list[memoryview]:
     return out
 
 
-def preadv_full(fd: int, views: list[memoryview], offset: int, flags: int = 0) -> int:
+def preadv_full(fd: int, views: list[memoryview], offset: int) -> int:
     """Fill ``views`` from ``offset``; returns bytes read (short only at end of file)."""
     total = 0
     want = sum(len(v) for v in views)
     while views:
-        n = (
-            os.preadv(fd, views, offset + total, flags)
-            if flags
-            else os.preadv(fd, views, offset + total)
-        )
+        n = os.preadv(fd, views, offset + total)
         if n == 0:
             break
         total += n
         if total == want:
-            break
-        if flags:
-            # A partial non-blocking read: let the caller finish it where blocking is allowed.
             break
         views = _advance(views, n)
     return total
@@ -164,27 +170,8 @@ class ImageFile:
 
     # ------------------------------------------------------------ reads
 
-    def read_nowait(self, run: ReadRun, results: list[Any]) -> bool:
-        """Try ``run`` without blocking (page-cache hit); True if it was fully served."""
-        if not self.nowait:
-            return False
-        bufs = [bytearray(n) for _, n in run.members]
-        try:
-            got = preadv_full(self.fd, [memoryview(b) for b in bufs], run.offset, os.RWF_NOWAIT)
-        except BlockingIOError:
-            return False
-        except OSError as e:
-            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-                self.nowait = False
-            return False  # real errors are reported by the blocking retry
-        if got != run.length:
-            return False
-        for (idx, _), buf in zip(run.members, bufs, strict=True):
-            results[idx] = memoryview(buf).toreadonly()
-        return True
-
     def _read(self, run: ReadRun, results: list[Any]) -> None:
-        bufs = [bytearray(n) for _, n in run.members]
+        bufs = [read_buffer(n) for _, n in run.members]
         try:
             got = preadv_full(self.fd, [memoryview(b) for b in bufs], run.offset)
             if got != run.length:
