@@ -246,11 +246,32 @@ class Supervisor:
                 continue
             await self._restart(c)
 
+    def _pending_covers(self, cell: _Cell) -> bool:
+        """Will a crash report still waiting in our queue restart `cell` anyway? Then it
+        must stay down until that report is handled: restarting it now would let it answer
+        requests made after that crash from an instance that is about to be replaced."""
+        if not self._events:
+            return False
+        kids = list(self._children)
+        for child, gen, exc in self._events:
+            if child.gen != gen or not self._down(child) or not _restartable(child, exc):
+                continue
+            if child is cell or self.strategy == ONE_FOR_ALL:
+                return True
+            if (
+                self.strategy == REST_FOR_ONE
+                and child in kids
+                and cell in kids
+                and kids.index(child) <= kids.index(cell)
+            ):
+                return True
+        return False
+
     async def _restart(self, child: Any) -> None:
-        self.restarts += 1
         if type(child) is _Cell:
-            if child.state != RESTARTING:
+            if child.state != RESTARTING or self._pending_covers(child):
                 return
+            self.restarts += 1
             if _tr.ON:
                 _tr.actor_event("restart", child.name, self.name)
             try:
@@ -263,6 +284,7 @@ class Supervisor:
                 self._child_exited(child, exc)
             return
         # A nested supervisor: restart all its children from fresh state.
+        self.restarts += 1
         if _tr.ON:
             _tr.actor_event("restart", f"supervisor {child.name}", self.name)
         child._failed = False
