@@ -230,12 +230,12 @@ class Supervisor:
         if len(hist) > self.max_restarts:
             await self._give_up(exc)
             return
-        kids = list(self._children)
         if self.strategy == ONE_FOR_ONE:
-            affected = [child]
+            affected = [child]  # (no list of all children: there may be 100,000 vnodes)
         elif self.strategy == ONE_FOR_ALL:
-            affected = kids
+            affected = list(self._children)
         else:
+            kids = list(self._children)
             affected = kids[kids.index(child) :]
         for other in reversed(affected):
             if other is not child:
@@ -252,7 +252,7 @@ class Supervisor:
         requests made after that crash from an instance that is about to be replaced."""
         if not self._events:
             return False
-        kids = list(self._children)
+        kids = list(self._children) if self.strategy == REST_FOR_ONE else []
         for child, gen, exc in self._events:
             if child.gen != gen or not self._down(child) or not _restartable(child, exc):
                 continue
