@@ -181,10 +181,10 @@ class Channel:
 
     # -- public API ------------------------------------------------------------------------
     def send_nowait(self, value: Any) -> None:
-        if _tr.ON:
-            _tr.channel_event("send", self, value)
         if not self._try_send(value):
             raise WouldBlock
+        if _tr.ON:
+            _tr.channel_event("send", self, value)
 
     def receive_nowait(self) -> Any:
         ok, value = self._try_recv()
@@ -196,9 +196,9 @@ class Channel:
 
     async def send(self, value: Any) -> None:
         await checkpoint_if_cancelled()
-        if _tr.ON:
-            _tr.channel_event("send", self, value)
         if self._try_send(value):
+            if _tr.ON:
+                _tr.channel_event("send", self, value)
             return
         sel = _Selection(current_task())
         w = _Waiter(sel, 0, value)
@@ -210,6 +210,8 @@ class Channel:
             return Abort.SUCCEEDED
 
         await wait_task_rescheduled(abort)
+        if _tr.ON:
+            _tr.channel_event("send", self, value)
 
     async def receive(self) -> Any:
         await checkpoint_if_cancelled()
