@@ -667,3 +667,29 @@ async def test_portable_call_path_same_semantics() -> None:
             cs.cancel()
             await _call_portable(ref, Add(1))
         assert await call(ref, Get()) == 0
+
+
+async def test_caller_cancelled_while_handler_waits_on_its_own_nursery() -> None:
+    """The handler opens a nursery (a cancel scope with child tasks) before it blocks; the
+    caller's cancellation must reach neither the handler nor the nursery's children."""
+
+    class Fanout(Actor):
+        def __init__(self) -> None:
+            self.done: list[int] = []
+
+        async def handle(self, msg: Any) -> Any:
+            async def part(i: int) -> None:
+                await trio.sleep(0.01 * (i + 1))
+                self.done.append(i)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(3):
+                    nursery.start_soon(part, i)
+            return len(self.done)
+
+    async with open_supervisor() as sup:
+        ref = await sup.start(ChildSpec("fan", Fanout))
+        with trio.move_on_after(0.005):
+            assert await call(ref, "go") == 3
+        assert instance(ref).done == [0, 1, 2]
+        assert ref.idle
