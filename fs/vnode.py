@@ -184,8 +184,21 @@ class VnodeActor(Actor):
         await self._load()
 
     async def stopped(self) -> None:
-        if self.inode is not None and not self.ctx.read_only:
-            await self._save()
+        await self._write_back()
+
+    async def _write_back(self) -> None:
+        """Write the inode back if this vnode owns a live one.
+
+        A record read for an inode that is not in use (links 0, nothing open: freed, or
+        looked at by a stale request) is never written: the number may have been
+        allocated again since, and writing the old record would destroy the new inode.
+        """
+        i = self.inode
+        if i is None or self.ctx.read_only or i.mode == 0:
+            return
+        if i.links_count == 0 and self.opens == 0:
+            return
+        await self._save()
 
     async def _load(self) -> None:
         self.inode = None
@@ -435,8 +448,7 @@ class VnodeActor(Actor):
                 await self._free()
                 return None
             case vp.WriteBack():
-                if self.inode is not None and not self.ctx.read_only and self.inode.mode:
-                    await self._save()
+                await self._write_back()
                 return None
             case _:
                 raise OSError(errno.ENOSYS, f"vnode: unsupported message {type(msg).__name__}")
@@ -554,8 +566,9 @@ class VnodeActor(Actor):
         return n
 
     async def _release(self) -> None:
-        if self.opens > 0:
-            self.opens -= 1
+        if self.opens == 0:
+            return None  # not opened through this vnode's life: nothing to give back
+        self.opens -= 1
         inode = self.inode
         if self.opens == 0 and inode is not None and inode.links_count == 0 and inode.mode:
             await self._free()

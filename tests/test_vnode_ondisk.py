@@ -32,6 +32,7 @@ from chanos.personality.syscalls import (
     Rename,
     SetXattr,
     StatFs,
+    Unlink,
     Write,
 )
 from conftest import MKFS, assert_fsck_clean, debugfs, fsck
@@ -228,4 +229,23 @@ async def test_vnode_serves_same_directory_rename(ext4_image):
         assert (
             await _errno(call_vnode(k.table, d, Rename(d, b"b", ROOT_INO, b"b"))) == errno.EINVAL
         )  # cross-directory renames belong to the coordinator
+    assert_fsck_clean(img)
+
+
+async def test_stale_vnode_of_a_reused_inode_number_never_writes_back(ext4_image):
+    """A vnode that read a freed record (a late request for an unlinked file) must not
+    write it back over the inode that later gets the same number."""
+    img = ext4_image("16M", 4096)
+    async with boot(_source(img), MountOptions(max_vnodes=1000)) as k:
+        old = (await k.syscall(MkNod(ROOT_INO, b"old", 0o100644))).inode
+        await k.syscall(Unlink(ROOT_INO, b"old"))
+        assert await _errno(k.syscall(GetAttr(old))) == errno.ENOENT  # stale request
+        new = await k.syscall(MkNod(ROOT_INO, b"new", 0o100600))
+        assert new.inode == old  # the lowest free number comes back
+        await k.sync()  # every live vnode writes back, the stale one included
+        assert (await k.syscall(GetAttr(old))).nlink == 1
+        h = await k.syscall(Open(old, os.O_RDWR))
+        await k.syscall(Write(h, 0, b"still here"))
+        await k.syscall(Release(h))
+    assert debugfs(img, "cat /new") == b"still here"
     assert_fsck_clean(img)
