@@ -292,3 +292,11 @@ def test_file_type_mapping() -> None:
         assert I.file_type_from_mode(fmt | 0o644) == ft
         assert I.mode_format_from_file_type(ft) == fmt
     assert I.file_type_from_mode(0o644) == I.FT_UNKNOWN
+
+
+@given(st.binary(min_size=256, max_size=256), st.sampled_from([0, 4, 16, 28, 32, 64]))
+def test_any_inode_bytes_round_trip(raw: bytes, extra_isize: int) -> None:
+    """Whatever the bytes, parse -> build is the identity (nothing is lost)."""
+    raw = raw[:128] + extra_isize.to_bytes(2, "little") + raw[130:]
+    assert Inode.parse(raw).build() == raw
+    assert Inode.parse(raw[:128]).build() == raw[:128]

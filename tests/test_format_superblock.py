@@ -10,6 +10,8 @@ from chanos.fs.format import features as F
 from chanos.fs.format._record import CorruptError
 from chanos.fs.format.group_desc import GroupDesc, build_table, parse_table
 from chanos.fs.format.superblock import SUPERBLOCK_OFFSET, Superblock
+from hypothesis import given
+from hypothesis import strategies as st
 from test_format_common import (
     DUMPE2FS,
     Image,
@@ -190,3 +192,14 @@ def test_feature_names_and_unknown_bits() -> None:
     assert sb.has_feature("filetype") and not sb.has_feature("extent")
     with pytest.raises(KeyError):
         F.lookup("no_such_feature")
+
+
+@given(st.binary(min_size=1024, max_size=1024))
+def test_any_superblock_bytes_round_trip(raw: bytes) -> None:
+    assert Superblock.parse(raw).build() == raw
+
+
+@given(st.binary(min_size=64, max_size=128), st.sampled_from([32, 64, 128]))
+def test_any_group_desc_bytes_round_trip(raw: bytes, size: int) -> None:
+    raw = raw.ljust(size, b"\0")[:size]
+    assert GroupDesc.parse(raw, size).build() == raw

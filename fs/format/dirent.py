@@ -66,6 +66,7 @@ __all__ = [
     "check_name",
     "delete",
     "dotdot_inode",
+    "dx_select",
     "empty_block",
     "file_type_from_mode",
     "find",
@@ -454,3 +455,20 @@ def parse_dx_node(block: bytes | bytearray | memoryview) -> DxNode | None:
     if limit not in (dx_node_limit(size), dx_node_limit(size, csum=True)):
         return None
     return DxNode(limit, ents)
+
+
+def dx_select(entries: tuple[DxEntry, ...], hash_: int) -> int:
+    """Index of the entry whose subtree holds ``hash_`` (the last with hash <= it).
+
+    ``entries[0]`` covers everything below ``entries[1].hash``.  The low bit of an
+    entry's hash is the collision flag and is ignored for the comparison, as the
+    kernel's dx_probe does (names hash to even values).
+    """
+    lo, hi = 1, len(entries) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if entries[mid].hash & ~1 > hash_:
+            hi = mid - 1
+        else:
+            lo = mid + 1
+    return lo - 1
