@@ -28,8 +28,11 @@ from chanos.fs.format import extent as fmt
 # unwritten ones up to 32767 (ee_len above 32768 marks an unwritten extent).
 MAX_INIT_LEN = fmt.MAX_INIT_LEN
 MAX_UNWRITTEN_LEN = fmt.MAX_UNWRITTEN_LEN
-# Logical block numbers are 32 bits; an extent may end exactly at 2**32.
-LBLK_LIMIT = 1 << 32
+# Logical block numbers are 32 bits, but as in the kernel (EXT_MAX_BLOCKS) and e2fsck the
+# last number is not used: mappings end at or before LBLK_LIMIT, so the largest file is
+# (2**32 - 1) blocks. Removal sweeps the whole 32-bit space.
+LBLK_LIMIT = (1 << 32) - 1
+_LBLK_SPACE = 1 << 32
 # The root in i_block: 60 bytes = a 12-byte header and four 12-byte entries.
 ROOT_CAPACITY = fmt.max_entries(fmt.ROOT_SIZE)
 # The kernel refuses extent trees deeper than this.
@@ -634,7 +637,7 @@ class ExtentTree:
         ENOSPC changes nothing). Data blocks are freed when ``free``; emptied tree blocks
         always are. Returns the number of data blocks unmapped.
         """
-        end = LBLK_LIMIT if count is None else min(lblk + count, LBLK_LIMIT)
+        end = _LBLK_SPACE if count is None else min(lblk + count, _LBLK_SPACE)
         removed = 0
         pos = lblk
         while pos < end:

@@ -180,14 +180,17 @@ async def test_unwritten_extent_reads_zero_and_converts_on_write() -> None:
 
 async def test_files_over_4gib() -> None:
     _store, _alloc, fd = make()
-    top = ((1 << 32) - 2) * 1024  # the last two logical blocks of a 1 KiB file system
+    top = ((1 << 32) - 3) * 1024  # the last two usable logical blocks (4 TiB at 1 KiB)
     assert await fd.write(top + 1000, b"end" * 100) == 300
     assert await fd.read(top + 1000, 300) == b"end" * 100
     assert await fd.read(5 << 30, 10) == bytes(10)
     ext = await fd.mapping.extents()
-    assert ext[0][0] == (1 << 32) - 2 and ext[0][2] == 2
+    assert ext[0][0] == (1 << 32) - 3 and ext[0][2] == 2
     with pytest.raises(OSError) as e:
-        await fd.write((1 << 32) * 1024, b"x")
+        await fd.write(((1 << 32) - 1) * 1024, b"x")  # past the largest file
+    assert e.value.errno == errno.EFBIG
+    with pytest.raises(OSError) as e:
+        await fd.truncate(0, ((1 << 32) - 1) * 1024 + 1)
     assert e.value.errno == errno.EFBIG
     await fd.truncate(top + 1300, 6 << 30)
     assert fd.fs_blocks == 0
