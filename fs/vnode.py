@@ -603,9 +603,16 @@ class VnodeActor(Actor):
         inode.mtime_ns = inode.ctime_ns = _now()
         await self._save()
 
-    async def _child_attr(self, ino: int) -> Attr:
+    async def _child(self, ino: int) -> Inode:
+        """The current record of an inode named by an entry of this directory.
+
+        Read from the group actor: every vnode writes its inode through, so the record
+        there is current, and asking the group (not the child's vnode) keeps calls
+        flowing one way.
+        """
         if ino == self.ino:
-            return self._attr()
+            assert self.inode is not None
+            return self.inode
         raw = await self.vol.read_inode(ino)
         try:
             child = Inode.parse(raw)
@@ -613,7 +620,10 @@ class VnodeActor(Actor):
             raise OSError(errno.EIO, f"inode {ino}: {e}") from None
         if child.mode == 0:
             raise OSError(errno.EIO, f"entry names a free inode {ino}")
-        return attr_of(ino, child, self.bs, self.huge_file)
+        return child
+
+    async def _child_attr(self, ino: int) -> Attr:
+        return attr_of(ino, await self._child(ino), self.bs, self.huge_file)
 
     async def _lookup(self, name: bytes) -> Entry:
         d = await self._directory()
@@ -623,13 +633,8 @@ class VnodeActor(Actor):
         if found is None:
             raise OSError(errno.ENOENT, f"no entry {name!r}")
         ino = found[0]
-        attr = await self._child_attr(ino)
-        gen = self.inode.generation if ino == self.ino else await self._generation(ino)
-        return Entry(ino, gen, attr)
-
-    async def _generation(self, ino: int) -> int:
-        raw = await self.vol.read_inode(ino)
-        return int.from_bytes(raw[0x64:0x68], "little")
+        child = await self._child(ino)
+        return Entry(ino, child.generation, attr_of(ino, child, self.bs, self.huge_file))
 
     async def _readdir(self, offset: int) -> list[DirEntry]:
         d = await self._directory()
