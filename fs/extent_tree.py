@@ -676,8 +676,43 @@ class ExtentTree:
         return removed
 
     async def mark_written(self, lblk: int, count: int) -> None:
-        """Turn the unwritten extents inside [lblk, lblk+count) into initialized ones."""
+        """Turn the unwritten extents inside [lblk, lblk+count) into initialized ones.
+
+        An extent wholly inside flips its flag in place; one straddling an edge is split
+        into its unwritten and written parts. The new entries are inserted before the old
+        one is trimmed, and the first is taken back if the second cannot get a tree block,
+        so ENOSPC leaves the mapping as it was.
+        """
+        end = lblk + count
         for run in await self.map(lblk, count):
-            if run.physical is not None and run.unwritten:
-                await self.remove(run.logical, run.length, free=False)
-                await self.insert(run.logical, run.physical, run.length, False)
+            if run.physical is None or not run.unwritten:
+                continue
+            path = await self._descend(run.logical)
+            leaf, i = path[-1]
+            s, p, n, _u = leaf.entries[i]
+            a, b = run.logical, min(run.logical + run.length, end)
+            if s == a and s + n == b:
+                leaf.entries[i] = (s, p, n, False)
+                self._mark(leaf)
+                continue
+            pieces = []  # the parts after the first, inserted first (right to left)
+            if b < s + n:
+                pieces.append((b, p + (b - s), s + n - b, True))
+            if s < a:
+                pieces.append((a, p + (a - s), b - a, False))
+            done: list[int] = []
+            try:
+                for piece in pieces:
+                    path = await self._descend(s)
+                    await self._insert_entry(path, path[-1][1] + 1, piece)
+                    done.append(piece[0])
+            except OSError:
+                for key in done:
+                    path = await self._descend(key)
+                    await self._delete(path, len(path) - 1, path[-1][1])
+                await self._collapse()
+                raise
+            path = await self._descend(s)
+            leaf, i = path[-1]
+            leaf.entries[i] = (s, p, a - s, True) if s < a else (s, p, b - s, False)
+            self._mark(leaf)

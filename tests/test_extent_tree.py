@@ -243,11 +243,25 @@ async def test_mark_written_splits_unwritten_extent() -> None:
     ]
 
 
+async def test_mark_written_enospc_leaves_mapping_unchanged() -> None:
+    _, alloc, tree = make(1024, 200)
+    for i in range(4):
+        await tree.insert(20 * i, 20 + 20 * i, 10, unwritten=i == 1)
+    before = await tree.extents()
+    alloc.used[:] = b"\x01" * len(alloc.used)
+    with pytest.raises(OSError) as e:
+        await tree.mark_written(23, 4)  # needs two more entries in a full root
+    assert e.value.errno == errno.ENOSPC
+    assert await tree.extents() == before and tree.depth == 0
+    await tree.mark_written(20, 10)  # the whole extent: flipped in place, no allocation
+    assert (await tree.extents())[1] == (20, 40, 10, False)
+
+
 # ----- random operations against a model -------------------------------------------------
 
 ops = st.lists(
     st.tuples(
-        st.sampled_from(["insert", "insert", "insert", "punch", "truncate"]),
+        st.sampled_from(["insert", "insert", "insert", "punch", "truncate", "written"]),
         st.integers(0, 400),
         st.integers(1, 60),
         st.booleans(),
@@ -281,6 +295,9 @@ async def test_random_operations_match_model(block_size: int, ops) -> None:
                             unwritten.add(pos + i)
                     pos += got
                     left -= got
+        elif op == "written":
+            await tree.mark_written(lblk, n)
+            unwritten.difference_update(range(lblk, lblk + n))
         elif op == "punch":
             await tree.remove(lblk, n)
             for k in range(lblk, lblk + n):
@@ -294,6 +311,8 @@ async def test_random_operations_match_model(block_size: int, ops) -> None:
         await tree.check()
         assert await flat(tree) == model
         await assert_accounted(tree, alloc, model)
+        got_u = {s + k for s, _p, n, u in await tree.extents() if u for k in range(n)}
+        assert got_u == unwritten
         if step % 7 == 0:
             tree = await reopen(tree, store, alloc)
     got_unwritten = set()
