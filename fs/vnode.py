@@ -638,6 +638,12 @@ class VnodeActor(Actor):
 
     async def _readdir(self, offset: int) -> list[DirEntry]:
         d = await self._directory()
+        inode = self.inode
+        assert inode is not None
+        if inode.links_count == 0:
+            return []  # removed while open: no entries at all, as Linux reports
+        if offset == 0:
+            await self._touch_atime(inode)
         out = []
         for e in d.entries(offset, READDIR_BATCH):
             try:

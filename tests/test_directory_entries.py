@@ -264,7 +264,12 @@ async def test_errors_and_link_counts(image):
         assert entries[b".."].inode == ROOT_INO
         assert entries[b"sub"].attr.nlink == 2
 
+        # removed while open: the handle reads no entries, the inode goes at release
+        hs = await k.syscall(OpenDir(sub.inode))
         await k.syscall(RmDir(d.inode, b"sub"))
+        assert await k.syscall(ReadDir(hs, 0)) == []
+        assert await _errno(k.syscall(MkNod(sub.inode, b"late", 0o100644))) == errno.ENOENT
+        await k.syscall(ReleaseDir(hs))
         assert (await k.syscall(GetAttr(d.inode))).nlink == 2
         await k.syscall(Unlink(d.inode, b"f"))
         await k.syscall(Unlink(d.inode, name255))
