@@ -306,3 +306,12 @@ def test_acl_conversion_matches_e2fsprogs(tmp_path) -> None:
     assert e.value.errno == errno.EINVAL
     with pytest.raises(CorruptError):
         X.acl_from_disk(b"\x01\0\0\0\x02\0\x04\0")  # truncated ACL_USER entry
+
+
+def test_ea_inode_reference_needs_the_feature() -> None:
+    x = Xattr(X.INDEX_USER, b"huge", b"", value_inum=77)
+    raw = X.build_block([x], 1024)
+    with pytest.raises(CorruptError, match="EA inode"):
+        X.parse_block(raw)
+    _hdr, (back,) = X.parse_block(raw, ea_inode=True)
+    assert (back.name, back.value_inum, back.value) == (b"huge", 77, b"")

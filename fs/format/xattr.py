@@ -209,8 +209,15 @@ def block_sort_key(x: Xattr) -> tuple[int, int, bytes]:
     return x.index, len(x.name), x.name
 
 
-def _parse_entries(area: bytes, table_start: int, value_base: int) -> list[Xattr]:
-    """Decode the entry table at ``table_start``; value offsets are from ``value_base``."""
+def _parse_entries(
+    area: bytes, table_start: int, value_base: int, ea_inode: bool = False
+) -> list[Xattr]:
+    """Decode the entry table at ``table_start``; value offsets are from ``value_base``.
+
+    An entry whose value lives in an EA inode is corrupt unless the file system has
+    the ea_inode feature (``ea_inode``); then its value is left empty for the caller
+    to fetch from inode ``value_inum``.
+    """
     out: list[Xattr] = []
     off = table_start
     size = len(area)
@@ -235,6 +242,8 @@ def _parse_entries(area: bytes, table_start: int, value_base: int) -> list[Xattr
             if vsize:
                 spans.append((start, start + value_len(vsize)))
         else:
+            if not ea_inode:
+                raise CorruptError(f"xattr {name!r} refers to EA inode {vino} (no ea_inode)")
             if vsize > SIZE_MAX:
                 raise CorruptError(f"xattr inode value of {name!r} too large")
             value = b""
@@ -312,12 +321,15 @@ def ibody_capacity(area_size: int) -> int:
     return max(0, area_size - 8)
 
 
-def parse_ibody(area: bytes | bytearray | memoryview) -> list[Xattr]:
-    """Attributes in an in-inode area (``Inode.tail``); [] if the magic is absent."""
+def parse_ibody(area: bytes | bytearray | memoryview, ea_inode: bool = False) -> list[Xattr]:
+    """Attributes in an in-inode area (``Inode.tail``); [] if the magic is absent.
+
+    ``ea_inode``: whether the file system has the ea_inode feature.
+    """
     area = bytes(area)
     if len(area) < 8 or struct.unpack_from("<I", area)[0] != MAGIC:
         return []
-    return _parse_entries(area, 4, 4)
+    return _parse_entries(area, 4, 4, ea_inode)
 
 
 def build_ibody(xattrs: Sequence[Xattr], area_size: int, with_hash: bool = True) -> bytes:
@@ -347,7 +359,7 @@ def block_capacity(block_size: int) -> int:
 
 
 def parse_block(
-    block: bytes | bytearray | memoryview,
+    block: bytes | bytearray | memoryview, ea_inode: bool = False
 ) -> tuple[XattrBlockHeader, list[Xattr]]:
     """Decode an xattr block; CorruptError on a bad magic, h_blocks != 1, bad entries."""
     block = bytes(block)
@@ -356,7 +368,7 @@ def parse_block(
         raise CorruptError(f"bad xattr block magic {hdr.magic:#010x}")
     if hdr.blocks != 1:
         raise CorruptError(f"xattr block h_blocks = {hdr.blocks}")
-    return hdr, _parse_entries(block, HEADER_SIZE, 0)
+    return hdr, _parse_entries(block, HEADER_SIZE, 0, ea_inode)
 
 
 def build_block(
