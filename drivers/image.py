@@ -59,7 +59,7 @@ class ImageFileDriver(BlockDriver):
         read_only: bool = False,
         block_size: int = 512,
         *,
-        write_behind: int = 8 << 20,
+        write_behind: int = 16 << 20,
         name: str | None = None,
     ) -> None:
         super().__init__(name or os.fspath(path), read_only)
