@@ -203,3 +203,21 @@ def test_any_superblock_bytes_round_trip(raw: bytes) -> None:
 def test_any_group_desc_bytes_round_trip(raw: bytes, size: int) -> None:
     raw = raw.ljust(size, b"\0")[:size]
     assert GroupDesc.parse(raw, size).build() == raw
+
+
+def test_superblock_times_with_hi_bytes() -> None:
+    """A time past 2106 needs the s_*_hi byte (offsets 0x274..0x279)."""
+    sb = Superblock.new()
+    when = (1 << 32) + 86400 * 365
+    sb.set_time("wtime", when)
+    sb.set_time("mkfs_time", 1_700_000_000)
+    raw = sb.build()
+    assert int.from_bytes(raw[0x30:0x34], "little") == 86400 * 365
+    assert raw[0x274] == 1 and raw[0x276] == 0
+    back = Superblock.parse(raw)
+    assert back.get_time("wtime") == when
+    assert back.get_time("mkfs_time") == 1_700_000_000
+    sb.set_time("lastcheck", 1 << 50)
+    assert sb.get_time("lastcheck") == (1 << 40) - 1
+    with pytest.raises(KeyError):
+        sb.get_time("state")

@@ -230,6 +230,31 @@ class Superblock(Record):
         if self.is_64bit:
             setattr(self, name, hi)
 
+    # --- timestamps (seconds; 40 bits with the *_hi bytes) ---------------------------
+
+    _TIME_FIELDS = (
+        "mtime",
+        "wtime",
+        "mkfs_time",
+        "lastcheck",
+        "first_error_time",
+        "last_error_time",
+    )
+
+    def get_time(self, name: str) -> int:
+        """Seconds since the epoch of a superblock time (e.g. "wtime"), with its hi byte."""
+        if name not in self._TIME_FIELDS:
+            raise KeyError(name)
+        return getattr(self, name) | getattr(self, name + "_hi") << 32
+
+    def set_time(self, name: str, seconds: int) -> None:
+        """Store a superblock time: low 32 bits plus the hi byte (clamped to 0..2^40-1)."""
+        if name not in self._TIME_FIELDS:
+            raise KeyError(name)
+        seconds = min(max(seconds, 0), (1 << 40) - 1)
+        setattr(self, name, seconds & 0xFFFFFFFF)
+        setattr(self, name + "_hi", seconds >> 32)
+
     # --- features -------------------------------------------------------------------
 
     def has_compat(self, bit: int) -> bool:
