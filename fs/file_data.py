@@ -190,7 +190,8 @@ class FileData:
         """Write ``data`` at ``offset``; returns the number of bytes written.
 
         ``size`` is the file size before the write: when the write starts past EOF, the
-        rest of the old last block is zeroed (the gap reads as zeros). If the device fills
+        rest of the old last block is zeroed (the gap reads as zeros), and an edge block
+        that ends the file is zero past the new EOF. If the device fills
         up part-way, the bytes whose blocks could be allocated are written and their count
         returned (a short write); ENOSPC is raised only when nothing could be written.
         """
@@ -248,7 +249,7 @@ class FileData:
                         raise
                     short_at = lblk
                     break
-                segs.append(Run(lblk, start, got, True))  # unwritten=True: "new" here
+                segs.append(Run(lblk, start, got))
                 lblk += got
                 left -= got
             if short_at is not None:
