@@ -5,12 +5,13 @@
 actor is the only writer of its bitmaps and of its inode-table blocks, so its in-memory
 copies and its inode-table block cache are always coherent with the device.
 
-Durability and restarts: every mutation is written through to the device before the reply
-(bitmap block, or the inode-table block touched). A crashed group actor is restarted from
-fresh state by reloading from the device, so it can never hand out a block or an inode
-twice because an unsaved bitmap was lost. ``Sync`` therefore has nothing pending in the
-default mode; with ``write_through=False`` (bulk tests, benchmarks) it writes the dirty
-bitmaps.
+Durability and restarts: inode records are written through (``WriteInode`` writes its
+inode-table block before replying). Bitmaps are written back: on ``Sync`` (the volume
+syncs every group on fsync, sync and unmount) and when the actor stops; with
+``write_through=True`` every bitmap change is written before the reply instead, and undone
+in memory if that write fails. A crashed group actor is restarted with the same
+``BlockGroup`` (see ``BlockGroupActor``), so it can never hand out a block or an inode
+twice because unsaved bitmaps were lost.
 
 Bitmaps are kept as Python integers (bit i = block ``group_start + i`` / inode
 ``group * inodes_per_group + i + 1``; ext4's little-endian bit order is exactly
@@ -38,8 +39,8 @@ from chanos.fs.group_protocol import (
     Sync,
     WriteInode,
 )
-from chanos.fs.superblock_protocol import GetGroupCounts, GroupCountsChanged, ReportError
-from chanos.personality import Actor, call, cast
+from chanos.fs.superblock_protocol import GroupCountsChanged, ReportError
+from chanos.personality import Actor, cast
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class BlockGroup:
         *,
         used_dirs: int,
         read_only: bool = False,
-        write_through: bool = True,
+        write_through: bool = False,
         on_counts: Callable[[GroupCounts], None] | None = None,
         on_error: Callable[[str, int, int], None] | None = None,
     ) -> None:
@@ -185,6 +186,10 @@ class BlockGroup:
         self.free_inodes = lay.inodes_per_group - (self._imap & self._inodes_mask).bit_count()
         self.loaded = True
 
+    def drop_cache(self) -> None:
+        """Forget the cached inode-table blocks (they are re-read on demand)."""
+        self._itable.clear()
+
     async def sync(self) -> GroupCounts:
         """Write back the dirty bitmaps; report and return the counts."""
         await self._write_bitmaps()
@@ -223,7 +228,7 @@ class BlockGroup:
         if self.write_through:
             try:
                 await self._write_bitmaps()
-            except OSError:
+            except Exception:
                 (
                     self._bmap,
                     self._imap,
@@ -338,7 +343,7 @@ class BlockGroup:
         # write drops the block, to be read again).
         try:
             await self.device.write(block * self.layout.block_size, bytes(buf))
-        except OSError:
+        except Exception:
             self._itable.pop(block, None)
             raise
 
@@ -424,43 +429,30 @@ class BlockGroup:
 class BlockGroupActor(Actor):
     """Serves one ``BlockGroup`` through ``chanos.fs.group_protocol`` messages.
 
+    The ``BlockGroup`` is made by the volume and handed to every incarnation of this actor
+    by its factory: a restarted group actor resumes the bitmaps held in memory (with
+    write-back they are the only complete copy until the next Sync) and drops its
+    inode-table cache (every inode write is on the device). Each mutation of the group
+    state is validated before its first field changes and is undone if its write-through
+    fails, so a crash cannot leave the state half-changed.
+
     ``superblock`` (an ActorRef, optional) receives ``GroupCountsChanged`` casts after every
     change and ``ReportError`` casts for on-disk inconsistencies.
     """
 
-    def __init__(
-        self,
-        layout: GroupLayout,
-        device: BlockIO,
-        *,
-        used_dirs: int,
-        superblock: Any = None,
-        read_only: bool = False,
-        write_through: bool = True,
-    ) -> None:
+    def __init__(self, group: BlockGroup, *, superblock: Any = None) -> None:
+        self.group = group
         self.superblock = superblock
-        on_counts = on_error = None
         if superblock is not None:
-            on_counts, on_error = _reporters(superblock)
-        self.group = BlockGroup(
-            layout,
-            device,
-            used_dirs=used_dirs,
-            read_only=read_only,
-            write_through=write_through,
-            on_counts=on_counts,
-            on_error=on_error,
-        )
+            group._on_counts, group._on_error = _reporters(superblock)
 
     async def started(self) -> None:
-        await self.group.load()
-        if self.superblock is not None:
-            # used_dirs cannot be recomputed from the bitmaps: after a restart take the
-            # last value this group reported (the superblock never calls a group, so
-            # this call cannot deadlock).
-            counts = await call(self.superblock, GetGroupCounts())
-            self.group.used_dirs = counts[self.group.layout.index].used_dirs
-        await self.group.sync()  # report the exact counts (they may differ from the GDT)
+        g = self.group
+        if g.loaded:
+            g.drop_cache()  # a restart: keep the bitmaps, re-read inode-table blocks
+        else:
+            await g.load()
+        await g.sync()  # write back anything pending; report the exact counts
 
     async def handle(self, msg: object) -> Any:
         g = self.group

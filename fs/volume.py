@@ -31,7 +31,7 @@ from typing import Any
 from chanos.fs import group_protocol as gp
 from chanos.fs import superblock_protocol as sp
 from chanos.fs.allocator import Allocator
-from chanos.fs.block_group import BlockGroupActor, GroupLayout
+from chanos.fs.block_group import BlockGroup, BlockGroupActor, GroupLayout
 from chanos.fs.format import features as F
 from chanos.fs.format._record import CorruptError
 from chanos.fs.format.extent import MAX_DEPTH, ROOT_SIZE, ExtentNode
@@ -385,9 +385,13 @@ async def mount(
     read_only: bool = False,
     *,
     supervisor: Any,
-    write_through: bool = True,
+    write_through: bool = False,
 ) -> Volume:
-    """Validate the image behind ``device`` and start its actors under ``supervisor``."""
+    """Validate the image behind ``device`` and start its actors under ``supervisor``.
+
+    ``write_through``: write every bitmap change before replying (default: bitmaps are
+    written back by ``Volume.sync``/``unmount``, as a kernel's buffer cache would).
+    """
     checked = await examine(device, read_only=read_only)
     if checked.read_only_reason and not read_only:
         log.warning("mounting read-only: %s", checked.read_only_reason)
@@ -410,13 +414,18 @@ async def mount(
     )
     refs = []
     for lay, d in zip(checked.layouts, checked.descs, strict=True):
+        group = BlockGroup(
+            lay,
+            device,
+            used_dirs=d.used_dirs_count,
+            read_only=read_only,
+            write_through=write_through,
+        )
         refs.append(
             await supervisor.start(
                 ChildSpec(
                     name=f"group-{lay.index}",
-                    factory=_group_factory(
-                        lay, device, d.used_dirs_count, sb_ref, read_only, write_through
-                    ),
+                    factory=_group_factory(group, sb_ref),
                     restart=PERMANENT,
                 )
             )
@@ -424,25 +433,16 @@ async def mount(
     return Volume(device, checked, sb_ref, refs, read_only)
 
 
-def _group_factory(
-    lay: GroupLayout, device: Any, used_dirs: int, sb_ref: Any, read_only: bool, wt: bool
-) -> Any:
+def _group_factory(group: BlockGroup, sb_ref: Any) -> Any:
     def make() -> BlockGroupActor:
-        return BlockGroupActor(
-            lay,
-            device,
-            used_dirs=used_dirs,
-            superblock=sb_ref,
-            read_only=read_only,
-            write_through=wt,
-        )
+        return BlockGroupActor(group, superblock=sb_ref)
 
     return make
 
 
 @asynccontextmanager
 async def open_volume(
-    device: Any, read_only: bool = False, *, write_through: bool = True
+    device: Any, read_only: bool = False, *, write_through: bool = False
 ) -> AsyncIterator[Volume]:
     """Mount under a supervisor of its own; unmount on exit (also on error)."""
     async with open_supervisor(name="volume") as sup:

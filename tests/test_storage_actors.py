@@ -248,7 +248,7 @@ async def test_failed_writes_leave_nothing_half_done(ext4_image) -> None:
     img = ext4_image("64M", 1024)
     before, _ = dumpe2fs(img)
     faults: list = []
-    async with mounted(img, faults=faults) as vol:
+    async with mounted(img, faults=faults, write_through=True) as vol:
         dev = faults[0]
         bb1 = 260  # group 1's block bitmap (flex_bg: in group 0), see dumpe2fs
         assert (await vol.allocator.group_counts())[1].free_blocks == 7934

@@ -121,7 +121,7 @@ async def test_load_counts_match_dumpe2fs(img1k: Path) -> None:
 
 
 async def test_inode_alloc_free(img1k: Path) -> None:
-    g, dev, gd = await open_group(img1k, 0)
+    g, dev, gd = await open_group(img1k, 0, write_through=True)
     reported = []
     g._on_counts = reported.append
     ino = await g.alloc_inode(is_dir=True)
@@ -251,4 +251,24 @@ async def test_inode_records_read_modify_write(ext4_image) -> None:
     with pytest.raises(OSError) as ei:
         await ro.write_inode(17, rec)
     assert ei.value.errno == errno.EROFS
+    dev.close()
+
+
+async def test_write_back_reaches_the_device_on_sync_only(img1k: Path) -> None:
+    g, dev, gd = await open_group(img1k, 4)
+    dev.writes.clear()
+    ino = await g.alloc_inode(is_dir=False)
+    run = await g.alloc_blocks(32769, 100)
+    assert dev.writes == []  # nothing written yet
+    fresh, _, _ = await open_group(img1k, 4)
+    assert fresh.free_blocks == gd["free_blocks"] and not fresh.inode_in_use(ino)
+    counts = await g.sync()
+    assert (counts.free_blocks, counts.free_inodes) == (gd["free_blocks"] - 100, 2047)
+    assert len(dev.writes) == 2  # one block bitmap, one inode bitmap
+    fresh, _, _ = await open_group(img1k, 4)
+    assert fresh.inode_in_use(ino) and fresh.block_in_use(run[0] + 99)
+    assert not fresh.block_in_use(run[0] + 100)
+    dev.writes.clear()
+    await g.sync()
+    assert dev.writes == []  # clean: nothing to write
     dev.close()
