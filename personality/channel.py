@@ -12,8 +12,9 @@ each channel it waits on; the party that completes it (a partner send/receive or
 marks the waiter's *selection* done and reschedules its task with the outcome, all in one
 synchronous step. Because trio runs one task at a time, that step is atomic: once a
 selection is done no other waiter of it can fire, and a cancelled chooser has either
-completed (its outcome already holds the value) or left no trace. Ready options are polled
-in a random order, so none starves.
+completed (its outcome already holds the value) or left no trace. Fairness: `choose` first
+finds which options are ready, without side effects, then fires one of those picked
+uniformly at random, so none starves.
 
 Fast paths (the operation can complete at once) check for a pending cancellation but do not
 pass through the scheduler; an operation that has to wait is a full checkpoint.
@@ -51,7 +52,6 @@ __all__ = [
 ]
 
 
-_shuffle = random.shuffle
 _randrange = random.randrange
 
 
@@ -262,6 +262,13 @@ class Channel:
             raise StopAsyncIteration from None
 
 
+def _any_live(q: deque[_Waiter]) -> bool:
+    for w in q:  # noqa: SIM110 - a plain loop is cheaper than any(<generator>) here
+        if not w.sel.done:
+            return True
+    return False
+
+
 def _discard(q: deque[_Waiter], w: _Waiter) -> None:
     try:  # noqa: SIM105 - cheaper than contextlib.suppress on this path
         q.remove(w)
@@ -307,30 +314,35 @@ async def choose(
     """
     await checkpoint_if_cancelled()
     n = len(options)
-    # Poll in random order (fairness among ready options).
-    if n == 1:
-        order: Any = (0,)
-    elif n == 2:
-        order = (0, 1) if _randrange(2) else (1, 0)
-    else:
-        order = list(range(n))
-        _shuffle(order)
-    for i in order:
+    # Find the ready options without touching anything, then fire one of them chosen
+    # uniformly at random (fairness). Nothing can change in between: no await.
+    ready: list[int] = []
+    for i in range(n):
+        opt = options[i]
+        ch = opt.channel
+        if type(opt) is Recv:
+            if ch._buf or ch._closed or (ch._sendq and _any_live(ch._sendq)):
+                ready.append(i)
+        elif type(opt) is Send:
+            if ch._closed or len(ch._buf) < ch._capacity or (ch._recvq and _any_live(ch._recvq)):
+                ready.append(i)
+        else:
+            raise TypeError(f"choose option must be Recv or Send, not {opt!r}")
+    if ready:
+        i = ready[0] if len(ready) == 1 else ready[_randrange(len(ready))]
         opt = options[i]
         try:
             if type(opt) is Recv:
                 ok, value = opt.channel._try_recv()
-                if ok:
-                    if _tr.ON:
-                        _tr.channel_event("receive", opt.channel, value)
-                    return i, value
-            elif type(opt) is Send:
-                if opt.channel._try_send(opt.value):
-                    if _tr.ON:
-                        _tr.channel_event("send", opt.channel, opt.value)
-                    return i, None
-            else:
-                raise TypeError(f"choose option must be Recv or Send, not {opt!r}")
+                assert ok
+                if _tr.ON:
+                    _tr.channel_event("receive", opt.channel, value)
+                return i, value
+            ok = opt.channel._try_send(opt.value)
+            assert ok
+            if _tr.ON:
+                _tr.channel_event("send", opt.channel, opt.value)
+            return i, None
         except (EndOfChannel, ChannelClosed) as exc:
             exc.index = i
             raise
