@@ -295,25 +295,18 @@ async def load_state(
 class SuperblockActor(Actor):
     """Serves a ``SuperblockState``; see ``chanos.fs.superblock_protocol``.
 
-    The state is (re)read from the device when the actor starts, so a restarted actor
-    begins from what is on disk; the group actors re-report their exact counts at the next
-    volume sync (``Volume.sync`` syncs every group before the superblock).
+    The state is made by the volume at mount and handed to every incarnation of this actor
+    by its factory, so a restarted superblock actor keeps the counters, the orphan head and
+    the error state (none of which can be rebuilt from the disk until the next sync).
+    Every change to the state is complete before any await (a failed write leaves it
+    dirty, to be written by the next sync).
     """
 
-    def __init__(self, device: BlockIO, *, read_only: bool, mount_state: int) -> None:
-        self.device = device
-        self.read_only = read_only
-        self.mount_state = mount_state
-        self.state: SuperblockState | None = None
-
-    async def started(self) -> None:
-        self.state = await load_state(
-            self.device, read_only=self.read_only, mount_state=self.mount_state
-        )
+    def __init__(self, state: SuperblockState) -> None:
+        self.state = state
 
     async def handle(self, msg: object) -> Any:
         st = self.state
-        assert st is not None
         match msg:
             case GroupCountsChanged(group, free_blocks, free_inodes, used_dirs):
                 st.set_group_counts(group, free_blocks, free_inodes, used_dirs)

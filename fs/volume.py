@@ -44,7 +44,7 @@ from chanos.fs.format.superblock import (
     SUPERBLOCK_OFFSET,
     Superblock,
 )
-from chanos.fs.superblock import SuperblockActor, load_state
+from chanos.fs.superblock import SuperblockActor, SuperblockState
 from chanos.personality import PERMANENT, ChildSpec, call, open_supervisor
 from chanos.personality.syscalls import FsStat
 
@@ -399,18 +399,20 @@ async def mount(
     sb = checked.sb
     if not sb.state & STATE_VALID or sb.state & STATE_ERROR:
         log.warning("mounting a file system that was not cleanly unmounted or has errors")
-    mount_state = sb.state
+    st = SuperblockState(
+        sb.copy(),
+        [d.copy() for d in checked.descs],
+        checked.gdt_raw,
+        device,
+        read_only=read_only,
+        mount_state=sb.state,
+    )
     if not read_only:
-        st = await load_state(device, read_only=False, mount_state=mount_state)
         await st.mark_mounted()
         await device.flush()
 
     sb_ref = await supervisor.start(
-        ChildSpec(
-            name="superblock",
-            factory=lambda: SuperblockActor(device, read_only=read_only, mount_state=mount_state),
-            restart=PERMANENT,
-        )
+        ChildSpec(name="superblock", factory=lambda: SuperblockActor(st), restart=PERMANENT)
     )
     refs = []
     for lay, d in zip(checked.layouts, checked.descs, strict=True):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from chanos.drivers import BlockDevice, ImageFileDriver
 from chanos.fs import group_protocol as gp
+from chanos.fs import superblock_protocol as sp
 from chanos.fs.volume import Volume, mount
 from chanos.personality import PERMANENT, CallError, ChildSpec, call, open_supervisor
 from conftest import assert_fsck_clean
@@ -192,6 +193,14 @@ async def test_group_actor_restart_keeps_allocations(ext4_image) -> None:
         assert run2[0] >= run[0] + run[1] or run2[0] + run2[1] <= run[0]
         counts = (await vol.allocator.group_counts())[0]
         assert counts.used_dirs == 3  # root, lost+found, a: survived the restart
+        # The superblock actor crashes too: counters, orphan head survive its restart.
+        await vol.set_last_orphan(b)
+        before = await vol.statfs()
+        with pytest.raises(CallError):
+            await call(vol.superblock, sp.SetLastOrphan("x"))  # type: ignore[arg-type]
+        assert await vol.statfs() == before
+        assert await vol.get_last_orphan() == b
+        await vol.set_last_orphan(0)
         for ino, is_dir in ((a, True), (b, False), (c, False)):
             await vol.free_inode(ino, is_dir)
         await vol.allocator.free(*run)
