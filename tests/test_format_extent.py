@@ -175,3 +175,26 @@ def test_leaf_round_trip(node: ExtentNode) -> None:
     back = ExtentNode.parse(raw)
     assert back.entries == node.entries and back.max == E.max_entries(node.node_size)
     assert back.build() == raw
+
+
+def test_physical_range_checked_against_fs_size() -> None:
+    leaf = ExtentNode(depth=0, entries=[Extent(0, 10, 990)]).build()
+    assert ExtentNode.parse(leaf, max_block=1000).entries == [Extent(0, 10, 990)]
+    with pytest.raises(CorruptError, match="outside"):
+        ExtentNode.parse(leaf, max_block=999)
+    zero = ExtentNode(depth=0, entries=[Extent(0, 1, 0)]).build()
+    ExtentNode.parse(zero)  # no size given: not checked
+    with pytest.raises(CorruptError, match="outside"):
+        ExtentNode.parse(zero, max_block=1000)
+    idx = ExtentNode(depth=1, entries=[ExtentIndex(0, 1000)]).build()
+    with pytest.raises(CorruptError, match="outside"):
+        ExtentNode.parse(idx, max_block=1000)
+    assert ExtentNode.parse(idx, max_block=1001).entries == [ExtentIndex(0, 1000)]
+
+
+def test_real_trees_within_fs(populated: Image) -> None:
+    n = populated.sb.blocks_count
+    for path in ["big", "sparse", "many"]:
+        root = ExtentNode.parse(populated.inode(populated.lookup(path)).i_block, max_block=n)
+        for ix in root.entries if root.depth else []:
+            ExtentNode.parse(populated.block(ix.child), max_block=n)

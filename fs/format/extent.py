@@ -164,12 +164,17 @@ class ExtentNode:
 
     @classmethod
     def parse(
-        cls, data: bytes | bytearray | memoryview, node_size: int | None = None
+        cls,
+        data: bytes | bytearray | memoryview,
+        node_size: int | None = None,
+        max_block: int = 0,
     ) -> ExtentNode:
         """Decode a node; validate it as e2fsck's ext2fs_extent_header_verify does.
 
         Raises CorruptError on a bad magic, too many entries, an eh_max that does not
-        fit the node, a depth over 5, or (leaf) a zero-length or overlapping extent.
+        fit the node, a depth over 5, entries out of order, a zero-length extent, or —
+        when ``max_block`` (the file system's block count) is given — a physical block
+        or child node outside the file system, or a child at block 0.
         """
         size = len(data) if node_size is None else node_size
         if len(data) < size or size < HEADER_SIZE + ENTRY_SIZE:
@@ -197,7 +202,10 @@ class ExtentNode:
                 if blk < prev_end:
                     raise CorruptError(f"extents out of order at logical {blk}")
                 prev_end = blk + length
-                entries.append(Extent(blk, length, lo | hi << 32, unwritten))
+                phys = lo | hi << 32
+                if max_block and (phys == 0 or phys + length > max_block):
+                    raise CorruptError(f"extent at logical {blk} outside the file system")
+                entries.append(Extent(blk, length, phys, unwritten))
         else:
             entries = []
             prev = -1
@@ -205,7 +213,10 @@ class ExtentNode:
                 if blk <= prev:
                     raise CorruptError(f"extent index out of order at logical {blk}")
                 prev = blk
-                entries.append(ExtentIndex(blk, lo | hi << 32))
+                child = lo | hi << 32
+                if max_block and (child == 0 or child >= max_block):
+                    raise CorruptError(f"extent index at logical {blk} outside the file system")
+                entries.append(ExtentIndex(blk, child))
         return cls(depth, entries, size, mx, gen, raw)
 
     def build(self) -> bytes:
