@@ -217,7 +217,8 @@ class FileData:
             if part and lblk not in edges:
                 r = _run_at(runs, lblk)
                 if r.physical is not None and not r.unwritten:
-                    edges[lblk] = await self._store.read_blocks(r.physical + (lblk - r.logical), 1)
+                    pblk = r.physical + (lblk - r.logical)
+                    edges[lblk] = bytes(await self._store.read_blocks(pblk, 1))
         if size is not None and size < offset and size // bs == first and first in edges:
             # The gap between the old EOF and the write, inside the old last block, reads
             # as zeros whatever another writer left there.
