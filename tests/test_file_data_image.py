@@ -36,10 +36,10 @@ class ImageStore:
         self.fd = os.open(path, os.O_RDWR)
         self.bs = block_size
 
-    async def read_blocks(self, start: int, count: int) -> bytes:
+    async def read_blocks(self, start: int, count: int) -> memoryview:
         data = os.pread(self.fd, count * self.bs, start * self.bs)
         assert len(data) == count * self.bs
-        return data
+        return memoryview(data)  # as the image driver answers
 
     async def write_blocks(self, start: int, data) -> None:
         assert len(data) % self.bs == 0
