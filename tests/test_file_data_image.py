@@ -83,12 +83,12 @@ def free_blocks(img: Path, n: int, goal: int = 1) -> list[int]:
 class RawInode:
     """The few inode fields this test needs, read and written in place in the image."""
 
-    def __init__(self, img: Path, name: str) -> None:
+    def __init__(self, img: Path, name: str, bs: int = BS) -> None:
         out = debugfs(img, f"imap {name}").decode()
         m = re.search(r"located at block (\d+), offset (0x[0-9a-f]+)", out)
         assert m, out
         self.img = img
-        self.off = int(m.group(1)) * BS + int(m.group(2), 16)
+        self.off = int(m.group(1)) * bs + int(m.group(2), 16)
         with open(img, "rb") as f:
             f.seek(self.off)
             raw = f.read(128)
@@ -118,15 +118,17 @@ class RawInode:
                 f.write(struct.pack("<I", flags))
 
 
-def open_file(img: Path, name: str, store: ImageStore, alloc) -> tuple[RawInode, FileData]:
-    ino = RawInode(img, name)
+def open_file(
+    img: Path, name: str, store: ImageStore, alloc, bs: int = BS
+) -> tuple[RawInode, FileData]:
+    ino = RawInode(img, name, bs)
     fd = FileData(
         ino.i_block,
         extents=bool(ino.flags & EXTENTS_FL),
         store=store,
         allocator=alloc,
-        block_size=BS,
-        fs_blocks=ino.i_blocks // (BS // 512),
+        block_size=bs,
+        fs_blocks=ino.i_blocks // (bs // 512),
         goal=1,
         extent_feature=bool(ino.flags & EXTENTS_FL),
     )
@@ -247,6 +249,34 @@ async def test_debugfs_files_read_back_identical(ext4_1k) -> None:
         assert isinstance(tree, ExtentTree)
         assert tree.depth == 2 and len(await tree.extents()) > 336
         await tree.check()
+    finally:
+        store.close()
+
+
+async def test_4k_image_files_read_back_identical(tmp_path: Path) -> None:
+    """The same on the 4 KiB-block images chanos mounts: a fragmented file of 600 extents
+    (two leaves under the root) and a 40 MiB one spanning block groups."""
+    bs = 4096
+    img = make_ext4_image(tmp_path, "96M", bs)
+    rnd = random.Random(9)
+    (tmp_path / "one").write_bytes(rnd.randbytes(bs))
+    files = {"frag": rnd.randbytes(600 * bs), "large": rnd.randbytes(40 << 20)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    reqs = [f"write {tmp_path / 'one'} f{i}" for i in range(1200)]
+    reqs += [f"rm f{i}" for i in range(0, 1200, 2)]
+    reqs += [f"write {tmp_path / n} {n}" for n in files]
+    debugfs(img, *reqs, write=True)
+    assert_fsck_clean(img)
+    store = ImageStore(img, bs)
+    try:
+        for name, data in files.items():
+            ino, fd = open_file(img, name, store, FreeListAllocator([], set()), bs)
+            assert await fd.read(0, ino.size) == data, name
+            assert len(await held(fd)) == ino.i_blocks // 8 == fd.fs_blocks, name
+        _, frag = open_file(img, "frag", store, FreeListAllocator([], set()), bs)
+        assert frag.mapping.depth == 1 and len(await frag.mapping.extents()) > 340
+        await frag.mapping.check()
     finally:
         store.close()
 
