@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 BG_INODE_UNINIT = 0x1
 BG_BLOCK_UNINIT = 0x2
 
-#: Inode-table blocks kept in memory per group (each one block of the volume).
-ITABLE_CACHE_BLOCKS = 32
+#: Bytes of inode-table blocks kept in memory per group (4096 inodes of 256 bytes): enough
+#: that the inodes of recently active files are rewritten without a device read.
+ITABLE_CACHE_BYTES = 1 << 20
 
 
 class BlockIO(Protocol):
@@ -161,6 +162,7 @@ class BlockGroup:
         )
         self._inever |= (1 << reserved) - 1
         self._itable: OrderedDict[int, bytearray] = OrderedDict()
+        self._itable_max = max(ITABLE_CACHE_BYTES // layout.block_size, 4)
         self._logged: set[str] = set()
         self.loaded = False
 
@@ -320,7 +322,7 @@ class BlockGroup:
         else:
             buf = bytearray(await self.device.read(block * bs, bs))
         self._itable[block] = buf
-        if len(self._itable) > ITABLE_CACHE_BLOCKS:
+        if len(self._itable) > self._itable_max:
             self._itable.popitem(last=False)
         return buf
 
