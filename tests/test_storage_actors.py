@@ -284,3 +284,34 @@ async def test_failed_writes_leave_nothing_half_done(ext4_image) -> None:
 
 def _group0(img: Path) -> str:
     return dumpe2fs(img)[1].split("Group 1:")[0]
+
+
+@pytest.mark.parametrize(
+    "features",
+    [
+        ("^metadata_csum", "^64bit"),  # 32-byte group descriptors
+        ("^metadata_csum", "^flex_bg"),  # every group's bitmaps and table in the group
+        ("^metadata_csum", "^has_journal", "^resize_inode"),
+    ],
+    ids=["32bit-desc", "no-flex_bg", "no-journal"],
+)
+async def test_other_layouts_allocate_and_stay_fsck_clean(ext4_image, features) -> None:
+    img = ext4_image("32M", 1024, features=features)
+    before, _ = dumpe2fs(img)
+    async with mounted(img) as vol:
+        alloc = vol.allocator
+        dirs = [await alloc.alloc_inode(2, is_dir=True) for _ in range(3)]
+        runs = [await alloc.allocate(alloc.goal_for_inode(d), 300) for d in dirs]
+        for (start, n), d in zip(runs, dirs, strict=True):
+            assert alloc.group_of_block(start) == alloc.group_of_inode(d) and n == 300
+        s = await vol.statfs()
+        assert s.f_bfree == int(before["Free blocks"]) - 900
+        for (start, n), d in zip(runs, dirs, strict=True):
+            await alloc.free(start, n)
+            await alloc.free_inode(d, is_dir=True)
+    after, _ = dumpe2fs(img)
+    assert (after["Free blocks"], after["Free inodes"]) == (
+        before["Free blocks"],
+        before["Free inodes"],
+    )
+    assert_fsck_clean(img)
