@@ -4,12 +4,12 @@ An inode without the extents flag keeps its block map in the 15 words of ``i_blo
 12 direct pointers, then the single, double and triple indirect block. Each indirect block
 holds ``block_size / 4`` little-endian 32-bit pointers; 0 is a hole.
 
-This module reads such maps (``map`` with the same ``Run`` results as the extent tree) and
-frees blocks from a logical block on (``remove``: truncate and unlink), zeroing the
-pointers that go and freeing indirect blocks that become empty. It does not write new
-mappings: a write to such a file converts it to an extent tree first when the image has
-the extent feature (see ``chanos.fs.file_data``), as ``chattr +e`` / e2fsck's bmap2extent
-do.
+This module reads such maps (``map`` with the same ``Run`` results as the extent tree),
+frees blocks of a range (``remove``: truncate, unlink, punch), zeroing the pointers that go
+and freeing indirect blocks that become empty, and adds mappings in place (``insert``,
+creating indirect blocks) for images without the extent feature. On images with it, a
+write converts the file to an extent tree instead (see ``chanos.fs.file_data``), as
+``chattr +e`` / e2fsck's bmap2extent do.
 """
 
 from __future__ import annotations
@@ -191,16 +191,18 @@ class BlockMap:
         return out
 
     async def remove(self, lblk: int, count: int | None = None) -> int:
-        """Free every block from logical block lblk on (count must be None: truncate).
+        """Free the blocks of [lblk, lblk+count) (to the end of the file if count is None).
 
-        Indirect blocks left with no pointers are freed too. Returns the number of data
-        blocks freed.
+        The pointers that go are zeroed; indirect blocks left with no pointer are freed
+        too. Returns the number of data blocks freed.
         """
-        if count is not None:
-            raise OSError(errno.EOPNOTSUPP, "hole punching in a block-mapped file")
+        to = self.limit if count is None else min(lblk + count, self.limit)
+        frm = max(lblk, 0)
+        if frm >= to:
+            return 0
         frees = _Frees(self._alloc)
         data = 0
-        for i in range(max(lblk, 0), N_DIRECT):
+        for i in range(frm, min(to, N_DIRECT)):
             if self._root[i]:
                 self._check_ptr(self._root[i])
                 await frees.add(self._root[i])
@@ -209,9 +211,9 @@ class BlockMap:
                 data += 1
         for n, (base, depth) in enumerate(self._trees):
             top = self._root[N_DIRECT + n]
-            if not top or lblk >= base + self.per_block**depth:
+            if not top or frm >= base + self.per_block**depth or to <= base:
                 continue
-            freed, empty = await self._trim(top, depth, base, lblk, frees)
+            freed, empty = await self._trim(top, depth, base, frm, to, frees)
             data += freed
             if empty:
                 await frees.add(top)
@@ -221,9 +223,9 @@ class BlockMap:
         return data
 
     async def _trim(
-        self, blk: int, depth: int, base: int, frm: int, frees: _Frees
+        self, blk: int, depth: int, base: int, frm: int, to: int, frees: _Frees
     ) -> tuple[int, bool]:
-        """Free what lies at or past logical block frm under indirect block blk.
+        """Free what lies in [frm, to) under indirect block blk (covering from base).
 
         Returns (data blocks freed, whether blk now holds no pointer at all); blk itself is
         freed by the caller.
@@ -233,7 +235,8 @@ class BlockMap:
         freed = 0
         changed = False
         start = max(0, (frm - base) // span)
-        for i in range(start, self.per_block):
+        stop = min(self.per_block, (to - base + span - 1) // span)
+        for i in range(start, stop):
             p = ptrs[i]
             if not p:
                 continue
@@ -245,7 +248,7 @@ class BlockMap:
                 ptrs[i] = 0
                 changed = True
                 continue
-            f, empty = await self._trim(p, depth - 1, cb, max(frm, cb), frees)
+            f, empty = await self._trim(p, depth - 1, cb, max(frm, cb), min(to, cb + span), frees)
             freed += f
             if empty:
                 await frees.add(p)
@@ -259,3 +262,94 @@ class BlockMap:
         elif changed:
             self._dirty.add(blk)
         return freed, empty
+
+    # ----- writing in place (images without the extent feature) ---------------------------
+
+    def _path(self, lblk: int) -> tuple[int, list[int]]:
+        """(slot in i_block, indices in the indirect blocks below it) of logical lblk."""
+        if lblk < N_DIRECT:
+            return lblk, []
+        k = self.per_block
+        for n, (base, depth) in enumerate(self._trees):
+            rel = lblk - base
+            if rel < k**depth:
+                return N_DIRECT + n, [rel // k ** (d - 1) % k for d in range(depth, 0, -1)]
+        raise OSError(errno.EFBIG, "beyond the largest block-mapped file")
+
+    async def goal_for(self, lblk: int) -> int:
+        """Where to allocate lblk: after the block before it, else near the inode."""
+        if lblk > 0:
+            prev = await self.lookup(lblk - 1)
+            if prev is not None:
+                return prev + 1
+        return self.goal
+
+    async def insert(self, lblk: int, pblk: int, count: int, unwritten: bool = False) -> None:
+        """Map the hole [lblk, lblk+count) to [pblk, pblk+count), adding indirect blocks.
+
+        The indirect blocks the range needs are allocated (near the data) before any
+        pointer changes, so ENOSPC leaves the map as it was. New indirect blocks start
+        zeroed and are written by ``flush()``.
+        """
+        if unwritten:
+            raise OSError(errno.EOPNOTSUPP, "block-mapped files have no unwritten blocks")
+        if count <= 0:
+            return
+        if lblk < 0 or lblk + count > self.limit:
+            raise OSError(errno.EFBIG, "beyond the largest block-mapped file")
+        # Pass 1: which indirect blocks are missing, and is the range really a hole?
+        missing: set[tuple[int, ...]] = set()
+        for b in range(lblk, lblk + count):
+            slot, idxs = self._path(b)
+            blk = self._root[slot]
+            key: tuple[int, ...] = (slot,)
+            for i in idxs:
+                if blk == 0:
+                    missing.add(key)
+                else:
+                    blk = (await self._ptrs(blk))[i]
+                key = (*key, i)
+            if blk:
+                raise OSError(errno.EEXIST, f"logical block {b} already mapped")
+        pool: list[int] = []
+        goal = pblk
+        try:
+            while len(pool) < len(missing):
+                start, got = await self._alloc.allocate(goal, len(missing) - len(pool))
+                pool.extend(range(start, start + got))
+                goal = start + got
+        except OSError:
+            for b in pool:
+                await self._alloc.free(b, 1)
+            raise
+        # Pass 2: create the missing blocks in key order and set the pointers.
+        for key in sorted(missing, key=len):
+            blk = pool.pop(0)
+            self._cache[blk] = array("I", bytes(self.block_size))
+            self._dirty.add(blk)
+            if len(key) == 1:
+                self._root[key[0]] = blk
+                self.root_dirty = True
+            else:
+                # Parents come first (shorter keys), so the walk to this one succeeds.
+                parent = await self._block_at(key[:-1])
+                (await self._ptrs(parent))[key[-1]] = blk
+                self._dirty.add(parent)
+        for b in range(lblk, lblk + count):
+            slot, idxs = self._path(b)
+            p = pblk + (b - lblk)
+            if not idxs:
+                self._root[slot] = p
+                self.root_dirty = True
+                continue
+            blk = self._root[slot]
+            for i in idxs[:-1]:
+                blk = (await self._ptrs(blk))[i]
+            (await self._ptrs(blk))[idxs[-1]] = p
+            self._dirty.add(blk)
+
+    async def _block_at(self, key: tuple[int, ...]) -> int:
+        blk = self._root[key[0]]
+        for i in key[1:]:
+            blk = (await self._ptrs(blk))[i]
+        return blk

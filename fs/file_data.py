@@ -14,9 +14,10 @@ Owns the translation of byte ranges into block I/O for one inode, on top of its 
 - ``fs_blocks`` / ``i_blocks``: blocks the file holds (data and mapping metadata; the
   xattr block is the vnode's), kept exact by counting every allocation and free.
 
-A write to a block-mapped file converts it to an extent tree first (the image has the
-extent feature) and then behaves as any extent file; ``converted`` tells the vnode to set
-EXT4_EXTENTS_FL. Without the extent feature such files are read-only (EOPNOTSUPP on write).
+A write to a block-mapped file converts it to an extent tree first when the image has the
+extent feature, and then behaves as any extent file; ``converted`` tells the vnode to set
+EXT4_EXTENTS_FL. Without the extent feature (ext2/ext3 images) such files are written in
+place, indirect blocks added as needed.
 """
 
 from __future__ import annotations
@@ -148,13 +149,11 @@ class FileData:
 
     # ----- write --------------------------------------------------------------------------
 
-    async def _writable(self) -> ExtentTree:
-        if isinstance(self.mapping, ExtentTree):
-            return self.mapping
-        if not self._extent_feature:
-            raise OSError(errno.EOPNOTSUPP, "writing block-mapped files needs the extent feature")
-        await self._convert()
-        assert isinstance(self.mapping, ExtentTree)
+    async def _writable(self) -> ExtentTree | BlockMap:
+        """The mapping to write through: block-mapped files become extent files on images
+        with the extent feature, and are written in place on the others (ext2/ext3)."""
+        if isinstance(self.mapping, BlockMap) and self._extent_feature:
+            await self._convert()
         return self.mapping
 
     async def _convert(self) -> None:
@@ -206,6 +205,8 @@ class FileData:
         if last >= LBLK_LIMIT:
             raise OSError(errno.EFBIG, "file too large")
         tree = await self._writable()
+        if isinstance(tree, BlockMap) and last >= tree.limit:
+            raise OSError(errno.EFBIG, "file too large for a block map")
         if size is not None and offset > size and size % bs and size // bs < first:
             await self._zero_range(size, bs - size % bs)
         runs = await tree.map(first, last - first + 1)
@@ -281,6 +282,7 @@ class FileData:
         # Written unwritten extents become initialized.
         for r in runs:
             if r.physical is not None and r.unwritten and r.logical <= last:
+                assert isinstance(tree, ExtentTree)  # only extents can be unwritten
                 await tree.mark_written(r.logical, min(r.length, last + 1 - r.logical))
         return end - offset
 

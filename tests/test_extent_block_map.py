@@ -5,12 +5,15 @@ and indirect blocks; conversion to an extent tree on write, and its ENOSPC rollb
 from __future__ import annotations
 
 import errno
+import random
 import struct
 
 import pytest
 from chanos.fs.block_map import BlockMap
 from chanos.fs.extent_tree import Run
 from chanos.fs.file_data import FileData
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_extent_fakes import BitmapAllocator, MemStore
 
 BS = 64  # 16 pointers a block: every level is reached with small numbers
@@ -115,12 +118,9 @@ async def test_truncate_frees_data_and_empty_indirect_blocks(cut: int) -> None:
         assert any(struct.unpack(f"<{K}I", b.store.blocks[blk]))
 
 
-async def test_punch_is_refused_and_bad_pointer_is_eio() -> None:
+async def test_bad_pointer_is_eio() -> None:
     b = sample()
     bm = BlockMap(b.finish(), b.store, b.alloc, BS, blocks_count=b.store.nblocks)
-    with pytest.raises(OSError) as e:
-        await bm.remove(0, 1)
-    assert e.value.errno == errno.EOPNOTSUPP
     root = list(struct.unpack("<15I", bm.i_block))
     root[4] = 1 << 30
     bad = BlockMap(struct.pack("<15I", *root), b.store, b.alloc, BS, blocks_count=1 << 14)
@@ -175,3 +175,118 @@ async def test_conversion_enospc_keeps_the_block_map() -> None:
     assert e.value.errno == errno.ENOSPC
     assert not fd.converted and not fd.uses_extents
     assert await fd.read(0, (TRIPLE + 1001) * BS) == before
+
+
+async def held(bm: BlockMap) -> dict[int, int]:
+    out = {}
+    for r in await bm.map(0, bm.limit):
+        if r.physical is not None:
+            for i in range(r.length):
+                out[r.logical + i] = r.physical + i
+    return out
+
+
+def plain_file(b: Builder) -> FileData:
+    return FileData(
+        struct.pack("<15I", *([0] * 15)),
+        extents=False,
+        store=b.store,
+        allocator=b.alloc,
+        block_size=BS,
+        fs_blocks=0,
+        goal=100,
+        extent_feature=False,
+    )
+
+
+async def test_in_place_writes_reach_every_level() -> None:
+    b = Builder()
+    fd = plain_file(b)
+    data = random.Random(1).randbytes(10 * BS)  # the four pieces do not overlap
+    for off in (0, SINGLE * BS - 100, DOUBLE * BS + 5, (TRIPLE + 300) * BS + 63):
+        assert await fd.write(off, data) == len(data)
+    assert not fd.converted and not fd.uses_extents
+    await fd.flush()
+    # a fresh map over the written-back indirect blocks sees the data
+    fresh = FileData(
+        fd.i_block,
+        extents=False,
+        store=b.store,
+        allocator=b.alloc,
+        block_size=BS,
+        fs_blocks=fd.fs_blocks,
+        extent_feature=False,
+    )
+    for off in (0, SINGLE * BS - 100, DOUBLE * BS + 5, (TRIPLE + 300) * BS + 63):
+        assert await fresh.read(off, len(data)) == data
+    assert await fresh.read(22 * BS, 10) == bytes(10)  # a hole between two pieces
+    bm = fresh.mapping
+    assert isinstance(bm, BlockMap)
+    used = set((await held(bm)).values()) | set(await bm.indirect_blocks())
+    assert b.alloc.used_blocks() == used and fd.fs_blocks == len(used)
+    # sequential data stays physically contiguous apart from the indirect blocks
+    runs = [r for r in await bm.map(0, 10) if r.physical is not None]
+    assert len(runs) == 1
+
+
+async def test_in_place_insert_enospc_changes_nothing() -> None:
+    b = Builder(64)
+    bm = BlockMap(struct.pack("<15I", *([0] * 15)), b.store, b.alloc, BS)
+    await bm.insert(0, 10, 12)
+    b.alloc.used[:] = b"\x01" * len(b.alloc.used)
+    with pytest.raises(OSError) as e:
+        await bm.insert(DOUBLE, 20, 1)  # needs two indirect blocks
+    assert e.value.errno == errno.ENOSPC
+    assert [r for r in await bm.map(0, bm.limit) if r.physical] == [Run(0, 10, 12)]
+    with pytest.raises(OSError) as e:
+        await bm.insert(5, 30, 1)
+    assert e.value.errno == errno.EEXIST
+    fd = plain_file(b)
+    with pytest.raises(OSError) as e:
+        await fd.write(bm.limit * BS - 1, b"xy")  # past the triple indirect block's reach
+    assert e.value.errno == errno.EFBIG
+
+
+op = st.one_of(
+    st.tuples(st.just("write"), st.integers(0, 4300 * BS), st.integers(1, 60 * BS)),
+    st.tuples(st.just("truncate"), st.integers(0, 4300 * BS), st.just(0)),
+    st.tuples(st.just("punch"), st.integers(0, 4300 * BS), st.integers(1, 500 * BS)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(op, min_size=1, max_size=15), max_run=st.integers(1, 5))
+async def test_random_in_place_operations_match_model(ops, max_run: int) -> None:
+    b = Builder(1 << 15)
+    b.alloc.max_run = max_run
+    fd = plain_file(b)
+    model = bytearray()
+    for step, (kind, a, n) in enumerate(ops):
+        size = len(model)
+        if kind == "write":
+            data = random.Random(step).randbytes(n)
+            assert await fd.write(a, data, size=size) == n
+            if a + n > size:
+                model.extend(bytes(a + n - size))
+            model[a : a + n] = data
+        elif kind == "truncate":
+            await fd.truncate(size, a)
+            model = model[:a] if a < size else model + bytes(a - size)
+        else:
+            a, n = min(a, size), min(n, max(size - a, 0))
+            await fd.punch_hole(a, n)
+            model[a : a + n] = bytes(n)
+        bm = fd.mapping
+        assert isinstance(bm, BlockMap)
+        mapped = await held(bm)
+        ind = await bm.indirect_blocks()
+        used = set(mapped.values()) | set(ind)
+        assert len(used) == len(mapped) + len(ind)
+        assert b.alloc.used_blocks() == used and fd.fs_blocks == len(used)
+        assert not mapped or max(mapped) < -(-len(model) // BS)
+        assert await fd.read(0, len(model)) == bytes(model)
+        await fd.flush()
+        for blk in ind:  # no indirect block is left without a pointer
+            assert any(struct.unpack(f"<{K}I", b.store.blocks[blk]))
+    await fd.truncate(len(model), 0)
+    assert b.alloc.used_blocks() == set() and fd.fs_blocks == 0

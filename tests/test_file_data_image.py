@@ -378,7 +378,7 @@ def ext2_1k(tmp_path: Path):
     return img, {"sp": data, "big": big}
 
 
-async def test_block_mapped_files_read_and_truncate(ext2_1k, tmp_path: Path) -> None:
+async def test_block_mapped_files_read_write_truncate(ext2_1k, tmp_path: Path) -> None:
     img, files = ext2_1k
     store = ImageStore(img, BS)
     try:
@@ -394,20 +394,28 @@ async def test_block_mapped_files_read_and_truncate(ext2_1k, tmp_path: Path) -> 
         await fd.flush()
         ino.store((300 << 10) + 1000, fd.i_blocks, fd.i_block)
         assert fd.fs_blocks == len(await held(fd))
-        ino2, fd2 = open_file(img, "big", store, None)
-        fd2._alloc.inner = FreeListAllocator([], await held(fd2))
-        await fd2.truncate(len(files["big"]), 200 << 10)  # inside the single-indirect range
+        # no extent feature: writes go in place, adding indirect blocks where needed
+        alloc = FreeListAllocator(free_blocks(img, 600, 1), set())
+        ino2, fd2 = open_file(img, "big", store, alloc)
+        alloc.owned = await held(fd2)
+        m = Modeled(fd2, files["big"])
+        await m.truncate(200 << 10)  # inside the single-indirect range
+        await m.write(100, b"in place")
+        await m.write(190 << 10, random.Random(1).randbytes(300 << 10))  # into double
+        await m.punch(5 << 10, 20 << 10)
+        await m.write(80 << 20, b"triple")  # a sparse tail through the triple block
+        assert not fd2.converted and not fd2.uses_extents
         await fd2.flush()
-        ino2.store(200 << 10, fd2.i_blocks, fd2.i_block)
-        with pytest.raises(OSError):
-            await fd2.write(0, b"x")  # no extent feature: block-mapped files stay read-only
+        assert alloc.owned == await held(fd2)
+        ino2.store(len(m.model), fd2.i_blocks, fd2.i_block)
+        assert await fd2.read(0, 600 << 10) == bytes(m.model[: 600 << 10])
     finally:
         store.close()
     fsck_fix_only_bitmaps(img)
     expect = files["sp"][: (300 << 10) + 1000]
     debugfs(img, f"dump sp {tmp_path / 'sp.out'}", f"dump big {tmp_path / 'big.out'}")
     assert (tmp_path / "sp.out").read_bytes() == expect
-    assert (tmp_path / "big.out").read_bytes() == files["big"][: 200 << 10]
+    assert (tmp_path / "big.out").read_bytes() == bytes(m.model)
 
 
 async def test_block_mapped_file_converts_to_extents_on_write(ext2_1k, tmp_path: Path) -> None:
