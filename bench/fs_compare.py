@@ -143,16 +143,17 @@ def untar(t: Target, tarball: Path, tsv: Path, nfiles: int) -> None:
     dest.mkdir()
     drop_caches()
     t0 = time.perf_counter()
-    subprocess.run(["tar", "-xf", str(tarball), "-C", str(dest)], check=True)
-    subprocess.run(["sync", "-f", str(dest)], check=True)
+    rc = subprocess.run(["tar", "-xf", str(tarball), "-C", str(dest)]).returncode
+    rc = rc or subprocess.run(["sync", "-f", str(dest)]).returncode
     dt = time.perf_counter() - t0
     t.sample()
+    note = "" if rc == 0 else f"rc={rc}"
     emit(tsv, t.label, "untar", f"untar of a source tree ({nfiles} files) + sync", f"{dt:.2f}",
-         "s")  # fmt: skip
+         "s", note)  # fmt: skip
     t0 = time.perf_counter()
-    subprocess.run(["rm", "-rf", str(dest)], check=True)
+    rc = subprocess.run(["rm", "-rf", str(dest)]).returncode
     emit(tsv, t.label, "untar_rm", "rm -rf of the untarred tree", f"{time.perf_counter() - t0:.2f}",
-         "s")  # fmt: skip
+         "s", "" if rc == 0 else f"rc={rc}")  # fmt: skip
 
 
 def main() -> int:
