@@ -192,6 +192,7 @@ class _Cell:
         "spec",
         "state",
         "sup",
+        "turn_scope",
     )
 
     def __init__(self, name: str, spec: ChildSpec | None, sup: Supervisor) -> None:
@@ -204,6 +205,8 @@ class _Cell:
         self.name = name
         self.gen = 0  # bumped on every (re)start; supervisor events name the generation
         self.event: trio.Event | None = None  # set on state changes someone waits for
+        # The shield of a blocked inline turn: cancelled if the actor is killed meanwhile.
+        self.turn_scope: trio.CancelScope | None = None
         self.ref = ActorRef(self)
 
 
@@ -373,7 +376,7 @@ if not _inline_supported():  # pragma: no cover - depends on the trio version
 @types.coroutine
 def _finish_turn(cell: _Cell, coro: Any, trap: Any, task: Any, saved: Any) -> Any:
     """Drive a handler that blocked, inside a shield placed under its own cancel scopes."""
-    shield = _shield_under(task, saved)
+    shield = cell.turn_scope = _shield_under(task, saved)
     try:
         while True:
             exc = None
@@ -386,18 +389,23 @@ def _finish_turn(cell: _Cell, coro: Any, trap: Any, task: Any, saved: Any) -> An
             except StopIteration as done:
                 result = done.value
                 break
-    except OSError:
-        shield.__exit__(None, None, None)
-        _turn_done(cell, "error")
-        raise
-    except Exception as exc:
-        shield.__exit__(None, None, None)
-        _crash(cell, exc)
-        raise CallError(exc) from exc
     except BaseException as exc:
+        cell.turn_scope = None
+        if shield.cancel_called:
+            # The actor was killed during this turn (the shield was cancelled): the caller
+            # gets ActorDied; the Cancelled belongs to the shield and ends here.
+            shield.__exit__(type(exc), exc, exc.__traceback__)
+            _crash(cell, exc)
+            raise ActorDied(cell.name) from None
         shield.__exit__(None, None, None)
+        if isinstance(exc, OSError):
+            _turn_done(cell, "error")
+            raise
         _crash(cell, exc)
+        if isinstance(exc, Exception):
+            raise CallError(exc) from exc
         raise
+    cell.turn_scope = None
     shield.__exit__(None, None, None)
     _turn_done(cell, "ok")
     return result
@@ -434,18 +442,29 @@ async def _shielded_turn(cell: _Cell, msg: Any, flow: int | None) -> Any:
     cell.runner = _current_task()
     if _tr.ON:
         _tr.turn_begin(cell.name, msg, flow)
-    with trio.CancelScope(shield=True):
-        try:
+    scope = cell.turn_scope = trio.CancelScope(shield=True)
+    result = None
+    try:
+        with scope:
             result = await cell.actor.handle(msg)
-        except OSError:
-            _turn_done(cell, "error")
-            raise
-        except Exception as exc:
-            _crash(cell, exc)
-            raise CallError(exc) from exc
-        except BaseException as exc:
-            _crash(cell, exc)
-            raise
+    except OSError:
+        cell.turn_scope = None
+        _turn_done(cell, "error")
+        raise
+    except Exception as exc:
+        cell.turn_scope = None
+        _crash(cell, exc)
+        if scope.cancel_called:
+            raise ActorDied(cell.name) from exc
+        raise CallError(exc) from exc
+    except BaseException as exc:
+        cell.turn_scope = None
+        _crash(cell, exc)
+        raise
+    cell.turn_scope = None
+    if scope.cancelled_caught:  # the actor was killed during this turn
+        _crash(cell, ActorDied(cell.name))
+        raise ActorDied(cell.name)
     _turn_done(cell, "ok")
     return result
 
@@ -674,6 +693,8 @@ def _mark_dead(cell: _Cell, cause: BaseException | None) -> None:
         return
     was_busy = cell.state == BUSY
     cell.state = DEAD
+    if cell.turn_scope is not None:  # a turn blocked inline: abort it (caller: ActorDied)
+        cell.turn_scope.cancel()
     cell.actor = None
     cell.runner = None
     _fail_queue(cell, cause)

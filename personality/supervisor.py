@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -386,8 +387,14 @@ async def open_supervisor(
     strategy: str = ONE_FOR_ONE,
     max_restarts: int = 3,
     within: float = 5.0,
+    shutdown_timeout: float | None = None,
 ) -> AsyncIterator[Supervisor]:
-    """A root supervisor for the duration of the block (see the module docstring)."""
+    """A root supervisor for the duration of the block (see the module docstring).
+
+    On a clean exit every child finishes its current message and runs `stopped()`; with
+    `shutdown_timeout` set, children still not stopped after that many seconds are marked
+    dead without waiting (a turn blocked forever cannot hang the exit).
+    """
     try:
         async with trio.open_nursery() as nursery:
             sup = Supervisor(name, strategy, max_restarts, within, nursery, None)
@@ -401,7 +408,14 @@ async def open_supervisor(
                 raise
             else:
                 with trio.CancelScope(shield=True):
-                    await sup._shutdown()
+                    with trio.move_on_after(
+                        math.inf if shutdown_timeout is None else shutdown_timeout
+                    ) as timer:
+                        await sup._shutdown()
+                    if timer.cancelled_caught:
+                        log.error("supervisor %s: shutdown timed out; killing the rest", name)
+                        for c in list(sup._children):
+                            _kill(c)
             finally:
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:

@@ -291,8 +291,8 @@ async def test_exception_in_body_kills_children_without_stopped() -> None:
 
 
 async def test_actor_killed_during_a_turn_stays_dead() -> None:
-    """The supervisor dies while a turn runs in a task outside it: when that turn ends
-    the actor must not come back to life."""
+    """The supervisor dies while a turn runs in a task outside it: the blocked turn is
+    aborted (its caller gets ActorDied), and the turn's end does not revive the actor."""
 
     class Waiter(Worker):
         async def handle(self, msg: Any) -> Any:
@@ -306,7 +306,10 @@ async def test_actor_killed_during_a_turn_stays_dead() -> None:
     results: list[Any] = []
 
     async def outside_caller(ref: Any) -> None:
-        results.append(await call(ref, ev))
+        try:
+            results.append(await call(ref, ev))
+        except ActorDied:
+            results.append("died")
 
     async with open_scope() as outer:
         with pytest.raises(KeyError):
@@ -317,7 +320,7 @@ async def test_actor_killed_during_a_turn_stays_dead() -> None:
                 raise KeyError("supervisor body fails")
         assert ref.state == "dead"
         ev.set()
-    assert results == ["done"]
+    assert results == ["died"]
     assert ref.state == "dead"
     with pytest.raises(ActorDied):
         await call(ref, Bump())
@@ -370,3 +373,58 @@ def test_strategies_against_a_model(strategy: str, ops: list[tuple[bool, int]]) 
                 assert await call(r, Bump()) == m + 1
 
     trio.run(main)
+
+
+async def test_shutdown_timeout_kills_a_stuck_child() -> None:
+    """A turn blocked forever cannot hang a supervisor with a shutdown timeout: the actor
+    is killed, its blocked turn aborted, and the caller running it gets ActorDied."""
+
+    class Stuck(Worker):
+        async def handle(self, msg: Any) -> Any:
+            await trio.sleep_forever()
+
+    j = Journal()
+    outcome: list[str] = []
+
+    async def stuck_caller(ref: Any) -> None:
+        try:
+            await call(ref, Bump())
+        except ActorDied:
+            outcome.append("died")
+
+    with trio.fail_after(2):
+        async with open_scope() as outer, open_supervisor(shutdown_timeout=0.05) as sup:
+            ok = await sup.start(j.spec("ok"))
+            stuck = await sup.start(ChildSpec("stuck", lambda: Stuck("stuck", j, 0)))
+            outer.start(stuck_caller, stuck)
+            await trio.testing.wait_all_tasks_blocked()
+    assert outcome == ["died"]
+    assert not stuck.alive and not ok.alive
+    assert j.of("stopped") == []  # newest first: shutdown never got past the stuck one
+
+
+async def test_killed_turn_that_swallows_the_abort_does_not_revive_the_actor() -> None:
+    class Stubborn(Worker):
+        async def handle(self, msg: Any) -> Any:
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                return "swallowed"  # bad manners, but the actor must stay dead
+
+    j = Journal()
+    results: list[Any] = []
+
+    async def outside_caller(ref: Any) -> None:
+        results.append(await call(ref, Bump()))
+
+    async with open_scope() as outer:
+        with pytest.raises(KeyError):
+            async with open_supervisor() as sup:
+                ref = await sup.start(ChildSpec("s", lambda: Stubborn("s", j, 0)))
+                outer.start(outside_caller, ref)
+                await trio.testing.wait_all_tasks_blocked()
+                raise KeyError("supervisor body fails")
+    assert results == ["swallowed"]
+    assert ref.state == "dead"
+    with pytest.raises(ActorDied):
+        await call(ref, Bump())
