@@ -21,8 +21,10 @@ Semantics (after Erlang/OTP):
   of a child of its parent, which applies its own strategy (restarting a supervisor
   restarts all its non-temporary children fresh). The root supervisor's failure makes its
   `async with` raise `RestartIntensityExceeded`; its children are then dead.
-- Leaving the `async with` normally stops all children (reverse start order, `stopped()`
-  runs). Leaving by an exception marks them dead without running `stopped()`.
+- Leaving the `async with` normally stops all children (reverse start order; each
+  finishes its current message, then `stopped()` runs; `shutdown_timeout` bounds that
+  wait). Leaving by an exception kills them: dead at once, without `stopped()`; a turn
+  blocked inline in a caller's task is aborted and that caller gets ActorDied.
 """
 
 from __future__ import annotations
