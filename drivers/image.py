@@ -5,6 +5,7 @@ the request path is short. Where time goes:
 
 * Reads first try ``preadv(..., RWF_NOWAIT)`` right in the turn: a page-cache hit is
   served without any thread hop. A read that would block goes to a worker thread.
+  Large reads reuse warm buffers once their earlier replies are gone (``BufferPool``).
 * Writes are queued in the driver's write cache (like a disk's volatile cache) and
   acknowledged at once; the data is copied unless it is immutable ``bytes``. When the
   queue holds ``write_behind`` bytes or IOV_MAX requests it is *written out*: planned
@@ -47,7 +48,7 @@ from typing import Any
 
 import trio
 from chanos.drivers.base import BlockDriver
-from chanos.drivers.image_io import ImageFile, read_buffer
+from chanos.drivers.image_io import BufferPool, ImageFile
 from chanos.drivers.protocol import Write
 from chanos.drivers.queue import IOV_MAX, DiscardRun, FlushRun, ReadRun, plan
 
@@ -76,6 +77,7 @@ class ImageFileDriver(BlockDriver):
         self.outstanding: deque[_WriteOut] = deque()
         self.ring: SimpleQueue[_WriteOut | None] | None = None  # the worker's inbox
         self.deferred: list[OSError] = []  # write-out failures the next flush reports
+        self.buffers = BufferPool()  # warm buffers for large reads served in the turn
 
     async def started(self) -> None:
         f = ImageFile(self.path, self.read_only, self.block_size)
@@ -114,7 +116,7 @@ class ImageFileDriver(BlockDriver):
         assert f is not None
         if f.nowait:
             # The hot path: a page-cache hit, served in this turn without a thread hop.
-            buf = read_buffer(length)
+            buf = self.buffers.get(length)
             try:
                 got = os.preadv(f.fd, (buf,), offset, os.RWF_NOWAIT)
             except BlockingIOError:

@@ -19,6 +19,7 @@ from chanos.drivers import (
     ReadOnlyEvent,
     Write,
 )
+from chanos.drivers.image_io import BufferPool
 from chanos.personality import Channel, ChildSpec, WouldBlock, call, open_supervisor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -168,6 +169,41 @@ async def test_write_read_flush_roundtrip(sup, image):
     snapshot = bytes(old)
     await dev.write(0, b"\xff" * 4096)
     assert bytes(old) == snapshot
+
+
+def test_buffer_pool_reuses_only_unreferenced_buffers():
+    pool = BufferPool()
+    n = 128 * 1024
+    a = pool.get(n)
+    view = memoryview(a).toreadonly()[10:20]  # a reply's slice keeps the buffer
+    del a
+    b = pool.get(n)
+    assert b is not view.obj
+    b_id = id(b)
+    del b
+    c = pool.get(n)  # b was released: reused
+    assert id(c) == b_id and len(pool.free[n]) == 2
+    pooled = {id(view.obj), id(c)}
+    del view, c  # now only the pool holds them
+    assert id(pool.get(n)) in pooled
+    assert len(pool.get(1000)) == 1000  # small sizes are not pooled
+    assert 1000 not in pool.free
+
+
+async def test_large_read_replies_stay_private(sup, image):
+    _ref, dev = await start(sup, image)
+    chunk = 128 * 1024
+    for i in range(8):
+        await dev.write(i * chunk, bytes([i + 1]) * chunk)
+    await dev.flush()
+    kept = []
+    for _round in range(3):
+        for i in range(8):
+            reply = await dev.read(i * chunk, chunk)
+            if _round == 0 and i % 2:
+                kept.append((i, reply[5000:6000]))  # a slice of an old reply, kept
+    for i, piece in kept:
+        assert bytes(piece) == bytes([i + 1]) * 1000
 
 
 async def test_writes_are_cached_until_flush_and_merged(sup, image, monkeypatch):
