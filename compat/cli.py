@@ -404,7 +404,7 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_unmount_on_signal, mountpoint)
-                    await pyfuse3.main()
+                    await pyfuse3.main(min_tasks=1, max_tasks=config.max_workers)
                     nursery.cancel_scope.cancel()
             finally:
                 # After umount(8) the session has already ended and this only frees it;

@@ -3,7 +3,7 @@
 Three kinds of options arrive in one comma-separated list (from the command line, from
 mount(8)/mount.fuse3, or from an /etc/fstab line):
 
-* chanos's own: ``uid=``, ``gid=``, ``umask=``, ``max_vnodes=``, ``log_level=``,
+* chanos's own: ``uid=``, ``gid=``, ``umask=``, ``max_vnodes=``, ``max_workers=``, ``log_level=``,
   ``log=FILE``, ``trace=FILE``, ``writeback``/``nowriteback``, ``entry_timeout=``,
   ``attr_timeout=``, ``negative_timeout=``, ``keep_cache``/``nokeep_cache``,
   ``default_permissions``/``nodefault_permissions``;
@@ -100,6 +100,10 @@ class MountConfig:
     entry_timeout: float = 10.0
     attr_timeout: float = 10.0
     negative_timeout: float = 10.0
+    # pyfuse3 worker tasks (requests in service at once). Each holds a receive buffer of
+    # max_write + a page (~1 MiB), so this bounds the front end's memory; 16 covers the
+    # host kernel's 12 background requests (writeback, readahead) plus foreground ones.
+    max_workers: int = 16
     vfs_flags: list[str] = field(default_factory=list)
 
     def fuse_options(self, fsname: str) -> set[str]:
@@ -174,6 +178,11 @@ def _apply(c: MountConfig, opt: str) -> None:
             if n < 16:
                 raise OptionError("option max_vnodes= must be at least 16")
             c.max_vnodes = n
+        case "max_workers":
+            n = _int(name, value)
+            if not 1 <= n <= 1000:
+                raise OptionError("option max_workers= must be between 1 and 1000")
+            c.max_workers = n
         case "log_level" | "loglevel":
             try:
                 c.log_level = LOG_LEVELS[value.lower()]
