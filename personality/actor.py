@@ -105,12 +105,15 @@ class ActorDied(CallError):
 
 
 class CallCycle(CallError):
-    """A call from an actor's own turn back to itself (directly or through other actors run
-    in the same task): waiting would deadlock, so the call fails instead."""
+    """A call that would deadlock: the callee's current turn is, directly or through a
+    chain of calls waiting in other tasks, waiting for the turn this call is made from
+    (A's turn calls A; A calls B while B's turn waits for A; ...). The call fails instead
+    of waiting forever. `cycle` lists the actors around the loop."""
 
-    def __init__(self, actor: str) -> None:
-        super().__init__(None, f"call cycle: actor {actor} is already running in this task")
-        self.actor = actor
+    def __init__(self, cycle: list[str]) -> None:
+        super().__init__(None, "call cycle (deadlock): " + " -> ".join(cycle))
+        self.actor = cycle[0]
+        self.cycle = cycle
 
 
 class Actor:
@@ -475,8 +478,8 @@ async def _wait_turn(cell: _Cell, msg: Any, task: Any) -> int | None:
     if st >= STOPPING:
         await checkpoint_if_cancelled()
         raise ActorDied(cell.name)
-    if st == BUSY and cell.runner is task:
-        raise CallCycle(cell.name)
+    if st == BUSY:
+        _check_cycle(cell, task)
     flow = _tr.send_event(cell.name, msg) if _tr.ON else None
     env = _Env(msg, task, flow)
     mb = cell.mailbox
@@ -488,8 +491,33 @@ async def _wait_turn(cell: _Cell, msg: Any, task: Any) -> int | None:
         env.task = None  # left in place; skipped when it reaches the head
         return Abort.SUCCEEDED
 
-    await wait_task_rescheduled(abort)
+    _waiting[task] = cell
+    try:
+        await wait_task_rescheduled(abort)
+    finally:
+        del _waiting[task]
     return flow
+
+
+# Which actor each task is queued on (only while it waits): the wait-for graph.
+_waiting: dict[Any, _Cell] = {}
+
+
+def _check_cycle(cell: _Cell, task: Any) -> None:
+    """Follow "busy actor -> task running its turn -> actor that task is queued on" from
+    `cell`; reaching `task` means waiting would deadlock."""
+    path = [cell.name]
+    c = cell
+    for _ in range(10_000):
+        runner = c.runner
+        if runner is None:
+            return
+        if runner is task:
+            raise CallCycle([*path, path[0]] if len(path) > 1 else [cell.name, cell.name])
+        c = _waiting.get(runner)  # type: ignore[assignment]
+        if c is None or c.state != BUSY:
+            return
+        path.append(c.name)
 
 
 def cast(ref: ActorRef, msg: Any) -> bool:

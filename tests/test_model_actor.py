@@ -693,3 +693,48 @@ async def test_caller_cancelled_while_handler_waits_on_its_own_nursery() -> None
             assert await call(ref, "go") == 3
         assert instance(ref).done == [0, 1, 2]
         assert ref.idle
+
+
+async def test_cross_task_call_cycle_fails_instead_of_deadlocking() -> None:
+    """A's turn (in task 1) waits for B while B's turn (in task 2) waits for A: the call
+    that closes the loop raises CallCycle; nothing hangs."""
+
+    @dataclass(frozen=True, slots=True)
+    class After:
+        event: trio.Event
+        other: Any
+
+    class Relay(Actor):
+        async def handle(self, msg: Any) -> Any:
+            match msg:
+                case After(event=ev, other=other):
+                    await ev.wait()
+                    try:
+                        return await call(other, "ping")
+                    except CallCycle as e:
+                        return e.cycle
+                    except ActorDied:
+                        return "died"
+                case "ping":
+                    return "pong"
+
+    async with open_supervisor() as sup:
+        a = await sup.start(ChildSpec("a", Relay))
+        b = await sup.start(ChildSpec("b", Relay))
+        ev_a, ev_b = trio.Event(), trio.Event()
+        got: dict[str, Any] = {}
+
+        async def run(tag: str, ref: Any, msg: Any) -> None:
+            got[tag] = await call(ref, msg)
+
+        with trio.fail_after(5):
+            async with open_scope() as scope:
+                scope.start(run, "a", a, After(ev_a, b))
+                scope.start(run, "b", b, After(ev_b, a))
+                await trio.testing.wait_all_tasks_blocked()
+                ev_b.set()  # b's turn now waits for a (busy in task 1): queued, no loop yet
+                await trio.testing.wait_all_tasks_blocked()
+                ev_a.set()  # a's turn calls b: b waits for a -> loop
+        assert got["a"] == ["b", "a", "b"]
+        # a's turn ended normally, so b's queued call to a then ran: "pong".
+        assert got["b"] == "pong"
