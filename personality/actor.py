@@ -489,13 +489,13 @@ async def _wait_turn(cell: _Cell, msg: Any, task: Any) -> int | None:
 
     def abort(_: Any) -> Abort:
         env.task = None  # left in place; skipped when it reaches the head
+        _waiting.pop(task, None)
         return Abort.SUCCEEDED
 
+    # In the wait-for graph until woken: whoever reschedules us (turn hand-over, failure,
+    # abort) removes the entry first, so a woken task is never mistaken for a waiting one.
     _waiting[task] = cell
-    try:
-        await wait_task_rescheduled(abort)
-    finally:
-        del _waiting[task]
+    await wait_task_rescheduled(abort)
     return flow
 
 
@@ -507,16 +507,18 @@ def _check_cycle(cell: _Cell, task: Any) -> None:
     """Follow "busy actor -> task running its turn -> actor that task is queued on" from
     `cell`; reaching `task` means waiting would deadlock."""
     path = [cell.name]
+    seen = {cell}
     c = cell
-    for _ in range(10_000):
+    while True:
         runner = c.runner
         if runner is None:
             return
         if runner is task:
             raise CallCycle([*path, path[0]] if len(path) > 1 else [cell.name, cell.name])
         c = _waiting.get(runner)  # type: ignore[assignment]
-        if c is None or c.state != BUSY:
+        if c is None or c.state != BUSY or c in seen:
             return
+        seen.add(c)
         path.append(c.name)
 
 
@@ -573,6 +575,7 @@ def _advance(cell: _Cell, drain: bool) -> Any:
             if task is None:  # that caller was cancelled while it waited
                 continue
             cell.runner = task
+            _waiting.pop(task, None)
             reschedule(task, _Value(None))
             return _NOTHING
         if t is _Marker:
@@ -654,6 +657,7 @@ def _fail_queue(cell: _Cell, cause: BaseException | None) -> None:
         return
     for x in mb:
         if type(x) is _Env and x.task is not None:
+            _waiting.pop(x.task, None)
             reschedule(x.task, _Error(ActorDied(cell.name, cause)))
             x.task = None
 
