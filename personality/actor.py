@@ -20,6 +20,11 @@ How an actor runs (its *turns*):
   like a baton); casts at the head of the mailbox are run by a short-lived drain task in
   the supervisor's nursery, which exits once the mailbox is empty or a caller takes over.
 - Ordering: exactly one turn runs at a time, messages in mailbox order.
+- Deadlocks: before parking, a call follows the wait-for graph (busy actor -> task running
+  its turn -> actor that task is queued on); if it leads back to the caller's own task the
+  call raises `CallCycle` instead of waiting forever.
+- Killing an actor (its supervisor failing or timing out its shutdown) cancels the shield
+  of a turn blocked inline: the turn is aborted and its caller gets `ActorDied`.
 
 Errors: a handler raising `OSError` answers the caller with that error (an errno-valued
 reply); the actor goes on. Any other exception is a crash: the caller gets `CallError`
