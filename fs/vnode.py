@@ -467,8 +467,7 @@ class VnodeActor(Actor):
             if inode.flags & (IMMUTABLE_FL | APPEND_FL):
                 raise OSError(errno.EPERM, "immutable or append-only file")
             if msg.size != inode.size:
-                await self._data_of(inode).truncate(inode.size, msg.size)
-                inode.size = msg.size
+                await self._truncate(inode, msg.size)
                 inode.mtime_ns = now
             changed = True
         if msg.mode is not None:
@@ -504,12 +503,20 @@ class VnodeActor(Actor):
             self._writable()
             now = _now()
             if inode.size:
-                await self._data_of(inode).truncate(inode.size, 0)
-                inode.size = 0
+                await self._truncate(inode, 0)
             inode.mtime_ns = inode.ctime_ns = now
             await self._save()
         self.opens += 1
         return Handle(self.ino, self.ref, flags)
+
+    async def _truncate(self, inode: Inode, size: int) -> None:
+        """Change the file's size; blocks freed before a failure are still accounted."""
+        try:
+            await self._data_of(inode).truncate(inode.size, size)
+        except BaseException:
+            await self._save()
+            raise
+        inode.size = size
 
     async def _read(self, handle: Handle, offset: int, size: int) -> bytes:
         inode = self._live()
