@@ -27,6 +27,7 @@ from chanos.personality.syscalls import (
     MkNod,
     Open,
     Read,
+    ReadLink,
     Release,
     RemoveXattr,
     Rename,
@@ -248,4 +249,35 @@ async def test_stale_vnode_of_a_reused_inode_number_never_writes_back(ext4_image
         await k.syscall(Write(h, 0, b"still here"))
         await k.syscall(Release(h))
     assert debugfs(img, "cat /new") == b"still here"
+    assert_fsck_clean(img)
+
+
+async def test_file_past_4gib_and_debugfs_slow_symlink(ext4_image):
+    img = ext4_image("16M", 4096)
+    target = "/very/long/" + "t" * 150
+    debugfs(img, f"symlink slowln {target}", write=True)
+    async with boot(_source(img), LOW) as k:
+        ln = (await k.syscall(Lookup(ROOT_INO, b"slowln"))).inode
+        assert await k.syscall(ReadLink(ln)) == target.encode()
+        f = (await k.syscall(MkNod(ROOT_INO, b"huge", 0o100644))).inode
+        h = await k.syscall(Open(f, os.O_RDWR))
+        off = 5 << 30  # 5 GiB: i_size_high in use, one data block
+        await k.syscall(Write(h, off, b"far away"))
+        assert await k.syscall(Read(h, off - 4, 12)) == bytes(4) + b"far away"
+        await k.syscall(Release(h))
+        a = await k.syscall(GetAttr(f))
+        assert a.size == off + 8 and a.blocks == 8
+    assert re.search(rf"Size: {(5 << 30) + 8}\b", _stat(img, "/huge"))
+    assert_fsck_clean(img)
+
+
+async def test_emlink_for_subdirectories_without_dir_nlink(ext4_image):
+    img = ext4_image("16M", 4096, features=("^metadata_csum", "^dir_nlink"))
+    debugfs(img, "mkdir d", "sif d links_count 65000", write=True)
+    async with boot(_source(img), LOW) as k:
+        d = (await k.syscall(Lookup(ROOT_INO, b"d"))).inode
+        assert await _errno(k.syscall(MkDir(d, b"s", 0o755))) == errno.EMLINK
+        await k.syscall(MkNod(d, b"file-is-fine", 0o100644))
+        assert (await k.syscall(GetAttr(d))).nlink == 65000
+    debugfs(img, "sif d links_count 2", write=True)
     assert_fsck_clean(img)
