@@ -388,6 +388,9 @@ class VnodeActor(Actor):
                 found = (await self._directory()).lookup(name)
                 if found is None:
                     raise OSError(errno.ENOENT, f"no entry {name!r}")
+                if found[1] == FT_UNKNOWN:
+                    # An image without the filetype feature: the type is in the inode.
+                    found = (found[0], (await self._child(found[0])).file_type)
                 return found
             case vp.InsertEntry(name, ino, file_type):
                 self._writable()

@@ -281,3 +281,19 @@ async def test_emlink_for_subdirectories_without_dir_nlink(ext4_image):
         assert (await k.syscall(GetAttr(d))).nlink == 65000
     debugfs(img, "sif d links_count 2", write=True)
     assert_fsck_clean(img)
+
+
+async def test_image_without_filetype_feature(ext4_image):
+    img = ext4_image("16M", 1024, features=("^metadata_csum", "^filetype"))
+    async with boot(_source(img), LOW) as k:
+        a = (await k.syscall(MkDir(ROOT_INO, b"a", 0o755))).inode
+        b = (await k.syscall(MkDir(ROOT_INO, b"b", 0o755))).inode
+        sub = (await k.syscall(MkDir(a, b"sub", 0o755))).inode
+        await k.syscall(MkNod(a, b"f", 0o100644))
+        await k.syscall(Rename(a, b"sub", b, b"moved"))  # a directory: `..` and counts move
+        assert (await k.syscall(Lookup(sub, b".."))).inode == b
+        assert (await k.syscall(GetAttr(a))).nlink == 2
+        assert (await k.syscall(GetAttr(b))).nlink == 3
+        assert await _errno(k.syscall(Unlink(b, b"moved"))) == errno.EISDIR
+    assert "filetype" not in debugfs(img, "features").decode()
+    assert_fsck_clean(img)
