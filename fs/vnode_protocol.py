@@ -106,7 +106,8 @@ class AddLink:
 class DropLink:
     """Inode: one name referring to it was removed -> new i_links_count.
 
-    A directory goes to 0 at once (its ``.`` link goes with its name). At 0 the inode is
+    A directory goes to 0 at once (its ``.`` link goes with its name), and only when it
+    is empty (ENOTEMPTY otherwise: check and drop happen in one turn). At 0 the inode is
     freed when no handle is open; otherwise it goes on the orphan list until the last
     Release.
     """
