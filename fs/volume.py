@@ -176,7 +176,10 @@ async def examine(device: Any, *, read_only: bool = False) -> Checked:
         raise _bad(f"descriptor table of {gdt_blocks} blocks does not fit in group 0")
 
     gdt_raw = await device.read(sb.gdt_first_block * bs, gdt_blocks * bs)
-    descs = parse_table(gdt_raw, ngroups, sb.group_desc_size)
+    try:
+        descs = parse_table(gdt_raw, ngroups, sb.group_desc_size)
+    except CorruptError as e:
+        raise _bad(f"corrupt group descriptor table: {e.strerror}") from None
     layouts = _layouts(sb, descs)
 
     if sb.has_compat(F.COMPAT_HAS_JOURNAL) and sb.journal_inum:
