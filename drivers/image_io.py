@@ -208,6 +208,14 @@ class ImageFile:
             os.close(self.fd)
             self.fd = -1
 
+    def __del__(self) -> None:
+        # A driver taken down without stopped() (its supervisor left on an exception)
+        # never closes its file; the descriptor goes when the last user lets go of it
+        # (a write-out thread still running holds a reference).
+        if getattr(self, "fd", -1) >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
     # ------------------------------------------------------------ reads
 
     def _read(self, run: ReadRun, results: list[Any]) -> None:

@@ -491,3 +491,18 @@ def test_driver_matches_a_byte_array_model(tmp_path, ops, write_behind):
             assert path.read_bytes() == model
 
     trio.run(main)
+
+
+async def test_file_closed_when_supervisor_leaves_on_error(image):
+    import gc
+
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(RuntimeError):
+        async with open_supervisor(name="t") as s:
+            _ref, dev = await start(s, image)
+            await dev.write(0, b"x")
+            assert len(os.listdir("/proc/self/fd")) == before + 1
+            raise RuntimeError("boom")
+    del _ref, dev
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before
