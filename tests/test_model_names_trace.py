@@ -138,3 +138,29 @@ async def test_trace_recording_context(tmp_path: Path) -> None:
         assert not trace.enabled
     assert json.loads(path.read_text())["traceEvents"]
     trace.clear()
+
+
+async def test_debug_views_show_turns_and_waits() -> None:
+    from chanos.personality.debug import supervisor_tree, task_tree
+
+    class Holder(Actor):
+        async def handle(self, msg: Any) -> Any:
+            await msg.wait()
+            return "released"
+
+    async with open_supervisor(name="dbg") as sup:
+        ref = await sup.start(ChildSpec("holder", Holder))
+        ev = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, ref, ev, name="first-caller")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(call, ref, ev, name="second-caller")
+            await trio.testing.wait_all_tasks_blocked()
+            tasks = task_tree()
+            actors = supervisor_tree(sup)
+            ev.set()
+    # The first caller runs the holder's turn inline: the view goes into the handler.
+    assert "[turn of holder]" in tasks
+    assert "handle (test_model_names_trace.py" in tasks
+    assert "second-caller  <queued on holder>" in tasks
+    assert "holder: busy, 1 queued, turn in task 'first-caller'" in actors
