@@ -28,6 +28,12 @@ safe from deadlock because an idle vnode is, by definition, not serving a reques
 could be waiting on the table; and it guarantees a new actor for the same inode never
 starts before the old one has written its state back.
 
+Sync is different: it must write back every live vnode, busy ones included, and a busy
+vnode's turn may itself be waiting for the table (a directory pinning its child). So the
+table only lists the live vnodes (``WriteBackAll``, one short turn) and the write-backs
+run outside its turn (``write_back_all``): a write-back to a busy vnode waits for the end
+of its turn, while the table goes on answering that turn's pins.
+
 Crashes: a vnode that raises anything but ``OSError`` is restarted by the vnode
 supervisor from fresh state (re-read from disk); the request that hit the crash gets
 ``OSError(EIO)`` from ``call_vnode`` and the table is told (``Crashed``), so it can drop an
@@ -102,7 +108,8 @@ class Crashed:
 
 @dataclass(frozen=True, slots=True)
 class WriteBackAll:
-    """Write back every live vnode (sync) -> None."""
+    """-> list of ``(ino, ActorRef)`` of every live vnode, for ``write_back_all`` (sync).
+    The table does not write them back itself: see the module docstring."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +153,24 @@ async def call_vnode(table: ActorRef, ino: int, msg: Any) -> Any:
         raise OSError(errno.EIO, f"vnode {ino} failed: {exc}") from exc
     finally:
         cast(table, Unpin(ino))
+
+
+async def write_back_all(table: ActorRef) -> None:
+    """Write back every vnode live when called (sync), outside the table's turn.
+
+    A vnode busy in a turn is written back when that turn ends. One retired meanwhile
+    wrote itself back on stopping; one that crashes is reported, and the others are
+    still written back.
+    """
+    for ino, ref in await call(table, WriteBackAll()):
+        try:
+            await call(ref, WriteBack())
+        except CallError as exc:
+            if not _alive(ref):
+                continue  # retired since it was listed: written back when it stopped
+            # A crash while writing back loses only what the crash lost; the actor is
+            # restarted from disk.
+            log.error("vnode %d failed writing back: %r", ino, exc)
 
 
 # ---------------------------------------------------------------------------------------
@@ -260,9 +285,8 @@ class VnodeTable(Actor):
                     del self._live[ino]
                 return None
             case WriteBackAll():
-                for ino, slot in list(self._live.items()):
-                    await self._write_back(ino, slot)
-                return None
+                # Not written back here: a busy vnode's turn may be waiting on this table.
+                return [(ino, slot.ref) for ino, slot in self._live.items()]
             case RetireAll():
                 while self._live:
                     ino, slot = self._live.popitem(last=False)

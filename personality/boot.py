@@ -53,8 +53,8 @@ from chanos.fs.vnode_table import (
     TableStats,
     Unpin,
     VnodeTable,
-    WriteBackAll,
     supervised_starter,
+    write_back_all,
 )
 from chanos.fs.vnode_table import Forget as TableForget
 from chanos.personality import (
@@ -366,7 +366,7 @@ class Kernel:
 
     async def sync(self) -> None:
         """Write every vnode back, then the groups and the superblock (sync(2))."""
-        await call(self.table, WriteBackAll())
+        await write_back_all(self.table)
         await self.volume.sync()
 
     async def vnode_stats(self) -> TableStats:
