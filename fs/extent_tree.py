@@ -68,9 +68,10 @@ def _encode_node(depth: int, emax: int, entries: list[tuple], *, in_inode: bool)
 
 
 class BlockStore(Protocol):
-    """Block I/O of the device the inode lives on (block numbers in file-system blocks)."""
+    """Block I/O of the device the inode lives on (block numbers in file-system blocks).
+    ``read_blocks`` may answer a read-only memoryview (the drivers do): never mutate it."""
 
-    async def read_blocks(self, start: int, count: int) -> bytes: ...
+    async def read_blocks(self, start: int, count: int) -> bytes | memoryview: ...
 
     async def write_blocks(self, start: int, data: bytes | bytearray | memoryview) -> None: ...
 

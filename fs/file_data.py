@@ -63,16 +63,12 @@ class FileData:
         goal: int = 0,
         extent_feature: bool = True,
         fs_blocks_count: int | None = None,
-        blocks_count: int | None = None,
     ) -> None:
         """``i_block``: the inode's 60-byte block array; ``extents``: EXT4_EXTENTS_FL is set;
         ``fs_blocks``: file-system blocks the file holds now (i_blocks without the xattr
         block); ``goal``: a block near the inode, where the first data block should go;
         ``fs_blocks_count``: the file system's size in blocks (s_blocks_count): mapping
-        pointers at or past it make the file EIO instead of reaching outside the volume.
-        ``blocks_count`` is accepted and ignored (an earlier name, ambiguous with the
-        file's own block count)."""
-        del blocks_count
+        pointers at or past it make the file EIO instead of reaching outside the volume."""
         self._store = store
         self._alloc = _CountingAllocator(allocator)
         self.block_size = block_size
@@ -139,6 +135,8 @@ class FileData:
         if len(groups) == 1 and groups[0][0] == first and groups[0][2] == last - first + 1:
             # The whole range is one physical run: no assembly buffer.
             data = await self._store.read_blocks(groups[0][1], groups[0][2])
+            if type(data) is bytes and skip == 0 and len(data) == size:
+                return data
             return bytes(memoryview(data)[skip : skip + size])
         out = bytearray((last - first + 1) * bs)
         for lblk, pblk, n in groups:
@@ -211,24 +209,19 @@ class FileData:
             await self._zero_range(size, bs - size % bs)
         runs = await tree.map(first, last - first + 1)
 
-        # Edge blocks that are only partly overwritten keep their old bytes (read now,
-        # before any allocation reshapes the tree); new or unwritten blocks start as zeros.
-        edges: dict[int, bytes] = {}
+        # Edge blocks that are only partly overwritten keep their old bytes before the old
+        # EOF (read now, before any allocation reshapes the tree); the rest of them, new
+        # blocks and unwritten ones start as zeros: the gap between the old EOF and the
+        # write and the tail past the new EOF read as zeros, whatever another writer left
+        # there. ``edges``: lblk -> (the store's reply as it is, bytes of it to keep).
+        edges: dict[int, tuple[bytes | memoryview, int]] = {}
         for lblk, part in ((first, offset % bs != 0), (last, end % bs != 0)):
             if part and lblk not in edges:
+                keep = bs if size is None else min(max(size - lblk * bs, 0), bs)
                 r = _run_at(runs, lblk)
-                if r.physical is not None and not r.unwritten:
+                if keep and r.physical is not None and not r.unwritten:
                     pblk = r.physical + (lblk - r.logical)
-                    edges[lblk] = bytes(await self._store.read_blocks(pblk, 1))
-        if size is not None and size < offset and size // bs == first and first in edges:
-            # The gap between the old EOF and the write, inside the old last block, reads
-            # as zeros whatever another writer left there.
-            blk = bytearray(edges[first])
-            blk[size % bs : offset % bs] = bytes(offset % bs - size % bs)
-            edges[first] = bytes(blk)
-        if size is not None and end >= size and last in edges:
-            # Past the new EOF the last block holds zeros, as after a truncate.
-            edges[last] = edges[last][: end % bs] + bytes(bs - end % bs)
+                    edges[lblk] = (await self._store.read_blocks(pblk, 1), keep)
 
         segs: list[Run] = []
         short_at: int | None = None
@@ -272,8 +265,9 @@ class FileData:
             buf = bytearray(cnt * bs)
             for e in (first, last):
                 if lblk <= e < lblk + cnt and e in edges:
+                    old, keep = edges[e]
                     p = (e - lblk) * bs
-                    buf[p : p + bs] = edges[e]
+                    buf[p : p + keep] = old if keep == bs else memoryview(old)[:keep]
             a = max(lo, offset)
             b = min(hi, end)
             buf[a - lo : b - lo] = mv[a - offset : b - offset]

@@ -143,10 +143,9 @@ class _Store:
         self.device = device
         self.bs = block_size
 
-    async def read_blocks(self, start: int, count: int) -> bytes:
-        data = await self.device.read(start * self.bs, count * self.bs)
-        # The driver may answer with a memoryview; BlockStore promises bytes.
-        return data if type(data) is bytes else bytes(data)
+    async def read_blocks(self, start: int, count: int) -> bytes | memoryview:
+        # The driver's reply as it is (often a read-only memoryview): no copy here.
+        return await self.device.read(start * self.bs, count * self.bs)
 
     async def write_blocks(self, start: int, data: bytes | bytearray | memoryview) -> None:
         await self.device.write(start * self.bs, data)
@@ -249,7 +248,6 @@ class VnodeActor(Actor):
                 goal=self._goal(),
                 extent_feature=self.extent_feature,
                 fs_blocks_count=self.geo.blocks_count,
-                blocks_count=(inode.size + self.bs - 1) // self.bs,
             )
         return self._data
 
@@ -747,7 +745,6 @@ class VnodeActor(Actor):
                     goal=self.vol.allocator.goal_for_inode(ino),
                     extent_feature=self.extent_feature,
                     fs_blocks_count=self.geo.blocks_count,
-                    blocks_count=0,
                 )
                 if is_dir:
                     content = bytes(first_block(self.bs, ino, self.ino, self.filetype))

@@ -286,3 +286,41 @@ async def test_random_file_operations_match_model(block_size: int, ops, max_run:
             assert await fd.read(off, n) == bytes(model[off : off + n])
     await fd.truncate(len(model), 0)
     assert alloc.used_blocks() == set() and fd.fs_blocks == 0
+
+
+async def test_write_past_eof_into_a_mapped_block_reads_zeros_before_it() -> None:
+    """A written block wholly past EOF (left by a crash, say) is not read back into a
+    write that starts inside it: the bytes before the write are past the old EOF and
+    must read as zeros, as must the rest of the block after the new EOF."""
+    store, alloc, fd = make()
+    await fd.write(0, b"x" * 100)
+    p, _n = await alloc.allocate(500, 1)
+    await fd.mapping.insert(5, p, 1)
+    fd._base_blocks = 1
+    store.blocks[p] = b"G" * 1024
+    store.reads = 0
+    await fd.write(5 * 1024 + 10, b"y", size=100)
+    assert store.reads == 1  # the old EOF block, to zero its tail; not the block past EOF
+    assert await fd.read(0, 5 * 1024 + 11) == b"x" * 100 + bytes(5 * 1024 - 90) + b"y"
+    assert store.blocks[p] == bytes(10) + b"y" + bytes(1013)
+
+
+async def test_edge_blocks_from_a_read_only_view_store() -> None:
+    """Stores answer read-only memoryviews (as the drivers do): partial writes at both
+    edges, inside and at the end of the file, work on them without converting them."""
+    store, _alloc, fd = make()
+    data = bytearray(pattern(10 * 1024, 7))
+    await fd.write(0, data)
+    reads = store.read_blocks
+
+    async def read_only(start: int, count: int) -> memoryview:
+        return (await reads(start, count)).toreadonly()
+
+    store.read_blocks = read_only
+    await fd.write(1000, b"a" * 3000, size=len(data))  # both edges inside the file
+    data[1000:4000] = b"a" * 3000
+    await fd.write(10 * 1024 - 24, b"b" * 100, size=len(data))  # last edge past EOF
+    data[10 * 1024 - 24 :] = b"b" * 100
+    assert await fd.read(0, len(data)) == bytes(data)
+    (last,) = [p + 10 - s for s, p, n, _u in await fd.mapping.extents() if s <= 10 < s + n]
+    assert store.blocks[last] == b"b" * 76 + bytes(1024 - 76)

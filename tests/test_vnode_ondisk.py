@@ -297,3 +297,20 @@ async def test_image_without_filetype_feature(ext4_image):
         assert await _errno(k.syscall(Unlink(b, b"moved"))) == errno.EISDIR
     assert "filetype" not in debugfs(img, "features").decode()
     assert_fsck_clean(img)
+
+
+async def test_vnode_block_store_passes_driver_views_through():
+    """The vnode's BlockStore hands the driver's reply (a read-only memoryview) to the
+    extent tree, file data and xattrs as it is: no copy on the read path."""
+    from chanos.fs.vnode import _Store
+
+    view = memoryview(bytes(range(256)) * 16).toreadonly()
+    asked = []
+
+    class Device:
+        async def read(self, offset: int, length: int) -> memoryview:
+            asked.append((offset, length))
+            return view
+
+    assert await _Store(Device(), 1024).read_blocks(3, 4) is view
+    assert asked == [(3 * 1024, 4 * 1024)]
