@@ -68,7 +68,7 @@ from chanos.fs.format.inode import (
     file_type_from_mode,
 )
 from chanos.fs.orphans import AddOrphan, RemoveOrphan, SetOrphanNext
-from chanos.fs.vnode_table import call_vnode
+from chanos.fs.vnode_table import OpenCount, call_vnode
 from chanos.fs.xattrs import Xattrs
 from chanos.personality import Actor, call
 from chanos.personality.syscalls import (
@@ -176,6 +176,9 @@ class VnodeActor(Actor):
         self._xattrs: Xattrs | None = None
         self.opens = 0
         self.on_orphan_list = False
+        # Set by the vnode table's starter on an instance made for a restart: the count
+        # of open handles (not on disk) is asked from the table before the first request.
+        self.restarted = False
 
     # ----- life cycle -----------------------------------------------------------------------
 
@@ -305,6 +308,9 @@ class VnodeActor(Actor):
     # ----- dispatch -------------------------------------------------------------------------
 
     async def handle(self, msg: Any) -> Any:
+        if self.restarted and not isinstance(msg, vp.WriteBack):
+            self.restarted = False
+            self.opens = await call(self.ctx.table, OpenCount(self.ino))
         inode = self.inode
         if (inode is None or (inode.links_count == 0 and self.opens == 0)) and not isinstance(
             msg, vp.WriteBack

@@ -37,7 +37,12 @@ of its turn, while the table goes on answering that turn's pins.
 Crashes: a vnode that raises anything but ``OSError`` is restarted by the vnode
 supervisor from fresh state (re-read from disk); the request that hit the crash gets
 ``OSError(EIO)`` from ``call_vnode`` and the table is told (``Crashed``), so it can drop an
-address that did not survive the restart.
+address that did not survive the restart. The one thing not on disk is how many handles
+are open on the inode, which decides when an unlinked inode is freed; the table counts
+them too (handle pins), so ``supervised_starter`` marks a restarted instance
+(``restarted = True``) and the vnode asks ``OpenCount`` before its first request. That
+request comes from a pin or handle holder, so the vnode is not idle and the table is not
+waiting on it: no cycle. (WriteBack, which the table's own turns send, does not ask.)
 """
 
 from __future__ import annotations
@@ -86,6 +91,13 @@ class Unpin:
 @dataclass(frozen=True, slots=True)
 class Closed:
     """Cast: one open handle of ``ino`` was released."""
+
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenCount:
+    """-> int: the handles open on ``ino`` (for a vnode restarted after a crash)."""
 
     ino: int
 
@@ -268,6 +280,9 @@ class VnodeTable(Actor):
                     if slot.opened == 0 and len(self._live) > self._max:
                         await self._make_room(0)
                 return None
+            case OpenCount(ino):
+                slot = self._live.get(ino)
+                return slot.opened if slot is not None else 0
             case Forget(ino, nlookup):
                 left = self._lookups.get(ino, 0) - nlookup
                 if left > 0:
@@ -350,12 +365,23 @@ def _alive(ref: Any) -> bool:
 def supervised_starter(supervisor: Any, make_vnode: Callable[[int], Actor]) -> Callable[[int], Any]:
     """``start_vnode`` for ``VnodeTable``: start ``make_vnode(ino)`` under ``supervisor``.
 
-    Vnodes are TRANSIENT children: restarted after a crash, not after a retirement.
+    Vnodes are TRANSIENT children: restarted after a crash, not after a retirement. An
+    instance made for a restart gets ``restarted = True`` (see the module docstring).
     """
 
     async def start(ino: int) -> ActorRef:
+        made = 0
+
+        def factory() -> Actor:
+            nonlocal made
+            vnode = make_vnode(ino)
+            if made:
+                vnode.restarted = True  # type: ignore[attr-defined]
+            made += 1
+            return vnode
+
         return await supervisor.start(
-            ChildSpec(name=f"vnode-{ino}", factory=lambda: make_vnode(ino), restart=TRANSIENT)
+            ChildSpec(name=f"vnode-{ino}", factory=factory, restart=TRANSIENT)
         )
 
     return start

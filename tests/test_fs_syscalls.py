@@ -642,3 +642,43 @@ async def test_crashed_vnode_gives_eio_and_the_rest_goes_on(image, monkeypatch):
         assert await k_read_file(k, g) == b"other"
         assert await k_read_file(k, f) == b"before+after"
     assert_fsck_clean(image)
+
+
+async def test_unlink_while_open_survives_a_vnode_crash(image, monkeypatch):
+    """A vnode restarted after a crash recovers its open-handle count from the vnode
+    table: the file, unlinked afterwards, stays readable through both handles and is
+    freed at the last release, not before."""
+    from chanos.fs import vnode as vnode_mod
+
+    real_handle = vnode_mod.VnodeActor.handle
+    crash_next: set[int] = set()
+
+    async def flaky_handle(self, msg):
+        if self.ino in crash_next and isinstance(msg, GetAttr):
+            crash_next.discard(self.ino)
+            raise RuntimeError("injected crash")
+        return await real_handle(self, msg)
+
+    monkeypatch.setattr(vnode_mod.VnodeActor, "handle", flaky_handle)
+    async with boot(image, LOW) as k:
+        f = await k_write_file(k, ROOT_INO, b"f", b"kept while open")
+        h1 = await k.syscall(Open(f, os.O_RDWR))
+        h2 = await k.syscall(Open(f, os.O_RDONLY))
+        crash_next.add(f)
+        with Errno(errno.EIO):
+            await k.syscall(GetAttr(f))
+        await k.syscall(Unlink(ROOT_INO, b"f"))
+        assert await k.syscall(Read(h1, 0, 100)) == b"kept while open"
+        await k.syscall(Write(h1, 15, b"!"))
+        await k.syscall(Release(h1))
+        # one handle left: still there
+        assert await k.syscall(Read(h2, 0, 100)) == b"kept while open!"
+        assert (await k.syscall(GetAttr(f))).nlink == 0
+        await k.syscall(Release(h2))
+        with Errno(errno.ENOENT):
+            await k.syscall(GetAttr(f))
+        free_inodes = (await k.syscall(StatFs())).f_ffree
+    assert_fsck_clean(image)
+    async with boot(image, LOW) as k:
+        # freed at the last release: nothing left on the orphan list for this mount
+        assert (await k.syscall(StatFs())).f_ffree == free_inodes
