@@ -4,11 +4,17 @@ Fixtures
   ``ext4_image``        factory: ``ext4_image(size="64M", block_size=4096, ...) -> Path``,
                         a fresh ``mkfs.ext4 -O ^metadata_csum`` image in the test's tmp dir.
   ``fsck_clean``        the helper ``assert_fsck_clean`` as a fixture.
+  ``image``             a fresh image, once with 4 KiB and once with 1 KiB blocks (the
+                        test runs twice); size ``IMAGE_SIZE`` of the test module, if it
+                        sets one, else 64M.
 Helpers (importable from tests as ``from conftest import ...``)
   ``make_ext4_image``   the factory behind ``ext4_image``.
   ``assert_fsck_clean`` runs ``e2fsck -fn IMAGE`` and fails the test, showing e2fsck's
                         whole output, unless it exits 0.
   ``debugfs``           runs debugfs requests against an image and returns stdout bytes.
+  ``last_orphan``       s_last_orphan as it is on an image file.
+  ``Errno``, ``errno_of``, ``k_resolve``, ``k_write_file``, ``k_read_file``, ``k_listdir``:
+                        driving a booted kernel through system-call messages (below).
 
 e2fsprogs is the independent oracle here: nothing in chanos checks chanos's own output.
 """
@@ -119,6 +125,21 @@ def fsck_clean() -> Callable[[Path | str], None]:
     return assert_fsck_clean
 
 
+@pytest.fixture(params=[4096, 1024], ids=["4k", "1k"])
+def image(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A fresh image with 4 KiB, then 1 KiB blocks; the module's ``IMAGE_SIZE`` or 64M."""
+    return make_ext4_image(tmp_path, getattr(request.module, "IMAGE_SIZE", "64M"), request.param)
+
+
+def last_orphan(image: Path | str) -> int:
+    """s_last_orphan (the head of the on-disk orphan list) as it is in the image file."""
+    import struct
+
+    with open(image, "rb") as f:
+        f.seek(1024 + 0xE8)
+        return struct.unpack("<I", f.read(4))[0]
+
+
 # ---------------------------------------------------------------------------------------
 # Driving a booted kernel (chanos.personality.boot) through system-call messages
 # ---------------------------------------------------------------------------------------
@@ -145,6 +166,15 @@ class Errno:
         got = _errno.errorcode.get(ev.errno, ev.errno)
         assert ev.errno == self.code, f"expected {want}, got {got}: {ev}"
         return True
+
+
+async def errno_of(coro) -> int:
+    """The errno of the OSError ``coro`` raises; fails the test if it raises none."""
+    try:
+        await coro
+    except OSError as e:
+        return e.errno
+    raise AssertionError("no error")
 
 
 async def k_resolve(kernel, path: str | bytes) -> int:

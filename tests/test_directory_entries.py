@@ -9,7 +9,6 @@ The first tests drive ``chanos.fs.directory.Directory`` over an in-memory stand-
 from __future__ import annotations
 
 import errno
-import os
 import random
 import re
 import subprocess
@@ -34,41 +33,10 @@ from chanos.personality.syscalls import (
     RmDir,
     Unlink,
 )
-from conftest import E2FSCK, assert_fsck_clean, debugfs
+from conftest import E2FSCK, assert_fsck_clean, debugfs, errno_of
 
 LOW = MountOptions(max_vnodes=3)
-
-
-def _source(path):
-    """What to boot: the image path once chanos.drivers has its image driver; until then
-    a minimal local driver actor over the file."""
-    import chanos.drivers as d
-
-    if hasattr(d, "ImageFileDriver"):
-        return path
-    from chanos.drivers.protocol import DeviceInfo, Discard, Flush, Info, Read, Write
-    from chanos.personality import Actor
-
-    class _FileDriver(Actor):
-        async def started(self) -> None:
-            self.fd = os.open(path, os.O_RDWR)
-
-        async def stopped(self) -> None:
-            os.close(self.fd)
-
-        async def handle(self, msg):
-            match msg:
-                case Read(off, n):
-                    return os.pread(self.fd, n, off)
-                case Write(off, data):
-                    os.pwrite(self.fd, data, off)
-                    return None
-                case Flush() | Discard():
-                    return None
-                case Info():
-                    return DeviceInfo(os.fstat(self.fd).st_size, 512, False)
-
-    return _FileDriver
+IMAGE_SIZE = "32M"
 
 
 # ---------------------------------------------------------------------------------------
@@ -204,11 +172,6 @@ async def test_corrupt_block_is_skipped_not_written():
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=[4096, 1024], ids=["4k", "1k"])
-def image(request, ext4_image):
-    return ext4_image("32M", request.param)
-
-
 async def _listdir(k, ino: int) -> list:
     h = await k.syscall(OpenDir(ino))
     out = []
@@ -223,16 +186,8 @@ async def _listdir(k, ino: int) -> list:
     return out
 
 
-async def _errno(coro) -> int:
-    try:
-        await coro
-    except OSError as e:
-        return e.errno
-    raise AssertionError("no error")
-
-
 async def test_errors_and_link_counts(image):
-    async with boot(_source(image), LOW) as k:
+    async with boot(image, LOW) as k:
         root_links = (await k.syscall(GetAttr(ROOT_INO))).nlink
         d = await k.syscall(MkDir(ROOT_INO, b"d", 0o755))
         assert d.attr.nlink == 2
@@ -241,17 +196,17 @@ async def test_errors_and_link_counts(image):
         sub = await k.syscall(MkDir(d.inode, b"sub", 0o700))
         assert (await k.syscall(GetAttr(d.inode))).nlink == 3
 
-        assert await _errno(k.syscall(MkDir(d.inode, b"f", 0o755))) == errno.EEXIST
-        assert await _errno(k.syscall(MkNod(d.inode, b"sub", 0o100644))) == errno.EEXIST
-        assert await _errno(k.syscall(Lookup(d.inode, b"nope"))) == errno.ENOENT
-        assert await _errno(k.syscall(Lookup(d.inode, b"n" * 256))) == errno.ENAMETOOLONG
-        assert await _errno(k.syscall(MkNod(d.inode, b"n" * 256, 0o100644))) == errno.ENAMETOOLONG
-        assert await _errno(k.syscall(Lookup(f.inode, b"x"))) == errno.ENOTDIR
-        assert await _errno(k.syscall(MkNod(f.inode, b"x", 0o100644))) == errno.ENOTDIR
-        assert await _errno(k.syscall(Unlink(d.inode, b"sub"))) == errno.EISDIR
-        assert await _errno(k.syscall(RmDir(d.inode, b"f"))) == errno.ENOTDIR
-        assert await _errno(k.syscall(RmDir(ROOT_INO, b"d"))) == errno.ENOTEMPTY
-        assert await _errno(k.syscall(Unlink(d.inode, b"gone"))) == errno.ENOENT
+        assert await errno_of(k.syscall(MkDir(d.inode, b"f", 0o755))) == errno.EEXIST
+        assert await errno_of(k.syscall(MkNod(d.inode, b"sub", 0o100644))) == errno.EEXIST
+        assert await errno_of(k.syscall(Lookup(d.inode, b"nope"))) == errno.ENOENT
+        assert await errno_of(k.syscall(Lookup(d.inode, b"n" * 256))) == errno.ENAMETOOLONG
+        assert await errno_of(k.syscall(MkNod(d.inode, b"n" * 256, 0o100644))) == errno.ENAMETOOLONG
+        assert await errno_of(k.syscall(Lookup(f.inode, b"x"))) == errno.ENOTDIR
+        assert await errno_of(k.syscall(MkNod(f.inode, b"x", 0o100644))) == errno.ENOTDIR
+        assert await errno_of(k.syscall(Unlink(d.inode, b"sub"))) == errno.EISDIR
+        assert await errno_of(k.syscall(RmDir(d.inode, b"f"))) == errno.ENOTDIR
+        assert await errno_of(k.syscall(RmDir(ROOT_INO, b"d"))) == errno.ENOTEMPTY
+        assert await errno_of(k.syscall(Unlink(d.inode, b"gone"))) == errno.ENOENT
         name255 = b"L" * 255
         assert (await k.syscall(MkNod(d.inode, name255, 0o100600))).attr.nlink == 1
         assert (await k.syscall(Lookup(d.inode, name255))).inode
@@ -268,19 +223,19 @@ async def test_errors_and_link_counts(image):
         hs = await k.syscall(OpenDir(sub.inode))
         await k.syscall(RmDir(d.inode, b"sub"))
         assert await k.syscall(ReadDir(hs, 0)) == []
-        assert await _errno(k.syscall(MkNod(sub.inode, b"late", 0o100644))) == errno.ENOENT
+        assert await errno_of(k.syscall(MkNod(sub.inode, b"late", 0o100644))) == errno.ENOENT
         await k.syscall(ReleaseDir(hs))
         assert (await k.syscall(GetAttr(d.inode))).nlink == 2
         await k.syscall(Unlink(d.inode, b"f"))
         await k.syscall(Unlink(d.inode, name255))
         await k.syscall(RmDir(ROOT_INO, b"d"))
         assert (await k.syscall(GetAttr(ROOT_INO))).nlink == root_links
-        assert await _errno(k.syscall(GetAttr(sub.inode))) == errno.ENOENT
+        assert await errno_of(k.syscall(GetAttr(sub.inode))) == errno.ENOENT
     assert_fsck_clean(image)
 
 
 async def test_same_directory_rename(image):
-    async with boot(_source(image), LOW) as k:
+    async with boot(image, LOW) as k:
         d = (await k.syscall(MkDir(ROOT_INO, b"d", 0o755))).inode
         a = (await k.syscall(MkNod(d, b"a", 0o100644))).inode
         b = (await k.syscall(MkNod(d, b"b", 0o100644))).inode
@@ -293,17 +248,17 @@ async def test_same_directory_rename(image):
 
         await k.syscall(Rename(d, b"a", d, b"a2"))
         assert (await names())[b"a2"] == a
-        assert await _errno(k.syscall(Rename(d, b"a2", d, b"b", RENAME_NOREPLACE))) == (
+        assert await errno_of(k.syscall(Rename(d, b"a2", d, b"b", RENAME_NOREPLACE))) == (
             errno.EEXIST
         )
         await k.syscall(Rename(d, b"a2", d, b"b", RENAME_EXCHANGE))
         assert (await names())[b"b"] == a and (await names())[b"a2"] == b
         await k.syscall(Rename(d, b"a2", d, b"b"))  # replaces: inode a is freed
         assert await names() == {b"b": b, b"x": x, b"y": y}
-        assert await _errno(k.syscall(GetAttr(a))) == errno.ENOENT
-        assert await _errno(k.syscall(Rename(d, b"x", d, b"b"))) == errno.ENOTDIR
-        assert await _errno(k.syscall(Rename(d, b"b", d, b"x"))) == errno.EISDIR
-        assert await _errno(k.syscall(Rename(d, b"x", d, b"y"))) == errno.ENOTEMPTY
+        assert await errno_of(k.syscall(GetAttr(a))) == errno.ENOENT
+        assert await errno_of(k.syscall(Rename(d, b"x", d, b"b"))) == errno.ENOTDIR
+        assert await errno_of(k.syscall(Rename(d, b"b", d, b"x"))) == errno.EISDIR
+        assert await errno_of(k.syscall(Rename(d, b"x", d, b"y"))) == errno.ENOTEMPTY
         links = (await k.syscall(GetAttr(d))).nlink
         assert links == 4
         await k.syscall(Unlink(y, b"inside"))
@@ -319,7 +274,7 @@ async def test_same_directory_rename(image):
 
 
 async def test_readdir_offsets_stable_through_the_kernel(image):
-    async with boot(_source(image), LOW) as k:
+    async with boot(image, LOW) as k:
         d = (await k.syscall(MkDir(ROOT_INO, b"big", 0o755))).inode
         for i in range(600):
             await k.syscall(MkNod(d, b"f%04d" % i, 0o100644))
@@ -363,7 +318,7 @@ def _make_htree_dir(img, count: int) -> None:
 async def test_htree_directory_read_linearly_and_index_dropped_on_change(ext4_image):
     img = ext4_image("32M", 1024)
     _make_htree_dir(img, 400)
-    async with boot(_source(img), LOW) as k:
+    async with boot(img, LOW) as k:
         h = (await k.syscall(Lookup(ROOT_INO, b"h"))).inode
         for i in range(0, 400, 37):
             assert (await k.syscall(Lookup(h, b"entry-%05d" % i))).attr.mode & 0o170000 == (
@@ -386,12 +341,12 @@ async def test_link_limit_and_dir_nlink(ext4_image):
     debugfs(img, "write /dev/null f", "mkdir d", write=True)
     # Counts near the limit, set directly (creating 65000 names would be slow).
     debugfs(img, "sif f links_count 64999", "sif d links_count 65000", write=True)
-    async with boot(_source(img), LOW) as k:
+    async with boot(img, LOW) as k:
         f = (await k.syscall(Lookup(ROOT_INO, b"f"))).inode
         d = (await k.syscall(Lookup(ROOT_INO, b"d"))).inode
         e = await k.syscall(Link(f, ROOT_INO, b"f2"))
         assert e.attr.nlink == 65000
-        assert await _errno(k.syscall(Link(f, ROOT_INO, b"f3"))) == errno.EMLINK
+        assert await errno_of(k.syscall(Link(f, ROOT_INO, b"f3"))) == errno.EMLINK
         await k.syscall(Unlink(ROOT_INO, b"f2"))
         assert (await k.syscall(GetAttr(f))).nlink == 64999
         # dir_nlink: past 65000 a directory's count reads 1 ("many") and stays there
@@ -400,7 +355,7 @@ async def test_link_limit_and_dir_nlink(ext4_image):
         assert (await k.syscall(GetAttr(d))).nlink == 1
         await k.syscall(RmDir(d, b"s"))
         assert (await k.syscall(GetAttr(d))).nlink == 1
-        assert await _errno(k.syscall(Link(d, ROOT_INO, b"dl"))) == errno.EPERM
+        assert await errno_of(k.syscall(Link(d, ROOT_INO, b"dl"))) == errno.EPERM
     # Put the true counts back for the checker (1 name; 2 for an empty directory).
     debugfs(img, "sif f links_count 1", "sif d links_count 2", write=True)
     assert_fsck_clean(img)

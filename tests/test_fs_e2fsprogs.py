@@ -41,11 +41,6 @@ from conftest import (
 LOW = MountOptions(max_vnodes=4)
 
 
-@pytest.fixture(params=[4096, 1024], ids=["4k", "1k"])
-def image(request, ext4_image):
-    return ext4_image("64M", request.param)
-
-
 async def test_debugfs_written_tree_reads_through_chanos(image, tmp_path):
     small = os.urandom(5000)
     big = os.urandom(3 * 1024 * 1024 + 77)  # many extents' worth on 1 KiB blocks

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import struct
 
 import pytest
 import trio
@@ -57,23 +56,17 @@ from conftest import (
     k_read_file,
     k_resolve,
     k_write_file,
+    last_orphan,
 )
 
 LOW = MountOptions(max_vnodes=4)
 
 
-@pytest.fixture(params=[4096, 1024], ids=["4k", "1k"])
-def image(request, ext4_image):
-    return ext4_image("64M", request.param)
-
-
-async def last_orphan(kernel, img) -> int:
+async def synced_last_orphan(kernel, img) -> int:
     """s_last_orphan as written on the image (after a sync) by the kernel."""
     if kernel is not None:
         await kernel.sync()
-    with open(img, "rb") as f:
-        f.seek(1024 + 0xE8)
-        return struct.unpack("<I", f.read(4))[0]
+    return last_orphan(img)
 
 
 async def test_create_write_read_persists_across_remount(image):
@@ -255,7 +248,7 @@ async def test_unlink_open_file_keeps_it_until_release(image):
         await k.syscall(Write(h, len(data), b"tail"))
         await k.syscall(FSync(h, False))
         assert (await k.syscall(GetAttr(e.inode))).nlink == 0
-        assert await last_orphan(k, image) == e.inode
+        assert await synced_last_orphan(k, image) == e.inode
         # Touch many other inodes so the vnode table is under pressure meanwhile.
         for i in range(10):
             await k_write_file(k, ROOT_INO, b"other%d" % i, b"o")
@@ -263,7 +256,7 @@ async def test_unlink_open_file_keeps_it_until_release(image):
         mid = await k.syscall(StatFs())
         assert mid.f_ffree == before.f_ffree - 11
         await k.syscall(Release(h))
-        assert await last_orphan(k, image) == 0
+        assert await synced_last_orphan(k, image) == 0
         after = await k.syscall(StatFs())
         assert after.f_ffree == before.f_ffree - 10
         assert after.f_bfree >= before.f_bfree - 10 * 4  # the 50 KB went back
@@ -275,8 +268,8 @@ async def test_unlink_open_file_freed_at_unmount_if_never_released(image):
         h, _ = await k.syscall(Create(ROOT_INO, b"tmp", 0o600, os.O_RDWR | os.O_CREAT))
         await k.syscall(Write(h, 0, b"z" * 10_000))
         await k.syscall(Unlink(ROOT_INO, b"tmp"))
-        assert await last_orphan(k, image) != 0
-    assert await last_orphan(None, image) == 0
+        assert await synced_last_orphan(k, image) != 0
+    assert await synced_last_orphan(None, image) == 0
     assert_fsck_clean(image)
 
 
@@ -303,9 +296,9 @@ async def test_orphans_left_by_a_crash_are_freed_at_mount(image):
     async with boot(image, LOW) as k:
         baseline = await k.syscall(StatFs())
     inos = make_orphans(image, 3)
-    assert await last_orphan(None, image) == inos[-1]
+    assert await synced_last_orphan(None, image) == inos[-1]
     async with boot(image, LOW) as k:
-        assert await last_orphan(k, image) == 0
+        assert await synced_last_orphan(k, image) == 0
         st = await k.syscall(StatFs())
         assert (st.f_bfree, st.f_ffree) == (baseline.f_bfree, baseline.f_ffree)
         for ino in inos:
@@ -613,7 +606,8 @@ async def test_read_only_mount_refuses_changes(image):
     assert_fsck_clean(image)
 
 
-async def test_crashed_vnode_gives_eio_and_the_rest_goes_on(image, monkeypatch):
+def _crash_next_getattr(monkeypatch) -> set[int]:
+    """Vnodes crash (RuntimeError) on the next GetAttr for an inode added to the set."""
     from chanos.fs import vnode as vnode_mod
 
     real_handle = vnode_mod.VnodeActor.handle
@@ -626,6 +620,11 @@ async def test_crashed_vnode_gives_eio_and_the_rest_goes_on(image, monkeypatch):
         return await real_handle(self, msg)
 
     monkeypatch.setattr(vnode_mod.VnodeActor, "handle", flaky_handle)
+    return crash_next
+
+
+async def test_crashed_vnode_gives_eio_and_the_rest_goes_on(image, monkeypatch):
+    crash_next = _crash_next_getattr(monkeypatch)
     async with boot(image, LOW) as k:
         f = await k_write_file(k, ROOT_INO, b"f", b"before")
         g = await k_write_file(k, ROOT_INO, b"g", b"other")
@@ -648,18 +647,7 @@ async def test_unlink_while_open_survives_a_vnode_crash(image, monkeypatch):
     """A vnode restarted after a crash recovers its open-handle count from the vnode
     table: the file, unlinked afterwards, stays readable through both handles and is
     freed at the last release, not before."""
-    from chanos.fs import vnode as vnode_mod
-
-    real_handle = vnode_mod.VnodeActor.handle
-    crash_next: set[int] = set()
-
-    async def flaky_handle(self, msg):
-        if self.ino in crash_next and isinstance(msg, GetAttr):
-            crash_next.discard(self.ino)
-            raise RuntimeError("injected crash")
-        return await real_handle(self, msg)
-
-    monkeypatch.setattr(vnode_mod.VnodeActor, "handle", flaky_handle)
+    crash_next = _crash_next_getattr(monkeypatch)
     async with boot(image, LOW) as k:
         f = await k_write_file(k, ROOT_INO, b"f", b"kept while open")
         h1 = await k.syscall(Open(f, os.O_RDWR))

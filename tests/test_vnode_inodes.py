@@ -40,54 +40,10 @@ from chanos.personality.syscalls import (
     Unlink,
     Write,
 )
-from conftest import assert_fsck_clean, debugfs
+from conftest import assert_fsck_clean, debugfs, errno_of
 
 LOW = MountOptions(max_vnodes=3)
-
-
-def _source(path):
-    """The image path once chanos.drivers has its image driver; until then a minimal local
-    driver actor over the file."""
-    import chanos.drivers as d
-
-    if hasattr(d, "ImageFileDriver"):
-        return path
-    from chanos.drivers.protocol import DeviceInfo, Discard, Flush, Info, Read, Write
-    from chanos.personality import Actor
-
-    class _FileDriver(Actor):
-        async def started(self) -> None:
-            self.fd = os.open(path, os.O_RDWR)
-
-        async def stopped(self) -> None:
-            os.close(self.fd)
-
-        async def handle(self, msg):
-            match msg:
-                case Read(off, n):
-                    return os.pread(self.fd, n, off)
-                case Write(off, data):
-                    os.pwrite(self.fd, data, off)
-                    return None
-                case Flush() | Discard():
-                    return None
-                case Info():
-                    return DeviceInfo(os.fstat(self.fd).st_size, 512, False)
-
-    return _FileDriver
-
-
-@pytest.fixture(params=[4096, 1024], ids=["4k", "1k"])
-def image(request, ext4_image):
-    return ext4_image("32M", request.param)
-
-
-async def _errno(coro) -> int:
-    try:
-        await coro
-    except OSError as e:
-        return e.errno
-    raise AssertionError("no error")
+IMAGE_SIZE = "32M"
 
 
 async def _create(k, parent, name, data=b"", mode=0o644):
@@ -121,7 +77,7 @@ def _inode_raw(img, ino) -> bytes:
 
 async def test_file_data_sizes_blocks_and_debugfs_readback(image):
     payload = os.urandom(200_000)
-    async with boot(_source(image), LOW) as k:
+    async with boot(image, LOW) as k:
         bs = (await k.syscall(GetAttr(ROOT_INO))).blksize
         ino = await _create(k, ROOT_INO, b"f", payload)
         a = await k.syscall(GetAttr(ino))
@@ -144,7 +100,7 @@ async def test_file_data_sizes_blocks_and_debugfs_readback(image):
         assert got == payload[:1000] + bytes(2000)
         assert (await k.syscall(GetAttr(ino))).blocks == bs // 512
         await k.syscall(Release(h))
-        assert await _errno(k.syscall(SetAttr(ROOT_INO, size=0))) == errno.EISDIR
+        assert await errno_of(k.syscall(SetAttr(ROOT_INO, size=0))) == errno.EISDIR
         await _create(k, ROOT_INO, b"big", payload)
     assert debugfs(image, "cat /big") == payload
     assert debugfs(image, "cat /f") == payload[:1000] + bytes(2000)
@@ -152,7 +108,7 @@ async def test_file_data_sizes_blocks_and_debugfs_readback(image):
 
 
 async def test_times_and_attributes(image):
-    async with boot(_source(image), LOW) as k:
+    async with boot(image, LOW) as k:
         ino = await _create(k, ROOT_INO, b"t")
         a0 = await k.syscall(GetAttr(ino))
         assert a0.crtime_ns and a0.atime_ns == a0.mtime_ns == a0.ctime_ns == a0.crtime_ns
@@ -190,7 +146,7 @@ async def test_times_and_attributes(image):
 
 async def test_symlinks_fast_and_slow(image):
     slow_target = b"/some/where/" + b"d" * 300
-    async with boot(_source(image), LOW) as k:
+    async with boot(image, LOW) as k:
         fast = await k.syscall(Symlink(ROOT_INO, b"fast", b"target-file"))
         slow = await k.syscall(Symlink(ROOT_INO, b"slow", slow_target))
         assert stat.S_ISLNK(fast.attr.mode) and fast.attr.size == 11 and fast.attr.blocks == 0
@@ -203,10 +159,12 @@ async def test_symlinks_fast_and_slow(image):
         assert edge60.attr.blocks > 0
         bs = fast.attr.blksize
         too_long = b"z" * bs
-        assert await _errno(k.syscall(Symlink(ROOT_INO, b"long", too_long))) == (errno.ENAMETOOLONG)
-        assert await _errno(k.syscall(Symlink(ROOT_INO, b"empty", b""))) == errno.ENOENT
+        assert await errno_of(k.syscall(Symlink(ROOT_INO, b"long", too_long))) == (
+            errno.ENAMETOOLONG
+        )
+        assert await errno_of(k.syscall(Symlink(ROOT_INO, b"empty", b""))) == errno.ENOENT
         f = await _create(k, ROOT_INO, b"plain")
-        assert await _errno(k.syscall(ReadLink(f))) == errno.EINVAL
+        assert await errno_of(k.syscall(ReadLink(f))) == errno.EINVAL
         await k.syscall(Unlink(ROOT_INO, b"edge60"))
     assert 'Fast link dest: "target-file"' in _stat(image, "/fast")
     assert not _flags(image, "/fast") & 0x80000  # no EXTENTS_FL on a fast symlink
@@ -216,7 +174,7 @@ async def test_symlinks_fast_and_slow(image):
 
 
 async def test_device_nodes_fifos_sockets(image):
-    async with boot(_source(image), LOW) as k:
+    async with boot(image, LOW) as k:
         c = await k.syscall(MkNod(ROOT_INO, b"null", stat.S_IFCHR | 0o666, os.makedev(1, 3)))
         b = await k.syscall(MkNod(ROOT_INO, b"big", stat.S_IFBLK | 0o600, os.makedev(259, 70000)))
         p = await k.syscall(MkNod(ROOT_INO, b"pipe", stat.S_IFIFO | 0o644))
@@ -224,7 +182,7 @@ async def test_device_nodes_fifos_sockets(image):
         assert c.attr.rdev == os.makedev(1, 3) and stat.S_ISCHR(c.attr.mode)
         assert (await k.syscall(GetAttr(b.inode))).rdev == os.makedev(259, 70000)
         assert stat.S_ISFIFO(p.attr.mode) and stat.S_ISSOCK(s.attr.mode)
-        assert await _errno(k.syscall(SetAttr(p.inode, size=0))) == errno.EINVAL
+        assert await errno_of(k.syscall(SetAttr(p.inode, size=0))) == errno.EINVAL
     out = _stat(image, "/null")
     assert "Type: character special" in out and "Device major/minor number: 01:03" in out
     assert re.search(r"major/minor number: 259:70000", _stat(image, "/big"))
@@ -234,7 +192,7 @@ async def test_device_nodes_fifos_sockets(image):
 
 
 async def test_new_inode_fields(image):
-    async with boot(_source(image), LOW) as k:
+    async with boot(image, LOW) as k:
         d = await k.syscall(MkDir(ROOT_INO, b"dir", 0o2775, uid=5, gid=6))
         f = await k.syscall(MkNod(d.inode, b"file", 0o100644, uid=7, gid=8))
         sub = await k.syscall(MkDir(d.inode, b"sub", 0o755, uid=7, gid=8))
@@ -253,7 +211,7 @@ async def test_new_inode_fields(image):
 
 
 async def test_xattrs_inode_then_block(image):
-    async with boot(_source(image), LOW) as k:
+    async with boot(image, LOW) as k:
         bs = (await k.syscall(GetAttr(ROOT_INO))).blksize
         ino = await _create(k, ROOT_INO, b"x", b"data" * 10)
         blocks0 = (await k.syscall(GetAttr(ino))).blocks
@@ -263,27 +221,27 @@ async def test_xattrs_inode_then_block(image):
         assert (await k.syscall(GetAttr(ino))).blocks == blocks0 + bs // 512  # xattr block
         assert await k.syscall(GetXattr(ino, b"trusted.big")) == b"B" * 400
         assert sorted(await k.syscall(ListXattr(ino))) == [b"trusted.big", b"user.small"]
-        assert await _errno(k.syscall(SetXattr(ino, b"user.small", b"z", XATTR_CREATE))) == (
+        assert await errno_of(k.syscall(SetXattr(ino, b"user.small", b"z", XATTR_CREATE))) == (
             errno.EEXIST
         )
-        assert await _errno(k.syscall(SetXattr(ino, b"user.none", b"z", XATTR_REPLACE))) == (
+        assert await errno_of(k.syscall(SetXattr(ino, b"user.none", b"z", XATTR_REPLACE))) == (
             errno.ENODATA
         )
         await k.syscall(SetXattr(ino, b"user.small", b"v2", XATTR_REPLACE))
         assert await k.syscall(GetXattr(ino, b"user.small")) == b"v2"
-        assert await _errno(k.syscall(GetXattr(ino, b"user.none"))) == errno.ENODATA
-        assert await _errno(k.syscall(RemoveXattr(ino, b"user.none"))) == errno.ENODATA
-        assert await _errno(k.syscall(SetXattr(ino, b"user." + b"n" * 251, b""))) == errno.ERANGE
-        assert await _errno(k.syscall(SetXattr(ino, b"user.v", bytes(70_000)))) == errno.E2BIG
-        assert await _errno(k.syscall(SetXattr(ino, b"user.v", bytes(bs)))) == errno.ENOSPC
-        assert await _errno(k.syscall(SetXattr(ino, b"bogus.x", b"1"))) == errno.EOPNOTSUPP
+        assert await errno_of(k.syscall(GetXattr(ino, b"user.none"))) == errno.ENODATA
+        assert await errno_of(k.syscall(RemoveXattr(ino, b"user.none"))) == errno.ENODATA
+        assert await errno_of(k.syscall(SetXattr(ino, b"user." + b"n" * 251, b""))) == errno.ERANGE
+        assert await errno_of(k.syscall(SetXattr(ino, b"user.v", bytes(70_000)))) == errno.E2BIG
+        assert await errno_of(k.syscall(SetXattr(ino, b"user.v", bytes(bs)))) == errno.ENOSPC
+        assert await errno_of(k.syscall(SetXattr(ino, b"bogus.x", b"1"))) == errno.EOPNOTSUPP
         await k.syscall(SetXattr(ino, b"security.selinux", b"label\0"))
         # on a directory and a fast symlink too
         await k.syscall(SetXattr(ROOT_INO, b"user.onroot", b"r" * 300))
         ln = await k.syscall(Symlink(ROOT_INO, b"ln", b"x"))
         await k.syscall(SetXattr(ln.inode, b"trusted.t", b"t" * 200))
         assert (await k.syscall(GetAttr(ln.inode))).blocks == bs // 512
-        assert await _errno(k.syscall(SetXattr(ln.inode, b"user.u", b"1"))) == errno.EPERM
+        assert await errno_of(k.syscall(SetXattr(ln.inode, b"user.u", b"1"))) == errno.EPERM
         await k.syscall(RemoveXattr(ino, b"trusted.big"))
         assert (await k.syscall(GetAttr(ino))).blocks == blocks0
         await k.syscall(SetXattr(ino, b"user.again", b"A" * 500))
@@ -300,7 +258,7 @@ async def test_xattrs_written_by_debugfs_are_read(ext4_image):
     img = ext4_image("16M", 4096)
     debugfs(img, "write /dev/null f", "ea_set /f user.from_debugfs hello", write=True)
     debugfs(img, "ea_set /f user.big " + "q" * 600, write=True)
-    async with boot(_source(img), LOW) as k:
+    async with boot(img, LOW) as k:
         ino = (await k.syscall(Lookup(ROOT_INO, b"f"))).inode
         assert await k.syscall(GetXattr(ino, b"user.from_debugfs")) == b"hello"
         assert await k.syscall(GetXattr(ino, b"user.big")) == b"q" * 600
@@ -311,13 +269,13 @@ async def test_xattrs_written_by_debugfs_are_read(ext4_image):
 
 async def test_unlink_open_file_keeps_it_until_release(image):
     data = os.urandom(50_000)
-    async with boot(_source(image), LOW) as k:
+    async with boot(image, LOW) as k:
         free0 = (await k.syscall(StatFs())).f_bfree
         ifree0 = (await k.syscall(StatFs())).f_ffree
         ino = await _create(k, ROOT_INO, b"victim", data)
         h = await k.syscall(Open(ino, os.O_RDWR))
         await k.syscall(Unlink(ROOT_INO, b"victim"))
-        assert await _errno(k.syscall(Lookup(ROOT_INO, b"victim"))) == errno.ENOENT
+        assert await errno_of(k.syscall(Lookup(ROOT_INO, b"victim"))) == errno.ENOENT
         assert (await k.syscall(GetAttr(ino))).nlink == 0
         assert await k.syscall(Read(h, 0, 100_000)) == data
         await k.syscall(Write(h, 50_000, b"more"))
@@ -325,7 +283,7 @@ async def test_unlink_open_file_keeps_it_until_release(image):
             f.seek(1024 + 0xE8)
             assert struct.unpack("<I", f.read(4))[0] == ino  # s_last_orphan
         await k.syscall(Release(h))
-        assert await _errno(k.syscall(GetAttr(ino))) == errno.ENOENT
+        assert await errno_of(k.syscall(GetAttr(ino))) == errno.ENOENT
         st = await k.syscall(StatFs())
         assert (st.f_bfree, st.f_ffree) == (free0, ifree0)
     with open(image, "rb") as f:
@@ -346,7 +304,7 @@ async def test_debugfs_written_files_read_through_chanos(ext4_image, tmp_path):
         "symlink dd/ln /dd/file",
         write=True,
     )
-    async with boot(_source(img), LOW) as k:
+    async with boot(img, LOW) as k:
         d = (await k.syscall(Lookup(ROOT_INO, b"dd"))).inode
         f = await k.syscall(Lookup(d, b"file"))
         assert f.attr.size == len(payload)
@@ -365,7 +323,7 @@ async def test_debugfs_written_files_read_through_chanos(ext4_image, tmp_path):
 
 async def test_running_out_of_inodes_leaves_image_consistent(ext4_image):
     img = ext4_image("8M", 4096, extra_args=["-N", "64"])
-    async with boot(_source(img), LOW) as k:
+    async with boot(img, LOW) as k:
         made = 0
         with pytest.raises(OSError) as ei:
             for i in range(200):
@@ -382,7 +340,7 @@ async def test_running_out_of_inodes_leaves_image_consistent(ext4_image):
 
 async def test_running_out_of_blocks_leaves_image_consistent(ext4_image):
     img = ext4_image("4M", 1024)
-    async with boot(_source(img), LOW) as k:
+    async with boot(img, LOW) as k:
         chunk = os.urandom(64 * 1024)
         with pytest.raises(OSError) as ei:
             for i in range(200):

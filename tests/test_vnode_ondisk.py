@@ -36,41 +36,9 @@ from chanos.personality.syscalls import (
     Unlink,
     Write,
 )
-from conftest import MKFS, assert_fsck_clean, debugfs, fsck
+from conftest import MKFS, assert_fsck_clean, debugfs, errno_of, fsck, last_orphan
 
 LOW = MountOptions(max_vnodes=3)
-
-
-def _source(path):
-    """The image path once chanos.drivers has its image driver; until then a minimal local
-    driver actor over the file."""
-    import chanos.drivers as d
-
-    if hasattr(d, "ImageFileDriver"):
-        return path
-    from chanos.drivers.protocol import DeviceInfo, Discard, Flush, Info, Read, Write
-    from chanos.personality import Actor
-
-    class _FileDriver(Actor):
-        async def started(self) -> None:
-            self.fd = os.open(path, os.O_RDWR)
-
-        async def stopped(self) -> None:
-            os.close(self.fd)
-
-        async def handle(self, msg):
-            match msg:
-                case Read(off, n):
-                    return os.pread(self.fd, n, off)
-                case Write(off, data):
-                    os.pwrite(self.fd, data, off)
-                    return None
-                case Flush() | Discard():
-                    return None
-                case Info():
-                    return DeviceInfo(os.fstat(self.fd).st_size, 512, False)
-
-    return _FileDriver
 
 
 def _stat(img, path) -> str:
@@ -79,20 +47,6 @@ def _stat(img, path) -> str:
 
 def _field(img, path, name) -> int:
     return int(re.search(name + r":\s*(\d+)", _stat(img, path)).group(1))
-
-
-def _last_orphan(img) -> int:
-    with open(img, "rb") as f:
-        f.seek(1024 + 0xE8)
-        return struct.unpack("<I", f.read(4))[0]
-
-
-async def _errno(coro) -> int:
-    try:
-        await coro
-    except OSError as e:
-        return e.errno
-    raise AssertionError("no error")
 
 
 async def test_block_mapped_file_is_read_and_converted_on_write(tmp_path):
@@ -107,7 +61,7 @@ async def test_block_mapped_file_is_read_and_converted_on_write(tmp_path):
     debugfs(img, f"write {host} f", write=True)
     subprocess.run(["tune2fs", "-O", "extent", str(img)], check=True, capture_output=True)
     assert "(IND)" in _stat(img, "/f")
-    async with boot(_source(img), LOW) as k:
+    async with boot(img, LOW) as k:
         ino = (await k.syscall(Lookup(ROOT_INO, b"f"))).inode
         h = await k.syscall(Open(ino, os.O_RDWR))
         assert await k.syscall(Read(h, 0, 1 << 20)) == payload
@@ -132,7 +86,7 @@ async def test_shared_xattr_block_is_copied_not_edited(ext4_image):
         f.seek(blk * 4096 + 4)
         f.write(struct.pack("<I", 2))
     assert fsck(img)[0] == 0, fsck(img)[1]
-    async with boot(_source(img), LOW) as k:
+    async with boot(img, LOW) as k:
         f1 = (await k.syscall(Lookup(ROOT_INO, b"f1"))).inode
         f2 = (await k.syscall(Lookup(ROOT_INO, b"f2"))).inode
         assert await k.syscall(GetXattr(f2, b"user.shared")) == b"s" * 600
@@ -155,17 +109,17 @@ async def test_orphan_left_by_a_crash_is_freed_at_mount(ext4_image, tmp_path):
     host = tmp_path / "h.bin"
     host.write_bytes(os.urandom(40_000))
     fresh_free = None
-    async with boot(_source(img), LOW) as k:
+    async with boot(img, LOW) as k:
         fresh_free = (await k.syscall(StatFs())).f_bfree
     debugfs(img, f"write {host} gone", write=True)
     ino = int(re.search(r"Inode: (\d+)", _stat(img, "/gone")).group(1))
     # What a crash with the file open and unlinked leaves: no name, 0 links, on the list.
     debugfs(img, "unlink gone", f"sif <{ino}> links_count 0", f"ssv last_orphan {ino}", write=True)
-    assert _last_orphan(img) == ino
-    async with boot(_source(img), LOW) as k:
-        assert await _errno(k.syscall(GetAttr(ino))) == errno.ENOENT
+    assert last_orphan(img) == ino
+    async with boot(img, LOW) as k:
+        assert await errno_of(k.syscall(GetAttr(ino))) == errno.ENOENT
         assert (await k.syscall(StatFs())).f_bfree == fresh_free
-    assert _last_orphan(img) == 0
+    assert last_orphan(img) == 0
     assert_fsck_clean(img)
 
 
@@ -182,12 +136,12 @@ async def test_posix_acl_round_trip(ext4_image):
             (0x20, 0, und),  # other::---
         )
     )
-    async with boot(_source(img), LOW) as k:
+    async with boot(img, LOW) as k:
         f = (await k.syscall(MkNod(ROOT_INO, b"f", 0o100640))).inode
         await k.syscall(SetXattr(f, b"system.posix_acl_access", acl))
         assert await k.syscall(GetXattr(f, b"system.posix_acl_access")) == acl
         bad = struct.pack("<I", 2) + b"\x01\x00"
-        assert await _errno(k.syscall(SetXattr(f, b"system.posix_acl_access", bad))) == (
+        assert await errno_of(k.syscall(SetXattr(f, b"system.posix_acl_access", bad))) == (
             errno.EINVAL
         )
     # On disk it is ext4's compact form: version 1, short entries without ids.
@@ -198,7 +152,7 @@ async def test_posix_acl_round_trip(ext4_image):
 
 async def test_vnode_serves_same_directory_rename(ext4_image):
     img = ext4_image("16M", 4096)
-    async with boot(_source(img), LOW) as k:
+    async with boot(img, LOW) as k:
         d = (await k.syscall(MkDir(ROOT_INO, b"d", 0o755))).inode
         a = (await k.syscall(MkNod(d, b"a", 0o100644))).inode
         b = (await k.syscall(MkNod(d, b"b", 0o100644))).inode
@@ -213,22 +167,22 @@ async def test_vnode_serves_same_directory_rename(ext4_image):
 
         await ren(b"a", b"a1")
         assert await at(b"a1") == a
-        assert await _errno(ren(b"a", b"x")) == errno.ENOENT
-        assert await _errno(ren(b"a1", b"b", RENAME_NOREPLACE)) == errno.EEXIST
+        assert await errno_of(ren(b"a", b"x")) == errno.ENOENT
+        assert await errno_of(ren(b"a1", b"b", RENAME_NOREPLACE)) == errno.EEXIST
         await ren(b"a1", b"b", RENAME_EXCHANGE)
         assert (await at(b"a1"), await at(b"b")) == (b, a)
-        assert await _errno(ren(b"s", b"b")) == errno.ENOTDIR
-        assert await _errno(ren(b"b", b"s")) == errno.EISDIR
+        assert await errno_of(ren(b"s", b"b")) == errno.ENOTDIR
+        assert await errno_of(ren(b"b", b"s")) == errno.EISDIR
         await k.syscall(MkNod(t, b"in", 0o100644))
-        assert await _errno(ren(b"s", b"t")) == errno.ENOTEMPTY
+        assert await errno_of(ren(b"s", b"t")) == errno.ENOTEMPTY
         await ren(b"a1", b"b")  # replaces: inode a freed
-        assert await _errno(k.syscall(GetAttr(a))) == errno.ENOENT
+        assert await errno_of(k.syscall(GetAttr(a))) == errno.ENOENT
         links = (await k.syscall(GetAttr(d))).nlink
         await ren(b"t", b"s")  # a directory over an empty one
         assert (await k.syscall(GetAttr(d))).nlink == links - 1
-        assert await at(b"s") == t and await _errno(k.syscall(GetAttr(s))) == errno.ENOENT
+        assert await at(b"s") == t and await errno_of(k.syscall(GetAttr(s))) == errno.ENOENT
         assert (
-            await _errno(call_vnode(k.table, d, Rename(d, b"b", ROOT_INO, b"b"))) == errno.EINVAL
+            await errno_of(call_vnode(k.table, d, Rename(d, b"b", ROOT_INO, b"b"))) == errno.EINVAL
         )  # cross-directory renames belong to the coordinator
     assert_fsck_clean(img)
 
@@ -237,10 +191,10 @@ async def test_stale_vnode_of_a_reused_inode_number_never_writes_back(ext4_image
     """A vnode that read a freed record (a late request for an unlinked file) must not
     write it back over the inode that later gets the same number."""
     img = ext4_image("16M", 4096)
-    async with boot(_source(img), MountOptions(max_vnodes=1000)) as k:
+    async with boot(img, MountOptions(max_vnodes=1000)) as k:
         old = (await k.syscall(MkNod(ROOT_INO, b"old", 0o100644))).inode
         await k.syscall(Unlink(ROOT_INO, b"old"))
-        assert await _errno(k.syscall(GetAttr(old))) == errno.ENOENT  # stale request
+        assert await errno_of(k.syscall(GetAttr(old))) == errno.ENOENT  # stale request
         new = await k.syscall(MkNod(ROOT_INO, b"new", 0o100600))
         assert new.inode == old  # the lowest free number comes back
         await k.sync()  # every live vnode writes back, the stale one included
@@ -256,7 +210,7 @@ async def test_file_past_4gib_and_debugfs_slow_symlink(ext4_image):
     img = ext4_image("16M", 4096)
     target = "/very/long/" + "t" * 150
     debugfs(img, f"symlink slowln {target}", write=True)
-    async with boot(_source(img), LOW) as k:
+    async with boot(img, LOW) as k:
         ln = (await k.syscall(Lookup(ROOT_INO, b"slowln"))).inode
         assert await k.syscall(ReadLink(ln)) == target.encode()
         f = (await k.syscall(MkNod(ROOT_INO, b"huge", 0o100644))).inode
@@ -274,9 +228,9 @@ async def test_file_past_4gib_and_debugfs_slow_symlink(ext4_image):
 async def test_emlink_for_subdirectories_without_dir_nlink(ext4_image):
     img = ext4_image("16M", 4096, features=("^metadata_csum", "^dir_nlink"))
     debugfs(img, "mkdir d", "sif d links_count 65000", write=True)
-    async with boot(_source(img), LOW) as k:
+    async with boot(img, LOW) as k:
         d = (await k.syscall(Lookup(ROOT_INO, b"d"))).inode
-        assert await _errno(k.syscall(MkDir(d, b"s", 0o755))) == errno.EMLINK
+        assert await errno_of(k.syscall(MkDir(d, b"s", 0o755))) == errno.EMLINK
         await k.syscall(MkNod(d, b"file-is-fine", 0o100644))
         assert (await k.syscall(GetAttr(d))).nlink == 65000
     debugfs(img, "sif d links_count 2", write=True)
@@ -285,7 +239,7 @@ async def test_emlink_for_subdirectories_without_dir_nlink(ext4_image):
 
 async def test_image_without_filetype_feature(ext4_image):
     img = ext4_image("16M", 1024, features=("^metadata_csum", "^filetype"))
-    async with boot(_source(img), LOW) as k:
+    async with boot(img, LOW) as k:
         a = (await k.syscall(MkDir(ROOT_INO, b"a", 0o755))).inode
         b = (await k.syscall(MkDir(ROOT_INO, b"b", 0o755))).inode
         sub = (await k.syscall(MkDir(a, b"sub", 0o755))).inode
@@ -294,7 +248,7 @@ async def test_image_without_filetype_feature(ext4_image):
         assert (await k.syscall(Lookup(sub, b".."))).inode == b
         assert (await k.syscall(GetAttr(a))).nlink == 2
         assert (await k.syscall(GetAttr(b))).nlink == 3
-        assert await _errno(k.syscall(Unlink(b, b"moved"))) == errno.EISDIR
+        assert await errno_of(k.syscall(Unlink(b, b"moved"))) == errno.EISDIR
     assert "filetype" not in debugfs(img, "features").decode()
     assert_fsck_clean(img)
 
