@@ -11,7 +11,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from chanos.drivers import BlockDevice, ImageFileDriver
+from chanos.drivers import (
+    BlockDevice,
+    ClearErrors,
+    FaultInjectionDriver,
+    ImageFileDriver,
+    InjectError,
+)
 from chanos.fs import group_protocol as gp
 from chanos.fs import superblock_protocol as sp
 from chanos.fs.volume import Volume, mount
@@ -29,54 +35,33 @@ def dumpe2fs(image: Path) -> tuple[dict[str, str], str]:
     return hdr, out
 
 
-class FailingWrites:
-    """The BlockDevice client with injectable write failures in a byte range.
-
-    (A thin client-side wrapper: failures must hit the group actor's own write, and nothing
-    else in these tests depends on where the failure is made.)
-    """
-
-    def __init__(self, inner: BlockDevice) -> None:
-        self.inner = inner
-        self.fail: tuple[int, int, int] | None = None  # (start, end, remaining)
-
-    async def read(self, offset: int, length: int) -> bytes:
-        return await self.inner.read(offset, length)
-
-    async def write(self, offset: int, data: bytes) -> None:
-        if self.fail is not None:
-            start, end, left = self.fail
-            if left and offset < end and offset + len(data) > start:
-                self.fail = (start, end, left - 1)
-                raise OSError(errno.EIO, "injected write error")
-        await self.inner.write(offset, data)
-
-    async def flush(self) -> None:
-        await self.inner.flush()
-
-    async def info(self):
-        return await self.inner.info()
-
-
 @asynccontextmanager
 async def mounted(
     image: Path, read_only: bool = False, faults: list | None = None, **kw
 ) -> AsyncIterator[Volume]:
-    """Mount ``image`` through the image-file driver (with a FailingWrites client, appended
-    to ``faults``, when a list is given)."""
+    """Mount ``image`` through the image-file driver; when ``faults`` is a list, through a
+    fault-injection driver stacked on it, whose address is appended to the list."""
     async with open_supervisor(name="test") as sup:
         drv = await sup.start(
             ChildSpec(name="driver", factory=lambda: ImageFileDriver(str(image)), restart=PERMANENT)
         )
-        dev = BlockDevice(drv)
+        top = drv
         if faults is not None:
-            dev = FailingWrites(dev)
-            faults.append(dev)
-        vol = await mount(dev, read_only, supervisor=sup, **kw)
+            top = await sup.start(
+                ChildSpec(
+                    name="faults",
+                    factory=lambda: FaultInjectionDriver(drv, volatile=False),
+                    restart=PERMANENT,
+                )
+            )
+            faults.append(top)
+        vol = await mount(BlockDevice(top), read_only, supervisor=sup, **kw)
         try:
             yield vol
         finally:
             await vol.unmount()
+            if top is not drv:
+                await top.stop()
             await drv.stop()
 
 
@@ -258,10 +243,10 @@ async def test_failed_writes_leave_nothing_half_done(ext4_image) -> None:
     before, _ = dumpe2fs(img)
     faults: list = []
     async with mounted(img, faults=faults, write_through=True) as vol:
-        dev = faults[0]
+        fdrv = faults[0]
         bb1 = 260  # group 1's block bitmap (flex_bg: in group 0), see dumpe2fs
         assert (await vol.allocator.group_counts())[1].free_blocks == 7934
-        dev.fail = (bb1 * 1024, bb1 * 1024 + 1024, 1)
+        await call(fdrv, InjectError(op="write", start=bb1 * 1024, end=bb1 * 1024 + 1024, count=1))
         with pytest.raises(OSError) as ei:
             await vol.allocator.allocate(9000, 10)
         assert ei.value.errno == errno.EIO
@@ -272,9 +257,10 @@ async def test_failed_writes_leave_nothing_half_done(ext4_image) -> None:
         # A failed inode write: the record reads back as it was on disk.
         root = await vol.read_inode(2)
         itable = int(re.search(r"Inode table at (\d+)", _group0(img)).group(1))
-        dev.fail = (itable * 1024, itable * 1024 + 1024, 1)
+        await call(fdrv, InjectError(op="write", start=itable * 1024, end=(itable + 1) * 1024))
         with pytest.raises(OSError):
             await vol.write_inode(2, b"\xff" * 256)
+        await call(fdrv, ClearErrors())
         assert await vol.read_inode(2) == root
     after, _ = dumpe2fs(img)
     assert after["Free blocks"] == before["Free blocks"]
