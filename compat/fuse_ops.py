@@ -11,19 +11,17 @@ keep is bookkeeping of the FUSE protocol itself:
 * file handles: the kernel's ``Handle.fh`` is what the host kernel gets as the file
   handle; the front end maps it back to the ``Handle`` (which carries the vnode's address,
   so reads and writes go straight to the vnode actor);
-* lookup counts and generations: the host kernel takes a reference for every entry reply
-  (lookup, mknod, mkdir, symlink, link, create) and for each readdirplus entry other than
-  ``.`` and ``..``, and it identifies an inode by (node id, generation): an entry that
-  names a node id it holds with another generation makes it treat its inode as stale
-  (open files on it then fail with EIO). The chanos kernel counts only ``Entry`` replies
-  and a ``DirEntry`` carries no generation. So a readdirplus entry for an inode the host
-  kernel does not hold yet is resolved with a ``Lookup`` (a counted reference, with the
-  true generation, which also keeps the inode from being freed and its number reused
-  while the host kernel knows it); an entry for an inode it already holds reuses the known
-  generation and is counted here only. When the host kernel forgets N references, the
-  front end first drops those counted here only and forwards the rest as
-  ``Forget(inode, n)``: the chanos kernel's count reaches zero exactly when the host
-  kernel's does. A forget of more references than were handed out is logged and clamped.
+* lookup counts: the host kernel takes a reference for every entry reply (lookup, mknod,
+  mkdir, symlink, link, create) and for each readdirplus entry other than ``.`` and
+  ``..``; it identifies an inode by (node id, generation). The chanos kernel counts the
+  same references: each ``Entry`` reply and each counted ``DirEntry`` of a ReadDir reply
+  (it carries the attributes and the inode's true generation), so a readdirplus entry
+  costs no extra message. A ReadDir reply usually holds more entries than one READDIR
+  buffer takes: the rest are kept, already counted, for the READDIR that continues at
+  their offset, and given back (``Forget``) if the directory is read elsewhere or closed
+  instead. The references the host kernel got are tallied here so a forget of more
+  references than were handed out is logged and clamped; ``Forget(inode, n)`` is then
+  forwarded: the chanos kernel's count reaches zero exactly when the host kernel's does.
 
 POSIX ACLs: the host kernel is not asked to enforce ACLs (pyfuse3's ``enable_acl`` would
 make the daemon responsible for default-ACL inheritance and umask on every create).
@@ -200,9 +198,10 @@ class ChanosOperations(pyfuse3.Operations):
         self.enable_writeback_cache = self.config.writeback_cache
         self._syscall = kernel.syscall
         self._handles: dict[int, Handle] = {}
-        self._lookups: dict[int, int] = {}  # references the chanos kernel counted
-        self._dirrefs: dict[int, int] = {}  # readdirplus references counted here only
-        self._gens: dict[int, int] = {}  # generation of every inode the host kernel holds
+        self._lookups: dict[int, int] = {}  # references the host kernel holds, by inode
+        # Per open directory: (offset, entries) of a ReadDir reply read ahead of the host
+        # kernel's buffer; its counted entries are references not yet handed out.
+        self._ahead: dict[int, tuple[int, list[DirEntry]]] = {}
         self._logged: set[tuple[str, type]] = set()
         self.unexpected_errors = 0
         self._debug = log.isEnabledFor(logging.DEBUG)  # log every request and reply
@@ -225,18 +224,14 @@ class ChanosOperations(pyfuse3.Operations):
             log.error("%s%r failed: %r (answered EIO)", op, shown, exc, exc_info=exc)
 
     def lookup_counts(self) -> dict[int, int]:
-        """References the host kernel holds, by ext4 inode (both kinds; for tests)."""
-        out = dict(self._lookups)
-        for ino, n in self._dirrefs.items():
-            out[ino] = out.get(ino, 0) + n
-        return out
+        """References the host kernel holds, by ext4 inode (for tests)."""
+        return dict(self._lookups)
 
     def open_handles(self) -> int:
         return len(self._handles)
 
-    def _ref(self, ino: int, generation: int) -> None:
+    def _ref(self, ino: int) -> None:
         self._lookups[ino] = self._lookups.get(ino, 0) + 1
-        self._gens[ino] = generation
 
     def _handle(self, fh: int) -> Handle:
         try:
@@ -276,7 +271,7 @@ class ChanosOperations(pyfuse3.Operations):
 
     def _entry(self, entry: Entry) -> pyfuse3.EntryAttributes:
         """An entry reply: the host kernel takes one lookup reference on it."""
-        self._ref(entry.inode, entry.generation)
+        self._ref(entry.inode)
         return self._attrs(entry.attr, entry.generation)
 
     def _check_writable(self) -> None:
@@ -327,29 +322,19 @@ class ChanosOperations(pyfuse3.Operations):
         # No reply goes back for a forget, so nothing may raise out of here.
         for fuse_ino, nlookup in inode_list:
             ino = to_ext4(fuse_ino)
-            dirrefs = self._dirrefs.pop(ino, 0)
-            counted = self._lookups.pop(ino, 0)
-            if nlookup > dirrefs + counted:
+            held = self._lookups.pop(ino, 0)
+            if nlookup > held:
                 log.error(
-                    "forget(%d, %d) but only %d references were handed out",
-                    ino,
-                    nlookup,
-                    dirrefs + counted,
+                    "forget(%d, %d) but only %d references were handed out", ino, nlookup, held
                 )
-                nlookup = dirrefs + counted
-            from_dir = min(nlookup, dirrefs)
-            forward = nlookup - from_dir
-            if dirrefs - from_dir:
-                self._dirrefs[ino] = dirrefs - from_dir
-            if counted - forward:
-                self._lookups[ino] = counted - forward
-            elif ino not in self._dirrefs:
-                self._gens.pop(ino, None)
-            if forward:
+                nlookup = held
+            if held - nlookup:
+                self._lookups[ino] = held - nlookup
+            if nlookup:
                 try:
-                    await self._syscall(Forget(ino, forward))
+                    await self._syscall(Forget(ino, nlookup))
                 except Exception as exc:
-                    self._unexpected("forget", (ino, forward), exc)
+                    self._unexpected("forget", (ino, nlookup), exc)
 
     @_guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -526,37 +511,56 @@ class ChanosOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._handle(fh)
         offset = start_id
+        entries: list[DirEntry] | None = None
+        ahead = self._ahead.pop(fh, None)
+        if ahead is not None:
+            if ahead[0] == offset:
+                entries = ahead[1]
+            else:  # a seek (rewinddir): read afresh, give the read-ahead references back
+                await self._give_back(ahead[1])
         # Fill the host kernel's buffer: ask the directory for more until it is full or
         # the directory ends. Offsets come from the file system and stay valid across
         # concurrent changes, so a later READDIR resumes exactly after the last entry.
         while True:
-            entries: list[DirEntry] = await self._syscall(ReadDir(handle, offset))
+            if entries is None:
+                entries = await self._syscall(ReadDir(handle, offset))
             if not entries:
                 return
-            for d in entries:
-                if d.name in (b".", b".."):
-                    # The host kernel ignores the attributes of . and .. and takes no
-                    # reference on them; don't spend a message on their attributes.
-                    attrs = pyfuse3.EntryAttributes()
-                    attrs.st_ino = to_fuse(d.inode)
-                    attrs.st_mode = d.mode
-                    if not pyfuse3.readdir_reply(token, d.name, attrs, d.next_offset):
-                        return
-                elif not await self._readdir_entry(token, handle, d):
-                    return  # buffer full
+            for i, d in enumerate(entries):
+                try:
+                    sent = await self._readdir_entry(token, handle, d)
+                except Exception:
+                    # Only an uncounted entry's Lookup can fail: the READDIR fails; the
+                    # entries after it will never be sent.
+                    await self._give_back(entries[i + 1 :])
+                    raise
+                if not sent:
+                    # Buffer full: the rest is for the READDIR that continues here.
+                    self._ahead[fh] = (offset, entries[i:])
+                    return
                 offset = d.next_offset
+            entries = None
 
     async def _readdir_entry(
         self, token: pyfuse3.ReaddirToken, handle: Handle, d: DirEntry
     ) -> bool:
-        """Reply one readdirplus entry with a reference the books account for."""
-        gen = self._gens.get(d.inode)
-        if gen is not None:  # held already: same identity, a reference counted here
-            a = d.attr if d.attr is not None else await self._syscall(GetAttr(d.inode))
-            if not pyfuse3.readdir_reply(token, d.name, self._attrs(a, gen), d.next_offset):
+        """Reply one readdirplus entry; False (nothing taken) when the buffer is full."""
+        if d.name in (b".", b".."):
+            # The host kernel ignores the attributes of . and .. and takes no reference
+            # on them.
+            attrs = pyfuse3.EntryAttributes()
+            attrs.st_ino = to_fuse(d.inode)
+            attrs.st_mode = d.mode
+            return pyfuse3.readdir_reply(token, d.name, attrs, d.next_offset)
+        if d.counted:  # the kernel counted the reference this entry hands out
+            if not pyfuse3.readdir_reply(
+                token, d.name, self._attrs(d.attr, d.generation), d.next_offset
+            ):
                 return False
-            self._dirrefs[d.inode] = self._dirrefs.get(d.inode, 0) + 1
+            self._ref(d.inode)
             return True
+        # The directory could not read the entry's inode: a Lookup gives the answer (an
+        # error, or a counted entry if it has become readable since).
         try:
             entry = await self._syscall(Lookup(handle.inode, d.name))
         except FileNotFoundError:
@@ -566,8 +570,20 @@ class ChanosOperations(pyfuse3.Operations):
         ):
             await self._syscall(Forget(entry.inode, 1))  # not sent: give it back
             return False
-        self._ref(entry.inode, entry.generation)
+        self._ref(entry.inode)
         return True
+
+    async def _give_back(self, entries: list[DirEntry]) -> None:
+        """Forget the references of counted entries the host kernel never got."""
+        unsent: dict[int, int] = {}
+        for d in entries:
+            if d.counted:
+                unsent[d.inode] = unsent.get(d.inode, 0) + 1
+        for ino, n in unsent.items():
+            try:
+                await self._syscall(Forget(ino, n))
+            except Exception as exc:
+                self._unexpected("forget", (ino, n), exc)
 
     @_guarded
     async def releasedir(self, fh: int) -> None:
@@ -575,6 +591,9 @@ class ChanosOperations(pyfuse3.Operations):
         if handle is None:
             log.error("releasedir of unknown file handle %d", fh)
             return
+        ahead = self._ahead.pop(fh, None)
+        if ahead is not None:
+            await self._give_back(ahead[1])
         await self._syscall(ReleaseDir(handle))
 
     @_guarded

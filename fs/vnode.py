@@ -661,12 +661,13 @@ class VnodeActor(Actor):
         out = []
         for e in d.entries(offset, READDIR_BATCH):
             try:
-                attr = await self._child_attr(e.inode)
-                mode = attr.mode
+                child = await self._child(e.inode)
+                attr = attr_of(e.inode, child, self.bs, self.huge_file)
+                mode, gen = attr.mode, child.generation
             except OSError:
-                attr = None
+                attr, gen = None, 0
                 mode = dirent.mode_format_from_file_type(e.file_type)
-            out.append(DirEntry(e.name, e.inode, mode, e.position + 1, attr))
+            out.append(DirEntry(e.name, e.inode, mode, e.position + 1, attr, gen))
         return out
 
     def _check_new(self, d: Directory, name: bytes) -> None:

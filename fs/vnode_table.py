@@ -89,6 +89,14 @@ class Unpin:
 
 
 @dataclass(frozen=True, slots=True)
+class Referenced:
+    """Cast: the host kernel got one lookup reference on each of ``inos`` (the counted
+    entries of a ReadDir reply; an inode may appear more than once)."""
+
+    inos: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Closed:
     """Cast: one open handle of ``ino`` was released."""
 
@@ -272,6 +280,11 @@ class VnodeTable(Actor):
                     self._lookups[looked_up] = self._lookups.get(looked_up, 0) + 1
                 if slot is not None and len(self._live) > self._max:
                     await self._make_room(0)
+                return None
+            case Referenced(inos):
+                lookups = self._lookups
+                for ino in inos:
+                    lookups[ino] = lookups.get(ino, 0) + 1
                 return None
             case Closed(ino):
                 slot = self._live.get(ino)

@@ -102,8 +102,12 @@ class DirEntry:
 
     ``mode`` carries at least the file-type bits (S_IFMT) of the entry. ``next_offset`` is
     the opaque, stable offset to pass to the next ReadDir to continue after this entry.
-    ``attr`` is filled when the vnode can provide it cheaply (readdirplus), else ``None``.
-    ``.`` and ``..`` are included.
+    ``attr`` (with the inode's ``generation``) is filled when the vnode could read the
+    entry's inode (readdirplus), else ``None``. ``.`` and ``..`` are included.
+
+    An entry other than ``.`` and ``..`` that carries ``attr`` is a *counted* entry: like
+    an ``Entry`` reply, it gives the caller one lookup reference on ``inode``, which a
+    ``Forget`` gives back (see ``DirEntry.counted``).
     """
 
     name: bytes
@@ -111,6 +115,12 @@ class DirEntry:
     mode: int
     next_offset: int
     attr: Attr | None = None
+    generation: int = 0
+
+    @property
+    def counted(self) -> bool:
+        """Whether this entry handed the caller one lookup reference on ``inode``."""
+        return self.attr is not None and self.name != b"." and self.name != b".."
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +368,9 @@ class ReadDir:
     """Entries of an open directory from ``offset`` (0 = start). -> list[DirEntry].
 
     An empty list means the end. Offsets stay valid across concurrent changes: an entry
-    present for the whole scan is returned exactly once.
+    present for the whole scan is returned exactly once. Every counted entry of the reply
+    (``DirEntry.counted``) is one lookup reference for the caller, as readdirplus gives the
+    host kernel one: the caller ``Forget``s those it does not pass on.
     """
 
     handle: Handle

@@ -30,6 +30,7 @@ from chanos.fs.vnode_table import (
     Forget,
     GetStats,
     Pin,
+    Referenced,
     RetireAll,
     Unpin,
     VnodeTable,
@@ -275,6 +276,21 @@ async def test_forget_retires_idle_vnode_at_zero_lookups():
         await call(table, Unpin(f, looked_up=f))
         await call(table, Forget(f, 1))
         assert f in disk.live  # one lookup left
+        await call(table, Forget(f, 1))
+        assert f not in disk.live and disk.writebacks == [f]
+
+
+async def test_readdir_references_count_like_lookups():
+    disk = new_disk()
+    f = disk.mkfile(2, b"f")
+    async with open_supervisor(name="t") as sup:
+        table, _ = await start_kernel_parts(sup, disk, max_vnodes=100)
+        await call(table, Pin(f))
+        await call(table, Unpin(f, looked_up=f))
+        await call(table, Referenced((f, f)))  # two readdirplus entries naming f
+        for _ in range(2):
+            await call(table, Forget(f, 1))
+            assert f in disk.live
         await call(table, Forget(f, 1))
         assert f not in disk.live and disk.writebacks == [f]
 

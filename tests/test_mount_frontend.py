@@ -124,6 +124,28 @@ def test_lookup_references_are_returned_exactly(fake):
     assert snap["calls"]["Forget"] > 0
 
 
+def test_readdir_read_ahead_references_are_given_back(fake):
+    m = fake.mnt
+    (m / "big").mkdir()
+    names = [f"entry-with-a-longer-name-{i:04d}" for i in range(250)]
+    for n in names:
+        (m / "big" / n).touch()
+    drop_caches()
+    # A ReadDir batch holds more than one READDIR buffer takes: listings continue from
+    # the entries read ahead, and a listing abandoned part-way gives them back.
+    assert sorted(os.listdir(m / "big")) == names
+    for _ in range(3):
+        with os.scandir(m / "big") as it:
+            next(it)
+    assert sorted(os.listdir(m / "big")) == names
+    drop_caches()
+    time.sleep(0.3)
+    snap = fake.snapshot()
+    assert snap["frontend_lookups"] == {}
+    assert snap["kernel_lookups"] == {}
+    assert snap["unexpected_errors"] == 0
+
+
 def test_readdir_continues_across_batches_and_fetches_missing_attrs(fake):
     m = fake.mnt
     (m / "d").mkdir()

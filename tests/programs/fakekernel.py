@@ -314,7 +314,12 @@ class FakeKernel:
                         # every other entry without attributes: the front end fetches them
                         attr = self._attr(n) if cookie % 2 else None
                         out.append(DirEntry(nm, ino, n.mode, cookie, attr))
-                    if len(out) >= 7:  # small batches: the front end must ask again
+                        if attr is not None:  # a counted entry, as the real kernel counts it
+                            self.lookups[ino] = self.lookups.get(ino, 0) + 1
+                    # Small batches (the front end must ask again), except the first,
+                    # which holds more than one READDIR buffer takes (the front end keeps
+                    # the rest, already counted, for the READDIR that continues there).
+                    if len(out) >= (7 if offset else 300):
                         break
                 return out
             case StatFs():
