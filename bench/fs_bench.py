@@ -2,6 +2,7 @@
 """In-process file-system benchmark: the kernel driven by system-call messages, no FUSE.
 
     python bench/fs_bench.py [--json] [--files N] [--mib M] [--ram] [--max-vnodes V]
+                             [--write-behind BYTES]
 
 Measures, on a fresh ``mkfs.ext4 -O ^metadata_csum`` image (an image file in a temp dir,
 or a RAM disk with ``--ram``):
@@ -15,7 +16,8 @@ or a RAM disk with ``--ram``):
   the host page cache may still hold the image file);
 - message hops per operation: actor messages (calls and casts, counted with the model's
   tracing hook) per create, stat, unlink, 1 MiB write and 1 MiB read, in a separate pass
-  with tracing on (so the timed passes run with tracing off).
+  with tracing on (so the timed passes run with tracing off);
+- peak memory: the process's VmHWM at the end (imports included).
 
 The last line with ``--json`` is one JSON object with the same figures.
 """
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import trio
@@ -62,8 +65,10 @@ def mkfs(path: Path, size: str) -> None:
 
 
 @asynccontextmanager
-async def mounted(source, ram: bool, max_vnodes: int):
+async def mounted(source, ram: bool, max_vnodes: int, write_behind: int | None = None):
     opts = MountOptions(max_vnodes=max_vnodes)
+    if write_behind is not None:
+        opts = replace(opts, write_behind=write_behind)
     if ram:
         from chanos.drivers import RamDiskDriver
 
@@ -73,6 +78,14 @@ async def mounted(source, ram: bool, max_vnodes: int):
     else:
         async with boot(str(source), opts) as k:
             yield k
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 class HopCounter:
@@ -190,7 +203,7 @@ async def run(args) -> dict:
         size_mib = max(512, args.mib * 2 + 256)
         mkfs(img, f"{size_mib}M")
         names = [b"file-%06d" % i for i in range(args.files)]
-        async with mounted(img, args.ram, args.max_vnodes) as k:
+        async with mounted(img, args.ram, args.max_vnodes, args.write_behind) as k:
             d = (await k.syscall(MkDir(ROOT_INO, b"meta", 0o755))).inode
             res = await metadata_ops(k, d, names)
             ino, res["write_mb_per_s"] = await write_file(k, args.mib)
@@ -201,10 +214,11 @@ async def run(args) -> dict:
             stats = await k.vnode_stats()
             res["vnodes_live_peak"] = stats.peak
         if not args.ram:
-            async with mounted(img, False, args.max_vnodes) as k:
+            async with mounted(img, False, args.max_vnodes, args.write_behind) as k:
                 res["read_mb_per_s"] = await read_file(k, ino, args.mib)
             fsck = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
             res["e2fsck_clean"] = fsck.returncode == 0
+        res["peak_rss_mib"] = peak_rss_mib()
         res.update(files=args.files, mib=args.mib, device="ram" if args.ram else "image file")
         return res
     finally:
@@ -218,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mib", type=int, default=256, help="size of the sequential file")
     ap.add_argument("--ram", action="store_true", help="RAM disk instead of an image file")
     ap.add_argument("--max-vnodes", type=int, default=10_000)
+    ap.add_argument("--write-behind", type=int, default=None, help="driver write cache, bytes")
     args = ap.parse_args(argv)
     res = trio.run(run, args)
     hops = res["hops_per_op"]
@@ -230,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     print("  message hops per operation:")
     for key, v in hops.items():
         print(f"    {key:<14} {v:8.1f}")
+    print(f"  peak RSS MiB     {res['peak_rss_mib']:10.1f}   (VmHWM, imports included)")
     if "e2fsck_clean" in res:
         print(f"  e2fsck -fn clean: {res['e2fsck_clean']}")
     if args.json:
