@@ -213,9 +213,45 @@ _EXTRA_END = {
 }
 _BASE_NAMES = field_names(INODE_BASE_STRUCT)
 _EXTRA_NAMES = field_names(INODE_EXTRA_STRUCT)
-_BASE_C = INODE_BASE_STRUCT.compile()
-_EXTRA_C = INODE_EXTRA_STRUCT.compile()
 assert INODE_BASE_STRUCT.sizeof() == GOOD_OLD_INODE_SIZE
+
+
+def _packer(decl: Struct) -> struct.Struct:
+    """The ``struct`` layout of a declaration made of little-endian ints and Bytes.
+
+    Inodes are decoded on every lookup, stat and directory listing, and encoded on every
+    change: ``struct`` does that several times faster than construct's compiled parser,
+    and the construct declaration stays the one description of the layout.
+    """
+    codes = {Int16ul: "H", Int32ul: "I"}
+    fmt = "<"
+    for sc in decl.subcons:
+        inner = sc.subcon
+        if inner in codes:
+            fmt += codes[inner]
+        else:
+            n = inner.sizeof()
+            assert inner.build(bytes(n)) == bytes(n)  # a plain Bytes(n) field
+            fmt += f"{n}s"
+    packer = struct.Struct(fmt)
+    assert packer.size == decl.sizeof()
+    return packer
+
+
+_BASE_S = _packer(INODE_BASE_STRUCT)
+_EXTRA_S = _packer(INODE_EXTRA_STRUCT)
+_I_BLOCK_AT = _BASE_NAMES.index("i_block")
+
+
+def _pack(packer: struct.Struct, values: list) -> bytes:
+    """Encode, refusing what construct refuses: an int out of range, a Bytes field of
+    the wrong length (``struct`` would pad or cut it)."""
+    if packer is _BASE_S and len(values[_I_BLOCK_AT]) != I_BLOCK_SIZE:
+        raise ValueError(f"i_block of {len(values[_I_BLOCK_AT])} bytes, not {I_BLOCK_SIZE}")
+    try:
+        return packer.pack(*values)
+    except struct.error as e:
+        raise ValueError(f"inode field out of range: {e}") from None
 
 
 class Inode(Record):
@@ -239,9 +275,8 @@ class Inode(Record):
             raise CorruptError(f"inode record of {size} bytes")
         raw = bytes(data)
         obj = cls.__new__(cls)
-        c = _BASE_C.parse(raw)
-        for name in _BASE_NAMES:
-            setattr(obj, name, c[name])
+        for name, value in zip(_BASE_NAMES, _BASE_S.unpack_from(raw), strict=True):
+            setattr(obj, name, value)
         obj.inode_size = size
         if size > GOOD_OLD_INODE_SIZE:
             extra_isize = int.from_bytes(raw[128:130], "little")
@@ -249,9 +284,9 @@ class Inode(Record):
                 # e2fsck repairs this; the kernel refuses the inode.  Treat as corrupt.
                 raise CorruptError(f"bad i_extra_isize {extra_isize}")
             body = raw[128 : 128 + extra_isize]
-            e = _EXTRA_C.parse(body + bytes(EXTRA_KNOWN - len(body)) if extra_isize < 32 else body)
-            for name in _EXTRA_NAMES:
-                setattr(obj, name, e[name])
+            known = body + bytes(EXTRA_KNOWN - len(body)) if extra_isize < 32 else body
+            for name, value in zip(_EXTRA_NAMES, _EXTRA_S.unpack_from(known), strict=True):
+                setattr(obj, name, value)
             obj.extra_rest = body[EXTRA_KNOWN:]
             obj.tail = raw[128 + extra_isize :]
         else:
@@ -273,7 +308,7 @@ class Inode(Record):
         return obj
 
     def build(self) -> bytes:
-        base = _BASE_C.build({name: getattr(self, name) for name in _BASE_NAMES})
+        base = _pack(_BASE_S, [getattr(self, name) for name in _BASE_NAMES])
         if self.inode_size == GOOD_OLD_INODE_SIZE:
             return base
         n = self.extra_isize
@@ -285,7 +320,7 @@ class Inode(Record):
                 f"inconsistent inode layout: extra_isize {n}, tail {len(self.tail)}, "
                 f"size {self.inode_size}"
             )
-        extra = _EXTRA_C.build({name: getattr(self, name) for name in _EXTRA_NAMES})
+        extra = _pack(_EXTRA_S, [getattr(self, name) for name in _EXTRA_NAMES])
         return base + extra[:n] + rest + self.tail
 
     def copy(self) -> Self:
