@@ -19,8 +19,9 @@ keep is bookkeeping of the FUSE protocol itself:
   costs no extra message. A ReadDir reply usually holds more entries than one READDIR
   buffer takes: the rest are kept, already counted, for the READDIR that continues at
   their offset, and given back (``Forget``) if the directory is read elsewhere or closed
-  instead. The references the host kernel got are tallied here so a forget of more
-  references than were handed out is logged and clamped; ``Forget(inode, n)`` is then
+  instead, or if a request that changes the file system has run since they were read
+  (see ``_CHANGING``). The references the host kernel got are tallied here so a forget of
+  more references than were handed out is logged and clamped; ``Forget(inode, n)`` is then
   forwarded: the chanos kernel's count reaches zero exactly when the host kernel's does.
 
 POSIX ACLs: the host kernel is not asked to enforce ACLs (pyfuse3's ``enable_acl`` would
@@ -160,12 +161,28 @@ def _reply(r: Any) -> Any:
     return r
 
 
+# Requests that can change names, attributes or which inode numbers are in use. Between
+# two READDIRs of one directory the host kernel does not hold the directory's lock, so
+# read-ahead entries can go stale: a name unlinked, its inode freed and its number given
+# to a new file. A readdirplus entry naming that number with the old generation makes the
+# host kernel take its live inode for a stale one (every later I/O on it fails with EIO),
+# and old attributes (a smaller size without the writeback cache) would be taken as new:
+# the host kernel dates a reply by when its request was sent, not when the data was read.
+_CHANGING = frozenset(
+    {"setattr", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "create",
+     "write", "release", "setxattr", "removexattr"}
+)  # fmt: skip
+
+
 def _guarded(fn: F) -> F:
     """Make a handler answer every failure with a FUSEError and nothing else."""
     name = fn.__name__
+    changing = name in _CHANGING
 
     @functools.wraps(fn)
     async def wrapper(self: ChanosOperations, *args: Any) -> Any:
+        if changing:
+            self._changes += 1  # one in flight now: read-ahead taken from here on is unsafe
         try:
             if self._debug:
                 reply = await fn(self, *args)
@@ -181,6 +198,9 @@ def _guarded(fn: F) -> F:
         except Exception as exc:
             self._unexpected(name, args, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if changing:
+                self._changes += 1
 
     return wrapper  # type: ignore[return-value]
 
@@ -199,9 +219,11 @@ class ChanosOperations(pyfuse3.Operations):
         self._syscall = kernel.syscall
         self._handles: dict[int, Handle] = {}
         self._lookups: dict[int, int] = {}  # references the host kernel holds, by inode
-        # Per open directory: (offset, entries) of a ReadDir reply read ahead of the host
-        # kernel's buffer; its counted entries are references not yet handed out.
-        self._ahead: dict[int, tuple[int, list[DirEntry]]] = {}
+        # Per open directory: (offset, entries, changes) of a ReadDir reply read ahead of
+        # the host kernel's buffer; its counted entries are references not yet handed out.
+        # ``changes``: ``_changes`` when it was read (served only while still equal).
+        self._ahead: dict[int, tuple[int, list[DirEntry], int]] = {}
+        self._changes = 0  # bumped as each changing request starts and as it ends
         self._logged: set[tuple[str, type]] = set()
         self.unexpected_errors = 0
         self._debug = log.isEnabledFor(logging.DEBUG)  # log every request and reply
@@ -512,17 +534,19 @@ class ChanosOperations(pyfuse3.Operations):
         handle = self._handle(fh)
         offset = start_id
         entries: list[DirEntry] | None = None
+        read_at = self._changes
         ahead = self._ahead.pop(fh, None)
         if ahead is not None:
-            if ahead[0] == offset:
+            if ahead[0] == offset and ahead[2] == self._changes:
                 entries = ahead[1]
-            else:  # a seek (rewinddir): read afresh, give the read-ahead references back
+            else:  # a seek (rewinddir), or maybe stale: read afresh, give the references back
                 await self._give_back(ahead[1])
         # Fill the host kernel's buffer: ask the directory for more until it is full or
         # the directory ends. Offsets come from the file system and stay valid across
         # concurrent changes, so a later READDIR resumes exactly after the last entry.
         while True:
             if entries is None:
+                read_at = self._changes
                 entries = await self._syscall(ReadDir(handle, offset))
             if not entries:
                 return
@@ -536,7 +560,7 @@ class ChanosOperations(pyfuse3.Operations):
                     raise
                 if not sent:
                     # Buffer full: the rest is for the READDIR that continues here.
-                    self._ahead[fh] = (offset, entries[i:])
+                    self._ahead[fh] = (offset, entries[i:], read_at)
                     return
                 offset = d.next_offset
             entries = None

@@ -296,3 +296,66 @@ def test_concurrent_writers_renamers_listers(chanos_mount):
                 assert p.read_text() == f"writer {k} item {i}\n"
     assert not list(shared.glob("tmp.*"))
     finish(m)
+
+
+# getdents64 with a buffer of our choosing (libc's readdir asks for 32 KiB, which a FUSE
+# mount may fill from a single READDIR): the listing below must take several.
+_GETDENTS64 = {"x86_64": 217, "aarch64": 61}.get(os.uname().machine)
+
+
+def getdents(fd: int, size: int = 4096) -> list[str]:
+    """One getdents64 call on ``fd``: the names it returned ([] at the end)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(size)
+    n = libc.syscall(_GETDENTS64, fd, buf, size)
+    if n < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    raw, names, pos = buf.raw[:n], [], 0
+    while pos < n:
+        reclen = int.from_bytes(raw[pos + 16 : pos + 18], "little")
+        names.append(raw[pos + 19 : pos + reclen].split(b"\0", 1)[0].decode())
+        pos += reclen
+    return names
+
+
+def test_listing_continued_after_unlink_and_inode_reuse_keeps_new_file_writable(chanos_mount):
+    """A listing left open across an unlink whose inode number goes to a new file.
+
+    Between two READDIRs of one directory the host kernel does not hold its lock: a name
+    read ahead can be unlinked, its inode freed and the number handed to a new file.
+    Entries read before that must not reach the host kernel afterwards: a readdirplus
+    entry naming the number with the old generation makes it take the new file's inode
+    for a stale one, and the writer's data is lost with EIO (the file stays empty).
+    """
+    if _GETDENTS64 is None:
+        pytest.skip("getdents64 number unknown on this machine")
+    m = chanos_mount
+    d = m.mnt / "d"
+    d.mkdir()
+    for i in range(200):  # more than one READDIR buffer takes
+        (d / f"f{i:03d}").write_text("x")
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        names = getdents(dfd)  # one READDIR: the front end read ahead past the buffer
+        assert "f150" not in names  # the precondition: the victim is still to come
+        victim = d / "f150"
+        old_ino = victim.stat().st_ino
+        victim.unlink()
+        fd = os.open(d / "new", os.O_CREAT | os.O_WRONLY, 0o644)  # same group: lowest free
+        try:
+            # the precondition: the freed number is given to the new file
+            assert os.fstat(fd).st_ino == old_ino
+            while more := getdents(dfd):  # the listing continues after the change
+                names += more
+            os.write(fd, b"written after the listing\n")
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dfd)
+    listed = set(names) - {".", "..", "new"}  # "new" (made while listing) may be seen
+    assert listed == {f"f{i:03d}" for i in range(200) if i != 150}
+    assert (d / "new").read_text() == "written after the listing\n"
+    finish(m)
