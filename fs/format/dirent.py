@@ -258,15 +258,40 @@ def _write_entry(block: bytearray, off: int, ino: int, rec_len: int, name: bytes
 
 
 def _slot(block: bytes | bytearray | memoryview, need: int) -> tuple[int, int, int] | None:
-    """First record with ``need`` free bytes: (offset, rec_len, bytes it keeps)."""
+    """First record with ``need`` free bytes: (offset, rec_len, bytes it keeps).
+
+    The records are checked as ``_headers`` checks them; the loop is written out here
+    because every insert scans a block this way (a generator costs twice as much).
+    """
     size = len(block)
-    for off, ino, rl, nl, ft in _headers(block):
+    if size >= 65536:  # rec_len encoding of huge blocks: the general path
+        for off, ino, rl, nl, ft in _headers(block):
+            if ino:
+                used = (nl + 11) & ~3
+                if rl - used >= need:
+                    return off, rl, used
+            elif rl >= need and not _is_csum_tail(off, ino, rl, nl, ft, size):
+                return off, rl, 0
+        return None
+    unpack = _HDR.unpack_from
+    off = 0
+    while off < size:
+        if off + HEADER_SIZE > size:
+            raise CorruptError(f"directory entry header overruns block at {off}")
+        ino, rl, nl, ft = unpack(block, off)
+        used = (nl + 11) & ~3
+        if rl < MIN_REC_LEN or rl & 3:
+            raise CorruptError(f"bad directory rec_len {rl} at offset {off}")
+        if rl < used:
+            raise CorruptError(f"rec_len {rl} too small for name_len {nl} at offset {off}")
+        if off + rl > size:
+            raise CorruptError(f"directory entry overruns block at offset {off}")
         if ino:
-            used = (nl + 11) & ~3
             if rl - used >= need:
                 return off, rl, used
         elif rl >= need and not _is_csum_tail(off, ino, rl, nl, ft, size):
             return off, rl, 0
+        off += rl
     return None
 
 
