@@ -22,6 +22,7 @@ from mountlib import (
     PROGRAMS,
     Mounted,
     chanos_mount,
+    mkfs,
     require_tool,
     run,
     tree_digest,
@@ -359,3 +360,32 @@ def test_listing_continued_after_unlink_and_inode_reuse_keeps_new_file_writable(
     assert listed == {f"f{i:03d}" for i in range(200) if i != 150}
     assert (d / "new").read_text() == "written after the listing\n"
     finish(m)
+
+
+def test_listing_continued_after_append_keeps_new_size_without_writeback_cache(tmp_path):
+    """Without the writeback cache the host kernel takes a file's size from the daemon's
+    attributes: entries read ahead before an append must not reach it after the append
+    (it would shrink the file to the old size, and readers would see the data cut)."""
+    if _GETDENTS64 is None:
+        pytest.skip("getdents64 number unknown on this machine")
+    m = Mounted(mkfs(tmp_path / "chanos.img"), tmp_path / "mnt", options="nowriteback")
+    m.mount()
+    try:
+        d = m.mnt / "d"
+        d.mkdir()
+        for i in range(200):
+            (d / f"f{i:03d}").write_text("x")
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert "f150" not in getdents(dfd)  # the precondition: f150 read ahead only
+            with open(d / "f150", "a") as f:
+                f.write("y" * 100)
+            while getdents(dfd):  # the listing continues after the append
+                pass
+        finally:
+            os.close(dfd)
+        assert (d / "f150").stat().st_size == 101
+        assert (d / "f150").read_text() == "x" + "y" * 100
+        finish(m)
+    finally:
+        m.kill()
