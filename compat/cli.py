@@ -334,7 +334,14 @@ def serve(
         else:
             print(f"{PROG}: {message}", file=sys.stderr)
 
-    state = {"mounted": False}
+    from chanos.compat import memory
+
+    memory.configure_malloc(
+        arena_max=config.malloc_arenas,
+        mmap_threshold=config.malloc_mmap_threshold,
+        trim_threshold=config.malloc_trim_threshold,
+    )
+    state: dict = {"mounted": False, "memtrace": memory.MemTrace.from_env()}
     try:
         trio.run(_serve, image, mountpoint, config, ready, state)
     except Fail as exc:
@@ -366,7 +373,11 @@ def mount_options_for(config: MountConfig):  # -> MountOptions
     """The kernel's MountOptions for this configuration (fields it knows only)."""
     from chanos.personality.boot import MountOptions
 
-    wanted = {"read_only": config.read_only, "max_vnodes": config.max_vnodes}
+    wanted = {
+        "read_only": config.read_only,
+        "max_vnodes": config.max_vnodes,
+        "write_behind": config.write_cache,
+    }
     names = {f.name for f in dataclasses.fields(MountOptions)}
     return MountOptions(**{k: v for k, v in wanted.items() if k in names and v is not None})
 
@@ -374,6 +385,7 @@ def mount_options_for(config: MountConfig):  # -> MountOptions
 async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
     import pyfuse3
     import trio
+    from chanos.compat import memory
     from chanos.compat.fuse_ops import ChanosOperations, FrontEndConfig
     from chanos.personality.boot import boot
 
@@ -404,12 +416,16 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_unmount_on_signal, mountpoint)
+                    if config.malloc_trim_interval > 0:
+                        nursery.start_soon(memory.trim_periodically, config.malloc_trim_interval)
                     await pyfuse3.main(min_tasks=1, max_tasks=config.max_workers)
                     nursery.cancel_scope.cancel()
             finally:
                 # After umount(8) the session has already ended and this only frees it;
                 # after an error it makes sure no dead mount is left behind.
                 pyfuse3.close(unmount=True)
+                if state.get("memtrace") is not None:
+                    state["memtrace"].close()  # before write-back: what the caches hold
                 if ops.unexpected_errors:
                     log.error(
                         "%d requests failed unexpectedly (answered EIO)", ops.unexpected_errors

@@ -3,7 +3,10 @@
 Three kinds of options arrive in one comma-separated list (from the command line, from
 mount(8)/mount.fuse3, or from an /etc/fstab line):
 
-* chanos's own: ``uid=``, ``gid=``, ``umask=``, ``max_vnodes=``, ``max_workers=``, ``log_level=``,
+* chanos's own: ``uid=``, ``gid=``, ``umask=``, ``max_vnodes=``, ``max_workers=``,
+  ``write_cache=``, ``malloc_arenas=``, ``malloc_mmap_threshold=``,
+  ``malloc_trim_threshold=`` (sizes take K/M/G suffixes), ``malloc_trim_interval=``,
+  ``log_level=``,
   ``log=FILE``, ``trace=FILE``, ``writeback``/``nowriteback``, ``entry_timeout=``,
   ``attr_timeout=``, ``negative_timeout=``, ``keep_cache``/``nokeep_cache``,
   ``default_permissions``/``nodefault_permissions``;
@@ -91,7 +94,9 @@ class MountConfig:
     uid: int | None = None
     gid: int | None = None
     umask: int | None = None
-    max_vnodes: int | None = None
+    # Live vnode actors (~2 KiB each): 4096 covers a working set of thousands of files and
+    # keeps them to ~10 MiB (the kernel's own default, 10,000, is for embedders).
+    max_vnodes: int | None = 4096
     log_level: int = logging.WARNING
     log_file: str | None = None
     trace_file: str | None = None
@@ -104,6 +109,16 @@ class MountConfig:
     # max_write + a page (~1 MiB), so this bounds the front end's memory; 16 covers the
     # host kernel's 12 background requests (writeback, readahead) plus foreground ones.
     max_workers: int = 16
+    # Image driver write cache (bytes queued before a write-out; None = the kernel's
+    # default). Up to three times this is held while write-outs are in flight.
+    write_cache: int | None = None
+    # glibc malloc (see chanos.compat.memory): arenas, and the fixed thresholds above which
+    # blocks are mmapped / free heap top is given back. Fixed thresholds keep 1 MiB
+    # request payloads out of the heap, where freed holes would keep the RSS up.
+    malloc_arenas: int = 2
+    malloc_mmap_threshold: int = 256 << 10
+    malloc_trim_threshold: int = 1 << 20
+    malloc_trim_interval: float = 5.0  # seconds between malloc_trim passes (0: never)
     vfs_flags: list[str] = field(default_factory=list)
 
     def fuse_options(self, fsname: str) -> set[str]:
@@ -127,6 +142,12 @@ def _int(name: str, value: str, base: int = 10) -> int:
     if n < 0:
         raise OptionError(f"option {name}= must not be negative")
     return n
+
+
+def _size(name: str, value: str) -> int:
+    """Bytes, with an optional K/M/G suffix (powers of 1024)."""
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:].lower(), 1)
+    return _int(name, value[:-1] if scale > 1 else value) * scale
 
 
 def _seconds(name: str, value: str) -> float:
@@ -183,6 +204,22 @@ def _apply(c: MountConfig, opt: str) -> None:
             if not 1 <= n <= 1000:
                 raise OptionError("option max_workers= must be between 1 and 1000")
             c.max_workers = n
+        case "write_cache":
+            c.write_cache = _size(name, value)
+        case "malloc_arenas":
+            n = _int(name, value)
+            if not 1 <= n <= 64:
+                raise OptionError("option malloc_arenas= must be between 1 and 64")
+            c.malloc_arenas = n
+        case "malloc_mmap_threshold":
+            n = _size(name, value)
+            if not 4096 <= n <= 32 << 20:
+                raise OptionError("option malloc_mmap_threshold= must be between 4K and 32M")
+            c.malloc_mmap_threshold = n
+        case "malloc_trim_threshold":
+            c.malloc_trim_threshold = max(_size(name, value), 4096)
+        case "malloc_trim_interval":
+            c.malloc_trim_interval = _seconds(name, value)
         case "log_level" | "loglevel":
             try:
                 c.log_level = LOG_LEVELS[value.lower()]

@@ -7,7 +7,8 @@ the request path is short. Where time goes:
   served without any thread hop. A read that would block goes to a worker thread.
   Large reads reuse warm buffers once their earlier replies are gone (``BufferPool``).
 * Writes are queued in the driver's write cache (like a disk's volatile cache) and
-  acknowledged at once; the data is copied unless it is immutable ``bytes``. When the
+  acknowledged at once; the data is copied unless it is immutable ``bytes``. A write of
+  exactly the range of a queued one replaces it (its data is dropped at once). When the
   queue holds ``write_behind`` bytes or IOV_MAX requests it is *written out*: planned
   with ``chanos.drivers.queue.plan`` (adjacent writes merged into one ``pwritev``, sorted
   when they do not overlap, arrival order kept when they do) and handed to a worker
@@ -60,7 +61,7 @@ class ImageFileDriver(BlockDriver):
         read_only: bool = False,
         block_size: int = 512,
         *,
-        write_behind: int = 16 << 20,
+        write_behind: int = 4 << 20,
         name: str | None = None,
     ) -> None:
         super().__init__(name or os.fspath(path), read_only)
@@ -69,7 +70,12 @@ class ImageFileDriver(BlockDriver):
         self.write_behind = write_behind
         self.limiter = trio.CapacityLimiter(1)
         self.file: ImageFile | None = None
-        self.queue: list[tuple[int, Write]] = []  # the write cache, in arrival order
+        # The write cache, in arrival order. A write of exactly the range of a queued one
+        # supersedes it: the older entry becomes None and its data is let go (inode-table,
+        # bitmap and directory blocks are rewritten many times between write-outs).
+        self.queue: list[Write | None] = []
+        self.latest: dict[tuple[int, int], int] = {}  # (offset, length) -> queue position
+        self.live = 0  # entries of the queue not superseded
         self.queued_bytes = 0
         self.queue_lo = 0  # byte bounds of everything queued, for a quick overlap test
         self.queue_hi = 0
@@ -172,12 +178,26 @@ class ImageFileDriver(BlockDriver):
         else:
             self.queue_lo = min(self.queue_lo, offset)
             self.queue_hi = max(self.queue_hi, offset + n)
-        self.queue.append((len(self.queue), Write(offset, data)))
+        # Dropping an older write that this one covers exactly is safe whatever lies between
+        # them: every byte it would have written is written again later in the same order.
+        key = (offset, n)
+        pos = self.latest.get(key)
+        if pos is not None:
+            self.queue[pos] = None
+            self.queued_bytes -= n
+            self.live -= 1
+        self.latest[key] = len(self.queue)
+        self.queue.append(Write(offset, data))
+        self.live += 1
         self.queued_bytes += n
         if self.write_behind <= 0:
             await self._write_out()
             await self._reap(raise_own=True)
-        elif self.queued_bytes >= self.write_behind or len(self.queue) >= IOV_MAX:
+        elif (
+            self.queued_bytes >= self.write_behind
+            or self.live >= IOV_MAX
+            or len(self.queue) >= _MAX_QUEUE_SLOTS
+        ):
             await self._write_out()
 
     async def _write_out(self) -> None:
@@ -186,8 +206,11 @@ class ImageFileDriver(BlockDriver):
             return
         while len(self.outstanding) >= _MAX_OUTSTANDING:
             await self.outstanding[0].done.wait()
-        op = _WriteOut(self.queue, self.queue_lo, self.queue_hi)
+        live = [w for w in self.queue if w is not None]
+        op = _WriteOut(list(enumerate(live)), self.queue_lo, self.queue_hi)
         self.queue = []
+        self.latest = {}
+        self.live = 0
         self.queued_bytes = 0
         self.outstanding.append(op)
         ring = self.ring
@@ -291,6 +314,7 @@ class ImageFileDriver(BlockDriver):
 
 
 _MAX_OUTSTANDING = 2  # one being written, one waiting: the worker never idles between them
+_MAX_QUEUE_SLOTS = 4 * IOV_MAX  # superseded entries included: the list stays short
 
 
 class _WriteOut:

@@ -61,8 +61,11 @@ class BufferPool:
     """
 
     MIN = 64 * 1024  # smaller buffers are cheap to allocate
-    PER_SIZE = 4
-    MAX_BYTES = 16 << 20
+    # Replies are consumed before the next read is served (reads run one at a time in
+    # the actor's turn), so two per size are enough; the pool's memory is held for the
+    # driver's lifetime, hence the small total.
+    PER_SIZE = 2
+    MAX_BYTES = 4 << 20
 
     def __init__(self) -> None:
         self.free: dict[int, list[bytearray]] = {}

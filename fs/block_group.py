@@ -48,9 +48,12 @@ log = logging.getLogger(__name__)
 BG_INODE_UNINIT = 0x1
 BG_BLOCK_UNINIT = 0x2
 
-#: Bytes of inode-table blocks kept in memory per group (4096 inodes of 256 bytes): enough
-#: that the inodes of recently active files are rewritten without a device read.
+#: Bytes of inode-table blocks kept in memory per group at most (4096 inodes of 256 bytes):
+#: enough that the inodes of recently active files are rewritten without a device read.
 ITABLE_CACHE_BYTES = 1 << 20
+#: ... and for all groups together: the mount divides this among its groups (each keeps at
+#: least one block), so the cache does not grow with the image's size.
+ITABLE_CACHE_TOTAL = 4 << 20
 
 
 class BlockIO(Protocol):
@@ -130,6 +133,7 @@ class BlockGroup:
         write_through: bool = False,
         on_counts: Callable[[GroupCounts], None] | None = None,
         on_error: Callable[[str, int, int], None] | None = None,
+        itable_cache_bytes: int = ITABLE_CACHE_BYTES,
     ) -> None:
         self.layout = layout
         self.device = device
@@ -162,7 +166,7 @@ class BlockGroup:
         )
         self._inever |= (1 << reserved) - 1
         self._itable: OrderedDict[int, bytearray] = OrderedDict()
-        self._itable_max = max(ITABLE_CACHE_BYTES // layout.block_size, 4)
+        self._itable_max = max(itable_cache_bytes // layout.block_size, 1)
         self._logged: set[str] = set()
         self.loaded = False
 

@@ -31,7 +31,13 @@ from typing import Any
 from chanos.fs import group_protocol as gp
 from chanos.fs import superblock_protocol as sp
 from chanos.fs.allocator import Allocator
-from chanos.fs.block_group import BlockGroup, BlockGroupActor, GroupLayout
+from chanos.fs.block_group import (
+    ITABLE_CACHE_BYTES,
+    ITABLE_CACHE_TOTAL,
+    BlockGroup,
+    BlockGroupActor,
+    GroupLayout,
+)
 from chanos.fs.format import features as F
 from chanos.fs.format._record import CorruptError
 from chanos.fs.format.extent import MAX_DEPTH, ROOT_SIZE, ExtentNode
@@ -418,6 +424,7 @@ async def mount(
         ChildSpec(name="superblock", factory=lambda: SuperblockActor(st), restart=PERMANENT)
     )
     refs = []
+    itable_cache = min(ITABLE_CACHE_BYTES, ITABLE_CACHE_TOTAL // max(len(checked.layouts), 1))
     for lay, d in zip(checked.layouts, checked.descs, strict=True):
         group = BlockGroup(
             lay,
@@ -425,6 +432,7 @@ async def mount(
             used_dirs=d.used_dirs_count,
             read_only=read_only,
             write_through=write_through,
+            itable_cache_bytes=itable_cache,
         )
         refs.append(
             await supervisor.start(
