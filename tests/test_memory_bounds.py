@@ -24,7 +24,7 @@ def test_memory_options_parse_sizes_and_bounds() -> None:
     c = parse_options(["malloc_trim_threshold=64K,malloc_trim_interval=0.5"])
     assert c.malloc_trim_threshold == 64 << 10
     assert c.malloc_trim_interval == 0.5
-    assert parse_options([]).write_cache is None  # the kernel's default
+    assert parse_options([]).write_cache == 1 << 20
     for bad in ("malloc_arenas=0", "malloc_mmap_threshold=1", "write_cache=lots"):
         with pytest.raises(OptionError):
             parse_options([bad])
@@ -38,8 +38,9 @@ def test_mount_options_carry_the_write_cache() -> None:
     if "write_behind" not in MountOptions.__dataclass_fields__:
         pytest.skip("this kernel has no write_behind option")
     assert opts.write_behind == 1 << 20
-    default = mount_options_for(parse_options([]))
-    assert default.write_behind == MountOptions().write_behind
+    config = parse_options([])
+    config.write_cache = None  # None: the kernel's own default
+    assert mount_options_for(config).write_behind == MountOptions().write_behind
 
 
 def test_configure_malloc_on_glibc() -> None:
