@@ -669,9 +669,12 @@ async def test_portable_call_path_same_semantics() -> None:
         assert await call(ref, Get()) == 0
 
 
-async def test_caller_cancelled_while_handler_waits_on_its_own_nursery() -> None:
+async def test_caller_cancelled_while_handler_waits_on_its_own_nursery(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """The handler opens a nursery (a cancel scope with child tasks) before it blocks; the
-    caller's cancellation must reach neither the handler nor the nursery's children."""
+    caller's cancellation must reach neither the handler nor the nursery's children.
+    (Virtual time: the parts' sleeps must end in order however loaded the machine is.)"""
 
     class Fanout(Actor):
         def __init__(self) -> None:
