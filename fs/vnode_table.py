@@ -89,6 +89,16 @@ class Unpin:
 
 
 @dataclass(frozen=True, slots=True)
+class IsLive:
+    """-> bool: whether ``ino`` has a live vnode (none is started; nothing is pinned).
+
+    False means the inode's on-disk record (in its group actor) is its whole state: a
+    vnode writes its inode back before it is retired, within the table's turn."""
+
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
 class Referenced:
     """Cast: the host kernel got one lookup reference on each of ``inos`` (the counted
     entries of a ReadDir reply; an inode may appear more than once)."""
@@ -281,6 +291,8 @@ class VnodeTable(Actor):
                 if slot is not None and len(self._live) > self._max:
                     await self._make_room(0)
                 return None
+            case IsLive(ino):
+                return ino in self._live
             case Referenced(inos):
                 lookups = self._lookups
                 for ino in inos:

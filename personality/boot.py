@@ -45,12 +45,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+from chanos.fs.format.inode import Inode
+from chanos.fs.format.xattr import MAGIC as XATTR_MAGIC
+from chanos.fs.format.xattr import split_name
 from chanos.fs.vnode_protocol import AddLink, InsertEntry, RemoveEntry
 from chanos.fs.vnode_table import (
     DEFAULT_MAX_VNODES,
     Closed,
     Crashed,
     GetStats,
+    IsLive,
     Pin,
     Referenced,
     RetireAll,
@@ -282,7 +286,11 @@ class Kernel:
                 return await self._to_handle(handle, msg)
             case Release(handle) | ReleaseDir(handle):
                 return await self._release(handle, msg)
-            case GetAttr(ino) | ReadLink(ino) | GetXattr(ino) | ListXattr(ino):
+            case GetXattr(ino, name):
+                if not await call(self.table, IsLive(ino)) and await self._no_xattrs(ino, name):
+                    raise OSError(errno.ENODATA, f"no attribute {name!r}")
+                return await self._to_inode(ino, msg)
+            case GetAttr(ino) | ReadLink(ino) | ListXattr(ino):
                 return await self._to_inode(ino, msg)
             case Lookup(parent, name):
                 _check_name(name)
@@ -336,6 +344,24 @@ class Kernel:
                 return None
             case _:
                 raise OSError(errno.ENOSYS, f"unknown system call {type(msg).__name__}")
+
+    async def _no_xattrs(self, ino: int, name: bytes) -> bool:
+        """Whether ``ino``, whose vnode is not live, certainly has no attribute ``name``.
+
+        ``ls -l`` asks every file for security.selinux and system.posix_acl_access, and
+        almost no file has either: the answer is read from the inode record in its group
+        actor, without starting a vnode. Anything but a plain "in use, no xattr at all"
+        (an invalid name, a free inode, an xattr area or block) -> False: the vnode answers.
+        """
+        try:
+            split_name(name)
+            inode = Inode.parse(await self.volume.read_inode(ino))
+        except OSError:
+            return False
+        if inode.mode == 0 or inode.links_count == 0 or inode.file_acl:
+            return False
+        tail = inode.tail
+        return len(tail) < 4 or int.from_bytes(tail[:4], "little") != XATTR_MAGIC
 
     async def _create(self, msg: Create) -> tuple[Handle, Entry]:
         """Create = make the inode and its name in the parent (MkNod), then open it."""

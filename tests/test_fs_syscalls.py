@@ -498,6 +498,43 @@ async def test_xattrs(image):
     assert_fsck_clean(image)
 
 
+async def test_getxattr_answered_without_a_vnode_only_when_certain(image):
+    big = os.urandom(700)  # lands in an xattr block
+    async with boot(image, LOW) as k:
+        await k_write_file(k, ROOT_INO, b"plain", b"x")
+        small = await k_write_file(k, ROOT_INO, b"small", b"x")
+        await k.syscall(SetXattr(small, b"user.a", b"1"))
+        inblock = await k_write_file(k, ROOT_INO, b"inblock", b"x")
+        await k.syscall(SetXattr(inblock, b"user.big", big))
+        gone = await k_write_file(k, ROOT_INO, b"gone", b"x")
+        await k.syscall(Unlink(ROOT_INO, b"gone"))
+    async with boot(image, LOW) as k:  # nothing is live after a mount
+        plain = await k_resolve(k, "/plain")
+        small = await k_resolve(k, "/small")
+        inblock = await k_resolve(k, "/inblock")
+        for ino in (plain, small, inblock):
+            await k.syscall(Forget(ino, 1))  # k_resolve's lookup: the vnodes retire
+        started = (await k.vnode_stats()).started
+        for name in (b"security.selinux", b"system.posix_acl_access", b"user.a"):
+            with Errno(errno.ENODATA):
+                await k.syscall(GetXattr(plain, name))
+        assert (await k.vnode_stats()).started == started  # answered from the record
+        # The vnode answers everything else: attributes in the inode and in a block,
+        # a bad namespace, a free inode.
+        assert await k.syscall(GetXattr(small, b"user.a")) == b"1"
+        with Errno(errno.ENODATA):
+            await k.syscall(GetXattr(small, b"user.b"))
+        assert await k.syscall(GetXattr(inblock, b"user.big")) == big
+        with Errno(errno.EOPNOTSUPP):
+            await k.syscall(GetXattr(plain, b"bogus.name"))
+        with Errno(errno.ENOENT):
+            await k.syscall(GetXattr(gone, b"user.a"))
+        # A live vnode is asked even for a file without attributes, and a set is seen.
+        await k.syscall(SetXattr(plain, b"user.new", b"v"))
+        assert await k.syscall(GetXattr(plain, b"user.new")) == b"v"
+    assert_fsck_clean(image)
+
+
 async def test_readdir_offsets_stable_across_changes(image):
     async with boot(image, LOW) as k:
         d = (await k.syscall(MkDir(ROOT_INO, b"d", 0o755))).inode
