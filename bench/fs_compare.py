@@ -5,7 +5,8 @@
                         [--chanos-opts OPTS] [--out DIR]
 
 Every target gets the same workloads, one after the other, on a fresh mount:
-``/work/shared/tools/fsbench.sh`` (or $FSBENCH) for creates/stats/unlinks per second,
+``../shared/tools/fsbench.sh`` beside the repository (or $FSBENCH) for
+creates/stats/unlinks per second,
 ``ls -lR`` of a 4,000-file tree cold and warm, ``cp -r`` of that tree, sequential 512 MiB
 write with fsync and cold read, 4 KiB random-write IOPS with fio, cp in/out; plus, from
 this script, the untar of a real source tree (the Python standard library) with a final
@@ -37,7 +38,8 @@ SOURCE_SUBDIRS = (
     *("asyncio", "email", "json", "xml", "unittest", "logging", "http", "urllib"),
     *("concurrent", "importlib", "multiprocessing", "sqlite3", "tomllib"),
 )
-FSBENCH = os.environ.get("FSBENCH", "/work/shared/tools/fsbench.sh")
+# The peer benchmark script lives beside the repository, in ../shared/tools/.
+FSBENCH = os.environ.get("FSBENCH", str(ROOT.parent / "shared" / "tools" / "fsbench.sh"))
 
 
 def log(msg: str) -> None:
