@@ -5,13 +5,15 @@
 actor is the only writer of its bitmaps and of its inode-table blocks, so its in-memory
 copies and its inode-table block cache are always coherent with the device.
 
-Durability and restarts: inode records are written through (``WriteInode`` writes its
-inode-table block before replying). Bitmaps are written back: on ``Sync`` (the volume
-syncs every group on fsync, sync and unmount) and when the actor stops; with
-``write_through=True`` every bitmap change is written before the reply instead, and undone
-in memory if that write fails. A crashed group actor is restarted with the same
-``BlockGroup`` (see ``BlockGroupActor``), so it can never hand out a block or an inode
-twice because unsaved bitmaps were lost.
+Durability and restarts: bitmaps and inode-table blocks are written back. ``WriteInode``
+changes the cached inode-table block and marks it dirty; dirty blocks and bitmaps reach the
+device on ``Sync`` (the volume syncs every group on fsync, sync and unmount), when the
+actor stops, and, for an inode-table block, before it is evicted from the cache. With
+``write_through=True`` every bitmap change and every inode record is written before the
+reply instead, and a failed write is undone in memory. A crashed group actor is restarted
+with the same ``BlockGroup`` (see ``BlockGroupActor``) and keeps its bitmaps and its dirty
+inode-table blocks, so it can never hand out a block or an inode twice, nor forget an
+inode record it acknowledged, because unsaved state was lost.
 
 Bitmaps are kept as Python integers (bit i = block ``group_start + i`` / inode
 ``group * inodes_per_group + i + 1``; ext4's little-endian bit order is exactly
@@ -167,6 +169,8 @@ class BlockGroup:
         self._inever |= (1 << reserved) - 1
         self._itable: OrderedDict[int, bytearray] = OrderedDict()
         self._itable_max = max(itable_cache_bytes // layout.block_size, 1)
+        # Cached inode-table blocks changed since they were last written (write-back).
+        self._itable_dirty: set[int] = set()
         self._logged: set[str] = set()
         self.loaded = False
 
@@ -193,16 +197,36 @@ class BlockGroup:
         self.loaded = True
 
     def drop_cache(self) -> None:
-        """Forget the cached inode-table blocks (they are re-read on demand)."""
-        self._itable.clear()
+        """Forget the clean cached inode-table blocks (they are re-read on demand). Dirty
+        ones are kept: they are the only copy of acknowledged inode records until written."""
+        for block in [b for b in self._itable if b not in self._itable_dirty]:
+            del self._itable[block]
 
     async def sync(self) -> GroupCounts:
-        """Write back the dirty bitmaps; report and return the counts."""
+        """Write back the dirty inode-table blocks and bitmaps; report and return the counts."""
+        await self._write_itable()
         await self._write_bitmaps()
         counts = self.counts()
         if self._on_counts is not None:
             self._on_counts(counts)
         return counts
+
+    async def _write_itable(self) -> None:
+        """Write the dirty inode-table blocks, adjacent ones in one device write. A block
+        whose write fails stays dirty (and cached) for the next attempt."""
+        if not self._itable_dirty:
+            return
+        bs = self.layout.block_size
+        blocks = sorted(self._itable_dirty)
+        i = 0
+        while i < len(blocks):
+            j = i + 1
+            while j < len(blocks) and blocks[j] == blocks[j - 1] + 1:
+                j += 1
+            run = blocks[i:j]
+            await self.device.write(run[0] * bs, b"".join(self._itable[b] for b in run))
+            self._itable_dirty.difference_update(run)
+            i = j
 
     async def _write_bitmaps(self) -> None:
         bs = self.layout.block_size
@@ -327,8 +351,19 @@ class BlockGroup:
             buf = bytearray(await self.device.read(block * bs, bs))
         self._itable[block] = buf
         if len(self._itable) > self._itable_max:
-            self._itable.popitem(last=False)
+            await self._evict_one()
         return buf
+
+    async def _evict_one(self) -> None:
+        """Drop the least recently used inode-table block, writing it first if dirty. If
+        that write fails the block stays cached and dirty (the cache is over its bound by
+        one until a later eviction or Sync succeeds) and the error goes to the caller."""
+        victim = next(iter(self._itable))
+        if victim in self._itable_dirty:
+            bs = self.layout.block_size
+            await self.device.write(victim * bs, bytes(self._itable[victim]))
+            self._itable_dirty.discard(victim)
+        del self._itable[victim]
 
     async def read_inode(self, ino: int) -> bytes:
         block, off = self._inode_place(ino)
@@ -345,8 +380,11 @@ class BlockGroup:
         block, off = self._inode_place(ino)
         buf = await self._itable_block(block)
         buf[off : off + len(raw)] = raw
-        # Written through: the block cache only ever holds what is on the device (a failed
-        # write drops the block, to be read again).
+        if not self.write_through:
+            self._itable_dirty.add(block)  # written back (Sync, eviction, stop)
+            return
+        # Written through: a clean cached block only ever holds what is on the device (a
+        # failed write drops the block, to be read again).
         try:
             await self.device.write(block * self.layout.block_size, bytes(buf))
         except Exception:
@@ -436,9 +474,10 @@ class BlockGroupActor(Actor):
     """Serves one ``BlockGroup`` through ``chanos.fs.group_protocol`` messages.
 
     The ``BlockGroup`` is made by the volume and handed to every incarnation of this actor
-    by its factory: a restarted group actor resumes the bitmaps held in memory (with
-    write-back they are the only complete copy until the next Sync) and drops its
-    inode-table cache (every inode write is on the device). Each mutation of the group
+    by its factory: a restarted group actor resumes the bitmaps and the dirty inode-table
+    blocks held in memory (with write-back they are the only complete copy until the next
+    Sync), drops its clean cached inode-table blocks, and writes the dirty state back at
+    once. Each mutation of the group
     state is validated before its first field changes and is undone if its write-through
     fails, so a crash cannot leave the state half-changed.
 
@@ -455,7 +494,7 @@ class BlockGroupActor(Actor):
     async def started(self) -> None:
         g = self.group
         if g.loaded:
-            g.drop_cache()  # a restart: keep the bitmaps, re-read inode-table blocks
+            g.drop_cache()  # a restart: keep bitmaps and dirty blocks, re-read the rest
         else:
             await g.load()
         await g.sync()  # write back anything pending; report the exact counts

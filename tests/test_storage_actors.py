@@ -4,6 +4,7 @@ then e2fsprogs (e2fsck -fn, dumpe2fs, debugfs) checks what reached the image."""
 from __future__ import annotations
 
 import errno
+import os
 import re
 import subprocess
 from collections.abc import AsyncIterator
@@ -169,9 +170,22 @@ async def test_group_actor_restart_keeps_allocations(ext4_image) -> None:
         a = await vol.alloc_inode(2, is_dir=True)
         b = await vol.alloc_inode(2, is_dir=False)
         run = await vol.allocator.allocate(5000, 8)
+        # An inode record acknowledged but not yet written back (only in the actor's cache).
+        blank = await vol.read_inode(b)
+        rec = bytes([0x5A]) * 256
+        await vol.write_inode(b, rec)
+        itable = int(re.search(r"Inode table at (\d+)", _group0(img)).group(1))
+        with open(img, "rb") as f:
+            assert os.pread(f.fileno(), 256, itable * 4096 + (b - 1) * 256) == blank
         # A malformed message crashes the group actor (not an OSError): it is restarted.
         with pytest.raises(CallError):
             await call(g0, gp.WriteInode(a, None))  # type: ignore[arg-type]
+        # The restarted actor kept the dirty block and wrote it back as it started.
+        assert await vol.read_inode(b) == rec
+        await vol.device.flush()  # the driver's write cache; no Sync was sent to the group
+        with open(img, "rb") as f:
+            assert os.pread(f.fileno(), 256, itable * 4096 + (b - 1) * 256) == rec
+        await vol.write_inode(b, blank)
         c = await vol.alloc_inode(2, is_dir=False)
         assert c not in (a, b)
         run2 = await vol.allocator.allocate(5000, 8)

@@ -240,8 +240,20 @@ async def test_inode_records_read_modify_write(ext4_image) -> None:
     assert len(root) == 256
     assert int.from_bytes(root[0:2], "little") & 0o170000 == 0o040000  # a directory
     rec = bytes(range(256))
+    dev.writes.clear()
     await g.write_inode(17, rec)
     await g.write_inode(18, b"\x01\x02")
+    assert await g.read_inode(17) == rec  # served from the dirty cached block
+    # Written back: nothing reaches the device before Sync, then one write of the block.
+    assert dev.writes == []
+    g2, _, _ = await open_group(img, 0)
+    assert await g2.read_inode(17) != rec
+    await g.sync()
+    itable_block = g.layout.inode_table + 16 * 256 // 4096
+    assert dev.writes == [(itable_block * 4096, 4096)]
+    dev.writes.clear()
+    await g.sync()
+    assert dev.writes == []  # clean again: nothing to write
     # Neighbours in the same inode-table block are untouched.
     g2, _, _ = await open_group(img, 0)
     assert await g2.read_inode(17) == rec
@@ -255,6 +267,33 @@ async def test_inode_records_read_modify_write(ext4_image) -> None:
         await ro.write_inode(17, rec)
     assert ei.value.errno == errno.EROFS
     dev.close()
+
+
+async def test_inode_writes_through_or_back_on_eviction(ext4_image) -> None:
+    img = ext4_image("64M", 1024)
+    # A cache of two 1 KiB blocks (4 inodes each): the third block evicts the first.
+    g, dev, _ = await open_group(img, 0, itable_cache_bytes=2 * 1024)
+    blk = [g.layout.inode_table + i for i in range(3)]
+    dev.writes.clear()
+    await g.write_inode(13, b"\xaa" * 256)  # block 3 of the table (inodes 13-16)
+    await g.write_inode(17, b"\xbb" * 256)  # block 4
+    await g.read_inode(5)  # block 1: evicts block 3, which is dirty, so it is written
+    assert dev.writes == [((blk[0] + 3) * 1024, 1024)]
+    g2, _, _ = await open_group(img, 0)
+    assert await g2.read_inode(13) == b"\xaa" * 256
+    assert await g2.read_inode(17) != b"\xbb" * 256  # still only in g's cache
+    # A clean block is evicted without a write.
+    dev.writes.clear()
+    await g.read_inode(9)  # block 2: evicts block 4 (dirty) -> written
+    await g.read_inode(1)  # block 0: evicts block 1 (clean) -> no write
+    assert dev.writes == [((blk[0] + 4) * 1024, 1024)]
+    # With write_through every record is on the device before write_inode returns.
+    gt, devt, _ = await open_group(img, 0, write_through=True)
+    devt.writes.clear()
+    await gt.write_inode(21, b"\xcc" * 256)
+    assert devt.writes == [((blk[0] + 5) * 1024, 1024)]
+    dev.close()
+    devt.close()
 
 
 async def test_write_back_reaches_the_device_on_sync_only(img1k: Path) -> None:
