@@ -62,6 +62,7 @@ from chanos.fs.vnode_table import (
     Unpin,
     VnodeTable,
     supervised_starter,
+    tell,
     write_back_all,
 )
 from chanos.fs.vnode_table import Forget as TableForget
@@ -228,7 +229,7 @@ class Kernel:
             log.error("vnode %d crashed serving %r: %r", ino, msg, exc)
             raise OSError(errno.EIO, f"I/O error (vnode {ino} failed)") from exc
         finally:
-            cast(table, Unpin(ino, 0, entry_ino))
+            await tell(table, Unpin(ino, 0, entry_ino))
 
     async def _to_handle(self, handle: Handle, msg: Any) -> Any:
         try:
@@ -254,7 +255,7 @@ class Kernel:
             log.error("vnode %d crashed serving %r: %r", ino, msg, exc)
             raise OSError(errno.EIO, f"I/O error (vnode {ino} failed)") from exc
         finally:
-            cast(table, Unpin(ino, opened))
+            await tell(table, Unpin(ino, opened))
 
     async def _release(self, handle: Handle, msg: Any) -> None:
         if self._handles.pop(handle.fh, None) is None:
@@ -262,7 +263,7 @@ class Kernel:
         try:
             await self._to_handle(handle, msg)
         finally:
-            cast(self.table, Closed(handle.inode))
+            await tell(self.table, Closed(handle.inode))
 
     def _writable(self) -> None:
         if self.options.read_only:
