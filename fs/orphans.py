@@ -1,4 +1,5 @@
-"""The orphan list: inodes with no name left that are still open.
+"""The orphan list: inodes with no name left that are still open or still referenced by
+the host kernel (lookup count not yet forgotten).
 
 ext4 keeps such inodes on a singly linked list on disk so that a crash does not leak
 them: the superblock's ``s_last_orphan`` names the first, and each orphan's ``i_dtime``
@@ -8,10 +9,11 @@ frees everything on the list before anything else happens.
 ``OrphanList`` is the actor that owns the list's order. It never writes an inode itself:
 an inode's record belongs to its vnode actor, so
 
-* a vnode whose last link goes while a handle is open calls ``AddOrphan(ino)``; the
+* a vnode whose last link goes while a handle is open or the host kernel still holds
+  lookup references on the inode calls ``AddOrphan(ino)``; the
   reply is the inode that follows it (the old head), which the vnode stores in its
   ``i_dtime`` and writes with its inode; the actor then points ``s_last_orphan`` at it;
-* a vnode that frees an orphan (last release, or ``Reclaim`` at mount) calls
+* a vnode that frees an orphan (last release, ``Forgotten``, or ``Reclaim`` at mount) calls
   ``RemoveOrphan(ino)``. Unlinking from the head only moves ``s_last_orphan``; unlinking
   from the middle makes the predecessor skip it, by casting ``SetOrphanNext(next)`` to the
   predecessor's vnode (a cast, so an orphan list busy with one vnode never waits on
@@ -132,8 +134,9 @@ class OrphanList(Actor):
 
 
 async def _tell_vnode(table: ActorRef, ino: int, msg: Any) -> None:
-    """Cast ``msg`` to ``ino``'s vnode. The vnode is an orphan, hence open, hence live and
-    pinned by its handle: the pin taken here only bridges the address lookup."""
+    """Cast ``msg`` to ``ino``'s vnode (an orphan: open, or kept for the host kernel's
+    lookup references, and then possibly retired: the Pin starts it again). The pin only
+    bridges the address lookup; the vnode ignores the cast if it has been freed since."""
     ref = await call(table, Pin(ino))
     try:
         cast(ref, msg)

@@ -24,8 +24,12 @@ content changes, relatime for atime), dir_nlink link counting, fast symlinks (< 
 bytes) in i_block, device numbers in i_block, EXTENTS_FL on new files, directories and
 slow symlinks, i_extra_isize 32 and crtime on new inodes, setgid directories passing
 their group on, htree directories read linearly and their index flag cleared on the
-first change. An inode whose last link goes while it is open is put on the orphan list
-(``chanos.fs.orphans``) and freed at its last Release.
+first change. An inode whose last link goes while it is open, or while the host kernel
+still holds lookup references on it, is put on the orphan list (``chanos.fs.orphans``) and
+freed when both are gone: at its last Release, or at ``Forgotten`` (the vnode table's
+lookup count reached zero, or unmount), whichever comes last. Until then its number is
+not reused, so a late request for the old file (a SETATTR flushing cached times right
+after an unlink) reaches the old inode, never a new file that took the number.
 """
 
 from __future__ import annotations
@@ -68,9 +72,9 @@ from chanos.fs.format.inode import (
     file_type_from_mode,
 )
 from chanos.fs.orphans import AddOrphan, RemoveOrphan, SetOrphanNext
-from chanos.fs.vnode_table import OpenCount, call_vnode
+from chanos.fs.vnode_table import Hold, IsHeld, OpenCount, Unpin, call_vnode
 from chanos.fs.xattrs import Xattrs
-from chanos.personality import Actor, call
+from chanos.personality import Actor, call, cast
 from chanos.personality.syscalls import (
     NAME_MAX,
     RENAME_EXCHANGE,
@@ -176,6 +180,9 @@ class VnodeActor(Actor):
         self._xattrs: Xattrs | None = None
         self.opens = 0
         self.on_orphan_list = False
+        # Unlinked, nothing open, but kept for the host kernel's lookup references (the
+        # vnode table said so: Hold / IsHeld); freed at Forgotten.
+        self.held = False
         # Set by the vnode table's starter on an instance made for a restart: the count
         # of open handles (not on disk) is asked from the table before the first request.
         self.restarted = False
@@ -198,7 +205,7 @@ class VnodeActor(Actor):
         i = self.inode
         if i is None or self.ctx.read_only or i.mode == 0:
             return
-        if i.links_count == 0 and self.opens == 0:
+        if i.links_count == 0 and self.opens == 0 and not self.held:
             return
         await self._save()
 
@@ -223,7 +230,7 @@ class VnodeActor(Actor):
                 raise self.load_error
             raise OSError(errno.ENOENT, f"inode {self.ino} does not exist")
         i = self.inode
-        if i.mode == 0 or (i.links_count == 0 and self.opens == 0):
+        if i.mode == 0 or (i.links_count == 0 and self.opens == 0 and not self.held):
             raise OSError(errno.ENOENT, f"inode {self.ino} does not exist")
         return i
 
@@ -308,15 +315,22 @@ class VnodeActor(Actor):
     # ----- dispatch -------------------------------------------------------------------------
 
     async def handle(self, msg: Any) -> Any:
-        if self.restarted and not isinstance(msg, vp.WriteBack):
+        # WriteBack comes from the vnode table's own turn: never ask the table back.
+        from_table = isinstance(msg, vp.WriteBack)
+        if self.restarted and not from_table:
             self.restarted = False
             self.opens = await call(self.ctx.table, OpenCount(self.ino))
         inode = self.inode
-        if (inode is None or (inode.links_count == 0 and self.opens == 0)) and not isinstance(
-            msg, vp.WriteBack
-        ):
+        if (
+            inode is None or (inode.links_count == 0 and self.opens == 0 and not self.held)
+        ) and not from_table:
             # Freed (or never loaded): the number may be in use again; read it afresh.
             await self._load()
+            inode = self.inode
+            if inode is not None and inode.mode and inode.links_count == 0 and self.opens == 0:
+                # Unlinked on disk: freed, or kept for the host kernel's references by a
+                # vnode retired since. Only the table knows which.
+                self.held = await call(self.ctx.table, IsHeld(self.ino))
         match msg:
             # --- attributes ---
             case GetAttr():
@@ -438,10 +452,16 @@ class VnodeActor(Actor):
                 return None
             case SetOrphanNext(next_ino):
                 inode = self.inode
+                # A cast: it may arrive after this inode was freed (its own Forgotten or
+                # Release ran first); a freed record carries its deletion time in dtime,
+                # an orphan a next-orphan number, and a freed record is never rewritten.
                 if (
                     inode is not None
                     and inode.mode
-                    and (self.on_orphan_list or (inode.links_count and not next_ino))
+                    and (
+                        (self.on_orphan_list and inode.dtime <= self.geo.inodes_count)
+                        or (inode.links_count and not next_ino)
+                    )
                 ):
                     inode.dtime = next_ino
                     await self._save()
@@ -457,8 +477,32 @@ class VnodeActor(Actor):
             case vp.WriteBack():
                 await self._write_back()
                 return None
+            case vp.Forgotten():
+                try:
+                    await self._forgotten()
+                finally:
+                    cast(self.ctx.table, Unpin(self.ino))  # the pin the table took for it
+                return None
             case _:
                 raise OSError(errno.ENOSYS, f"vnode: unsupported message {type(msg).__name__}")
+
+    async def _forgotten(self) -> None:
+        """The table's last lookup reference on this held inode is gone: free it, unless a
+        handle is still open (then its last Release frees it)."""
+        # Sent only for an inode the table held, so an unlinked record here is that inode
+        # (a freed one carries its deletion time in dtime, an orphan the next orphan's
+        # number, at most the inode count).
+        self.held = False
+        inode = self.inode
+        if (
+            inode is not None
+            and inode.mode
+            and inode.links_count == 0
+            and inode.dtime <= self.geo.inodes_count
+            and self.opens == 0
+            and not self.ctx.read_only
+        ):
+            await self._free()
 
     # ----- attributes -----------------------------------------------------------------------
 
@@ -585,7 +629,7 @@ class VnodeActor(Actor):
         self.opens -= 1
         inode = self.inode
         if self.opens == 0 and inode is not None and inode.links_count == 0 and inode.mode:
-            await self._free()
+            await self._free_unless_referenced()
         return None
 
     async def _fsync(self) -> None:
@@ -951,13 +995,29 @@ class VnodeActor(Actor):
         inode.ctime_ns = _now()
         if inode.links_count == 0:
             if self.opens == 0:
-                await self._free()
-                return 0
+                await self._free_unless_referenced()
+                if self.inode is None:
+                    return 0
             if not self.on_orphan_list:
                 inode.dtime = await call(self.ctx.orphans, AddOrphan(self.ino))
                 self.on_orphan_list = True
         await self._save()
         return inode.links_count
+
+    async def _free_unless_referenced(self) -> None:
+        """Links 0, nothing open: free the inode now, unless the host kernel still holds
+        lookup references on it; then keep it, on the orphan list, until the table sends
+        Forgotten."""
+        self.held = await call(self.ctx.table, Hold(self.ino))
+        if not self.held:
+            await self._free()
+            return
+        inode = self.inode
+        assert inode is not None
+        if not self.on_orphan_list:
+            inode.dtime = await call(self.ctx.orphans, AddOrphan(self.ino))
+            self.on_orphan_list = True
+        await self._save()
 
     async def _free(self) -> None:
         """Give back the blocks, the xattr block and the inode (links 0, nothing open)."""
@@ -981,6 +1041,7 @@ class VnodeActor(Actor):
         inode.dtime = int(time.time()) & 0xFFFFFFFF
         await self.vol.write_inode(self.ino, inode.build())
         await self.vol.free_inode(self.ino, is_dir)
+        self.held = False
         self.inode = None
         self._data = self._dir = self._xattrs = None
 

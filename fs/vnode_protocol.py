@@ -133,11 +133,21 @@ class Reclaim:
     the inode -> None. Sent by the orphan-list cleanup (chanos.fs.orphans)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """The host kernel's lookup count of this unlinked inode reached zero (or the file
+    system is being unmounted): free the inode if it has no link and no open handle left
+    -> None. Sent for inodes the vnode table holds (``chanos.fs.vnode_table.Hold``); the
+    vnode is pinned while it handles it, as for any request (freeing calls the orphan
+    list, which pins the neighbouring orphans through the table)."""
+
+
 __all__ = [
     "AddLink",
     "AdjustLinks",
     "CheckEmpty",
     "DropLink",
+    "Forgotten",
     "InsertEntry",
     "LookupEntry",
     "Reclaim",

@@ -23,6 +23,17 @@ than ``max_vnodes`` are pinned at once, the table runs above the bound until pin
 A vnode whose lookup count drops to zero by ``Forget`` is retired as soon as it is idle
 (the host kernel has forgotten it), even below the bound.
 
+Unlinked inodes still referenced
+--------------------------------
+An inode whose last link goes and whose last handle is released while the host kernel
+still holds lookup references on it is not freed: the host may still send requests for its
+number (a SETATTR flushing cached times right after an unlink), which must reach the old
+inode, never a new file that reused the number. Its vnode asks ``Hold(ino)``; the table
+records it (``_held``) and, when ``Forget`` brings the count to zero, pins the vnode and
+casts it ``Forgotten()``; the vnode frees the inode and unpins. At unmount ``free_held``
+does the same for every inode still held (the mount ends the references); a crash leaves
+them on the on-disk orphan list, freed by the next mount.
+
 Retirement is ``WriteBack()`` then ``stop()``, awaited inside the table's turn. That is
 safe from deadlock because an idle vnode is, by definition, not serving a request that
 could be waiting on the table; and it guarantees a new actor for the same inode never
@@ -56,7 +67,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-from chanos.fs.vnode_protocol import WriteBack
+from chanos.fs.vnode_protocol import Forgotten, WriteBack
 from chanos.personality import TRANSIENT, Actor, ActorRef, CallError, ChildSpec, call, cast
 
 log = logging.getLogger(__name__)
@@ -131,6 +142,25 @@ class Forget:
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """-> bool: called by the vnode of ``ino`` when its inode has no link and no open
+    handle left. True when the host kernel still holds lookup references on it: the table
+    records the inode as held and sends the vnode ``Forgotten`` when the last reference
+    is forgotten (or at unmount); the vnode keeps the inode (on the orphan list) until
+    then. False: nothing refers to it, the vnode frees it now."""
+
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class IsHeld:
+    """-> bool: whether ``ino`` is an unlinked inode kept for the host kernel's lookup
+    references (asked by a vnode started afresh for such an inode)."""
+
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
 class Crashed:
     """Cast: a request to ``ref`` (the vnode of ``ino``) failed with a crash."""
 
@@ -142,6 +172,12 @@ class Crashed:
 class WriteBackAll:
     """-> list of ``(ino, ActorRef)`` of every live vnode, for ``write_back_all`` (sync).
     The table does not write them back itself: see the module docstring."""
+
+
+@dataclass(frozen=True, slots=True)
+class TakeHeld:
+    """-> list of ``(ino, ActorRef)``: every held inode (see ``Hold``), no longer held and
+    its vnode pinned, for ``free_held`` (unmount). The vnode unpins on ``Forgotten``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +262,20 @@ async def write_back_all(table: ActorRef) -> None:
             log.error("vnode %d failed writing back: %r", ino, exc)
 
 
+async def free_held(table: ActorRef) -> None:
+    """Unmount: free every unlinked inode kept for the host kernel's lookup references
+    (its references end with the mount). Run outside the table's turn, before
+    ``RetireAll``, after the open handles were released."""
+    for ino, ref in await call(table, TakeHeld()):
+        try:
+            await call(ref, Forgotten())
+        except CallError as exc:
+            cast(table, Crashed(ino, ref))
+            log.error("vnode %d failed freeing its unlinked inode: %r", ino, exc)
+        except OSError as exc:
+            log.error("vnode %d failed freeing its unlinked inode: %s", ino, exc)
+
+
 # ---------------------------------------------------------------------------------------
 # The table actor
 # ---------------------------------------------------------------------------------------
@@ -268,6 +318,10 @@ class VnodeTable(Actor):
         self._live: OrderedDict[int, _Slot] = OrderedDict()
         # Lookup references held by the host kernel, by inode (live or not).
         self._lookups: dict[int, int] = {}
+        # Unlinked inodes with nothing open, kept allocated until their lookup count
+        # reaches zero: until then the host kernel may still send requests for the number,
+        # which must not reach a new file that reused it.
+        self._held: set[int] = set()
         self._started = 0
         self._retired = 0
         self._peak = 0
@@ -331,12 +385,22 @@ class VnodeTable(Actor):
             case OpenCount(ino):
                 slot = self._live.get(ino)
                 return slot.opened if slot is not None else 0
+            case Hold(ino):
+                if self._lookups.get(ino, 0) > 0:
+                    self._held.add(ino)
+                    return True
+                return False
+            case IsHeld(ino):
+                return ino in self._held
             case Forget(ino, nlookup):
                 left = self._lookups.get(ino, 0) - nlookup
                 if left > 0:
                     self._lookups[ino] = left
                     return None
                 self._lookups.pop(ino, None)
+                if ino in self._held:
+                    self._held.discard(ino)
+                    await self._forgotten(ino)
                 slot = self._live.get(ino)
                 if slot is not None and slot.idle:
                     await self._retire(ino, slot)
@@ -350,6 +414,12 @@ class VnodeTable(Actor):
             case WriteBackAll():
                 # Not written back here: a busy vnode's turn may be waiting on this table.
                 return [(ino, slot.ref) for ino, slot in self._live.items()]
+            case TakeHeld():
+                held = []
+                while self._held:
+                    ino = self._held.pop()
+                    held.append((ino, await self._pin_new(ino)))
+                return held
             case RetireAll():
                 while self._live:
                     ino, slot = self._live.popitem(last=False)
@@ -380,6 +450,31 @@ class VnodeTable(Actor):
                     break
         for ino, slot in victims:
             await self._retire(ino, slot)
+
+    async def _pin_new(self, ino: int) -> ActorRef:
+        """Pin ``ino``'s vnode (started if needed) for a Forgotten; the vnode unpins it."""
+        slot = self._live.get(ino)
+        if slot is None:
+            slot = _Slot(await self._start_vnode(ino))
+            self._live[ino] = slot
+            self._started += 1
+            self._peak = max(self._peak, len(self._live))
+        slot.pins += 1
+        return slot.ref
+
+    async def _forgotten(self, ino: int) -> None:
+        """Tell the vnode of held ``ino`` that its last lookup reference is gone.
+
+        A cast, never a call: freeing takes the orphan list, which pins the neighbouring
+        orphans through this table. The pin taken for it keeps the vnode from being
+        retired (and so this table from waiting on it) until it is handled.
+        """
+        ref = await self._pin_new(ino)
+        try:
+            cast(ref, Forgotten())
+        except Exception as exc:  # a dead address: the inode stays an orphan on disk
+            self._live[ino].pins -= 1
+            log.error("vnode %d unreachable to free its forgotten inode: %r", ino, exc)
 
     async def _retire(self, ino: int, slot: _Slot) -> None:
         del self._live[ino]

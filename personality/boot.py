@@ -61,6 +61,7 @@ from chanos.fs.vnode_table import (
     TableStats,
     Unpin,
     VnodeTable,
+    free_held,
     supervised_starter,
     tell,
     write_back_all,
@@ -426,6 +427,9 @@ class Kernel:
                 await self._release(handle, msg)
             except OSError as exc:
                 log.error("unmount: release of inode %d failed: %s", handle.inode, exc)
+        # Unlinked inodes kept only for the host kernel's lookup references: the mount
+        # ends those references, so they are freed now (a crash leaves them orphans).
+        await free_held(self.table)
         await call(self.table, RetireAll())
 
 

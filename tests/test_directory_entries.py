@@ -21,6 +21,7 @@ from chanos.personality.syscalls import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
+    Forget,
     GetAttr,
     Link,
     Lookup,
@@ -36,6 +37,8 @@ from chanos.personality.syscalls import (
 from conftest import E2FSCK, assert_fsck_clean, debugfs, errno_of
 
 LOW = MountOptions(max_vnodes=3)
+# A Forget count above any number of lookup references a test takes (listings count too).
+ALL_REFS = 1 << 20
 IMAGE_SIZE = "32M"
 
 
@@ -230,6 +233,10 @@ async def test_errors_and_link_counts(image):
         await k.syscall(Unlink(d.inode, name255))
         await k.syscall(RmDir(ROOT_INO, b"d"))
         assert (await k.syscall(GetAttr(ROOT_INO))).nlink == root_links
+        # Kept while the host kernel holds lookup references (nlink 0); freed once it
+        # forgets them all (ALL_REFS covers every one the test took).
+        assert (await k.syscall(GetAttr(sub.inode))).nlink == 0
+        await k.syscall(Forget(sub.inode, ALL_REFS))
         assert await errno_of(k.syscall(GetAttr(sub.inode))) == errno.ENOENT
     assert_fsck_clean(image)
 
@@ -253,9 +260,11 @@ async def test_same_directory_rename(image):
         )
         await k.syscall(Rename(d, b"a2", d, b"b", RENAME_EXCHANGE))
         assert (await names())[b"b"] == a and (await names())[b"a2"] == b
-        await k.syscall(Rename(d, b"a2", d, b"b"))  # replaces: inode a is freed
+        await k.syscall(Rename(d, b"a2", d, b"b"))  # replaces: inode a loses its link
         assert await names() == {b"b": b, b"x": x, b"y": y}
-        assert await errno_of(k.syscall(GetAttr(a))) == errno.ENOENT
+        assert (await k.syscall(GetAttr(a))).nlink == 0  # still referenced: kept
+        await k.syscall(Forget(a, ALL_REFS))
+        assert await errno_of(k.syscall(GetAttr(a))) == errno.ENOENT  # forgotten: freed
         assert await errno_of(k.syscall(Rename(d, b"x", d, b"b"))) == errno.ENOTDIR
         assert await errno_of(k.syscall(Rename(d, b"b", d, b"x"))) == errno.EISDIR
         assert await errno_of(k.syscall(Rename(d, b"x", d, b"y"))) == errno.ENOTEMPTY

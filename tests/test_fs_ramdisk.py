@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import stat
 
+import pytest
 from chanos.drivers import BlockDevice, RamDiskDriver
 from chanos.personality import ChildSpec, open_supervisor
 from chanos.personality.boot import MountOptions, boot
 from chanos.personality.syscalls import (
     ROOT_INO,
     Create,
+    Forget,
     GetAttr,
     MkDir,
     Read,
@@ -50,11 +52,15 @@ async def test_ramdisk_mount_unmount_remount(ext4_image, tmp_path):
                 await k_write_file(k, d, name, content)
             await k.syscall(Symlink(d, b"link", b"f3"))
             await k.syscall(Rename(d, b"f0", ROOT_INO, b"moved"))
-            h, _ = await k.syscall(Create(d, b"open", 0o600, os.O_RDWR | os.O_CREAT))
+            h, e = await k.syscall(Create(d, b"open", 0o600, os.O_RDWR | os.O_CREAT))
             await k.syscall(Write(h, 0, b"still here"))
             await k.syscall(Unlink(d, b"open"))
             assert await k.syscall(Read(h, 0, 100)) == b"still here"
             await k.syscall(Release(h))
+            assert (await k.syscall(GetAttr(e.inode))).nlink == 0  # kept: Create's reference
+            await k.syscall(Forget(e.inode, 1))
+            with pytest.raises(FileNotFoundError):  # freed, ordered after the free
+                await k.syscall(GetAttr(e.inode))
             after = await k.syscall(StatFs())
             assert after.f_ffree == before.f_ffree - 22  # d, 19 files + moved, link
         out = tmp_path / "ram.img"

@@ -185,7 +185,11 @@ async def test_rename_semantics(image):
         assert await k_read_file(k, f) == b"F"
         with Errno(errno.ENOENT):
             await k.syscall(Lookup(a, b"f"))
-        with pytest.raises(OSError):  # the replaced file is gone (freed)
+        # The replaced file has no link left; the lookup reference its Create returned
+        # keeps it (as Linux keeps an inode the host kernel still knows) until forgotten.
+        assert (await k.syscall(GetAttr(g))).nlink == 0
+        await k.syscall(Forget(g, 1))
+        with Errno(errno.ENOENT):  # now it is freed
             await k.syscall(GetAttr(g))
         # a directory into its own subtree
         with Errno(errno.EINVAL):
@@ -211,7 +215,11 @@ async def test_rename_semantics(image):
         assert (await k.syscall(Lookup(e2, b".."))).inode == a
         assert (await k.syscall(GetAttr(a))).nlink == 3
         assert (await k.syscall(GetAttr(b))).nlink == 3
-        with pytest.raises(OSError):  # the replaced directory is gone (freed)
+        # The replaced directory has no link; MkDir's lookup reference keeps it until
+        # forgotten, then it is freed.
+        assert (await k.syscall(GetAttr(empty))).nlink == 0
+        await k.syscall(Forget(empty, 1))
+        with Errno(errno.ENOENT):
             await k.syscall(GetAttr(empty))
         # NOREPLACE and EXCHANGE
         with Errno(errno.EEXIST):
@@ -256,6 +264,10 @@ async def test_unlink_open_file_keeps_it_until_release(image):
         mid = await k.syscall(StatFs())
         assert mid.f_ffree == before.f_ffree - 11
         await k.syscall(Release(h))
+        # Released, but the host kernel still holds Create's lookup reference: kept.
+        assert await synced_last_orphan(k, image) == e.inode
+        assert (await k.syscall(GetAttr(e.inode))).nlink == 0
+        await k.syscall(Forget(e.inode, 1))
         assert await synced_last_orphan(k, image) == 0
         after = await k.syscall(StatFs())
         assert after.f_ffree == before.f_ffree - 10
@@ -395,6 +407,8 @@ async def test_enospc_leaves_image_consistent_and_space_returns(ext4_image):
         await k.syscall(Release(h))
         await k.syscall(Unlink(ROOT_INO, b"fill"))
         await k.syscall(Forget(e.inode, 1))
+        with Errno(errno.ENOENT):  # freed once forgotten (and ordered after the free)
+            await k.syscall(GetAttr(e.inode))
         after = await k.syscall(StatFs())
         assert (after.f_bfree, after.f_ffree) == (before.f_bfree, before.f_ffree)
     assert_fsck_clean(img)
@@ -407,15 +421,25 @@ async def test_inode_exhaustion(ext4_image):
         made = []
         with Errno(errno.ENOSPC):
             for i in range(st.f_ffree + 1):
-                await k.syscall(MkNod(ROOT_INO, b"f%d" % i, stat.S_IFREG | 0o644, 0))
-                made.append(i)
+                e = await k.syscall(MkNod(ROOT_INO, b"f%d" % i, stat.S_IFREG | 0o644, 0))
+                made.append(e.inode)
         assert len(made) == st.f_ffree
         assert (await k.syscall(StatFs())).f_ffree == 0
         with Errno(errno.ENOSPC):
             await k.syscall(MkDir(ROOT_INO, b"d", 0o755))
         assert b"d" not in await k_listdir(k, ROOT_INO)
         await k.syscall(Unlink(ROOT_INO, b"f0"))
-        await k.syscall(MkDir(ROOT_INO, b"d", 0o755))
+        # The host kernel still knows f0 (references from MkNod and from the listing's
+        # readdirplus entry): its number is kept until both are forgotten.
+        with Errno(errno.ENOSPC):
+            await k.syscall(MkDir(ROOT_INO, b"d", 0o755))
+        await k.syscall(Forget(made[0], 1))
+        assert (await k.syscall(GetAttr(made[0]))).nlink == 0
+        await k.syscall(Forget(made[0], 1))
+        with Errno(errno.ENOENT):  # freed (and ordered after the free)
+            await k.syscall(GetAttr(made[0]))
+        d = await k.syscall(MkDir(ROOT_INO, b"d", 0o755))
+        assert d.inode == made[0]  # the only free number
     assert_fsck_clean(img)
 
 
@@ -700,6 +724,8 @@ async def test_unlink_while_open_survives_a_vnode_crash(image, monkeypatch):
         assert await k.syscall(Read(h2, 0, 100)) == b"kept while open!"
         assert (await k.syscall(GetAttr(f))).nlink == 0
         await k.syscall(Release(h2))
+        assert (await k.syscall(GetAttr(f))).nlink == 0  # k_write_file's Create reference
+        await k.syscall(Forget(f, 1))
         with Errno(errno.ENOENT):
             await k.syscall(GetAttr(f))
         free_inodes = (await k.syscall(StatFs())).f_ffree

@@ -323,13 +323,15 @@ def getdents(fd: int, size: int = 4096) -> list[str]:
 
 
 def test_listing_continued_after_unlink_and_inode_reuse_keeps_new_file_writable(chanos_mount):
-    """A listing left open across an unlink whose inode number goes to a new file.
+    """A listing left open across an unlink, then a new file in the same directory.
 
     Between two READDIRs of one directory the host kernel does not hold its lock: a name
-    read ahead can be unlinked, its inode freed and the number handed to a new file.
-    Entries read before that must not reach the host kernel afterwards: a readdirplus
-    entry naming the number with the old generation makes it take the new file's inode
-    for a stale one, and the writer's data is lost with EIO (the file stays empty).
+    read ahead can be unlinked and a file created. Were the inode freed at unlink, its
+    number would go to the new file, and a readdirplus entry naming it with the old
+    generation would make the host take the new file's inode for a stale one (the writer's
+    data lost with EIO). The read-ahead entry is a lookup reference, so the unlinked
+    inode is kept and the new file gets another number; the listing and the new file's
+    data come out right either way.
     """
     if _GETDENTS64 is None:
         pytest.skip("getdents64 number unknown on this machine")
@@ -347,8 +349,9 @@ def test_listing_continued_after_unlink_and_inode_reuse_keeps_new_file_writable(
         victim.unlink()
         fd = os.open(d / "new", os.O_CREAT | os.O_WRONLY, 0o644)  # same group: lowest free
         try:
-            # the precondition: the freed number is given to the new file
-            assert os.fstat(fd).st_ino == old_ino
+            # The entry read ahead still references the unlinked inode, so it is kept and
+            # its number is not given to the new file.
+            assert os.fstat(fd).st_ino != old_ino
             while more := getdents(dfd):  # the listing continues after the change
                 names += more
             os.write(fd, b"written after the listing\n")

@@ -22,6 +22,7 @@ from chanos.personality.syscalls import (
     XATTR_CREATE,
     XATTR_REPLACE,
     Create,
+    Forget,
     GetAttr,
     GetXattr,
     ListXattr,
@@ -247,6 +248,9 @@ async def test_xattrs_inode_then_block(image):
         await k.syscall(SetXattr(ino, b"user.again", b"A" * 500))
         before = (await k.syscall(StatFs())).f_bfree
         await k.syscall(Unlink(ROOT_INO, b"x"))
+        # Kept while the host kernel holds Create's lookup reference; freed when forgotten.
+        await k.syscall(Forget(ino, 1))
+        assert await errno_of(k.syscall(GetAttr(ino))) == errno.ENOENT
         after = (await k.syscall(StatFs())).f_bfree
         assert after > before  # data and xattr block given back
     assert b"r" * 64 in debugfs(image, "ea_get / user.onroot")
@@ -283,6 +287,9 @@ async def test_unlink_open_file_keeps_it_until_release(image):
             f.seek(1024 + 0xE8)
             assert struct.unpack("<I", f.read(4))[0] == ino  # s_last_orphan
         await k.syscall(Release(h))
+        # Still known to the host kernel (Create's lookup reference): kept, an orphan.
+        assert (await k.syscall(GetAttr(ino))).nlink == 0
+        await k.syscall(Forget(ino, 1))
         assert await errno_of(k.syscall(GetAttr(ino))) == errno.ENOENT
         st = await k.syscall(StatFs())
         assert (st.f_bfree, st.f_ffree) == (free0, ifree0)

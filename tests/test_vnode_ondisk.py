@@ -19,6 +19,7 @@ from chanos.personality.syscalls import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
+    Forget,
     GetAttr,
     GetXattr,
     ListXattr,
@@ -175,12 +176,16 @@ async def test_vnode_serves_same_directory_rename(ext4_image):
         assert await errno_of(ren(b"b", b"s")) == errno.EISDIR
         await k.syscall(MkNod(t, b"in", 0o100644))
         assert await errno_of(ren(b"s", b"t")) == errno.ENOTEMPTY
-        await ren(b"a1", b"b")  # replaces: inode a freed
+        await ren(b"a1", b"b")  # replaces: inode a unlinked, kept for its 3 lookups
+        assert (await k.syscall(GetAttr(a))).nlink == 0
+        await k.syscall(Forget(a, 3))  # MkNod, at(b"a1"), at(b"b"): now freed
         assert await errno_of(k.syscall(GetAttr(a))) == errno.ENOENT
         links = (await k.syscall(GetAttr(d))).nlink
         await ren(b"t", b"s")  # a directory over an empty one
         assert (await k.syscall(GetAttr(d))).nlink == links - 1
-        assert await at(b"s") == t and await errno_of(k.syscall(GetAttr(s))) == errno.ENOENT
+        assert await at(b"s") == t and (await k.syscall(GetAttr(s))).nlink == 0
+        await k.syscall(Forget(s, 1))
+        assert await errno_of(k.syscall(GetAttr(s))) == errno.ENOENT
         assert (
             await errno_of(call_vnode(k.table, d, Rename(d, b"b", ROOT_INO, b"b"))) == errno.EINVAL
         )  # cross-directory renames belong to the coordinator
@@ -194,6 +199,7 @@ async def test_stale_vnode_of_a_reused_inode_number_never_writes_back(ext4_image
     async with boot(img, MountOptions(max_vnodes=1000)) as k:
         old = (await k.syscall(MkNod(ROOT_INO, b"old", 0o100644))).inode
         await k.syscall(Unlink(ROOT_INO, b"old"))
+        await k.syscall(Forget(old, 1))  # the host kernel's last reference: freed
         assert await errno_of(k.syscall(GetAttr(old))) == errno.ENOENT  # stale request
         new = await k.syscall(MkNod(ROOT_INO, b"new", 0o100600))
         assert new.inode == old  # the lowest free number comes back

@@ -1,0 +1,175 @@
+"""Inode lifetime: an unlinked inode lives until its last handle is released AND the host
+kernel has forgotten it (lookup count zero), or until unmount.
+
+Until then its number is not reused, late requests for it (a SETATTR flushing cached
+times after an unlink) answer as Linux does (nlink 0), and it sits on the on-disk orphan
+list, so a crash leaves it for the next mount's orphan cleanup.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+
+from chanos.personality.boot import MountOptions, boot
+from chanos.personality.syscalls import (
+    ROOT_INO,
+    Create,
+    Forget,
+    GetAttr,
+    Lookup,
+    MkDir,
+    MkNod,
+    Open,
+    Read,
+    Release,
+    RmDir,
+    SetAttr,
+    StatFs,
+    Unlink,
+    Write,
+)
+from conftest import Errno, assert_fsck_clean, k_write_file, last_orphan
+
+# Few live vnodes: the held inode's vnode is retired and started again in between.
+LOW = MountOptions(max_vnodes=3)
+
+
+async def _synced_orphan(k, img) -> int:
+    await k.sync()
+    return last_orphan(img)
+
+
+async def test_unlinked_inode_kept_while_referenced_then_freed_by_forget(image):
+    async with boot(image, LOW) as k:
+        free0 = (await k.syscall(StatFs())).f_ffree
+        old = await k_write_file(k, ROOT_INO, b"old", b"x" * 20_000)  # one lookup (Create)
+        await k.syscall(Unlink(ROOT_INO, b"old"))
+        with Errno(errno.ENOENT):
+            await k.syscall(Lookup(ROOT_INO, b"old"))
+        # Kept: on the on-disk orphan list, its number not given to a new file.
+        assert await _synced_orphan(k, image) == old
+        new = await k_write_file(k, ROOT_INO, b"new", b"n")
+        assert new != old
+        # Late requests for the old inode answer like Linux: nlink 0, times settable.
+        a = await k.syscall(GetAttr(old))
+        assert a.nlink == 0 and a.size == 20_000 and stat.S_ISREG(a.mode)
+        t = 1_234_567_890_123_456_789
+        a = await k.syscall(SetAttr(old, mtime_ns=t, ctime_ns=t))
+        assert a.nlink == 0 and a.mtime_ns == t
+        assert (await k.syscall(GetAttr(new))).mtime_ns != t  # the new file is untouched
+        # Many other inodes meanwhile: the held inode's vnode is retired and restarted.
+        for i in range(6):
+            await k_write_file(k, ROOT_INO, b"o%d" % i, b"o")
+        assert (await k.syscall(GetAttr(old))).mtime_ns == t
+        assert (await k.syscall(StatFs())).f_ffree == free0 - 8
+        # The last reference forgotten: freed, off the orphan list, its number free again.
+        await k.syscall(Forget(old, 1))
+        with Errno(errno.ENOENT):
+            await k.syscall(GetAttr(old))
+        assert await _synced_orphan(k, image) == 0
+        assert (await k.syscall(StatFs())).f_ffree == free0 - 7
+        again = (await k.syscall(MkNod(ROOT_INO, b"again", stat.S_IFREG | 0o644, 0))).inode
+        assert again == old  # the lowest free number
+    assert_fsck_clean(image)
+
+
+async def test_forget_counts_every_reference(image):
+    async with boot(image, LOW) as k:
+        ino = (await k.syscall(MkNod(ROOT_INO, b"f", stat.S_IFREG | 0o644, 0))).inode
+        await k.syscall(Lookup(ROOT_INO, b"f"))
+        await k.syscall(Lookup(ROOT_INO, b"f"))  # three references in all
+        await k.syscall(Unlink(ROOT_INO, b"f"))
+        await k.syscall(Forget(ino, 2))
+        assert (await k.syscall(GetAttr(ino))).nlink == 0  # one left
+        await k.syscall(Forget(ino, 1))
+        with Errno(errno.ENOENT):
+            await k.syscall(GetAttr(ino))
+    assert_fsck_clean(image)
+
+
+async def test_open_and_referenced_freed_by_whichever_comes_last(image):
+    async with boot(image, LOW) as k:
+        free0 = (await k.syscall(StatFs())).f_ffree
+        # Release first, then Forget.
+        a = await k_write_file(k, ROOT_INO, b"a", b"A" * 5000)
+        ha = await k.syscall(Open(a, os.O_RDWR))
+        await k.syscall(Unlink(ROOT_INO, b"a"))
+        await k.syscall(Release(ha))
+        assert (await k.syscall(GetAttr(a))).nlink == 0
+        assert await _synced_orphan(k, image) == a
+        await k.syscall(Forget(a, 1))
+        with Errno(errno.ENOENT):
+            await k.syscall(GetAttr(a))
+        # Forget first, then Release.
+        b = await k_write_file(k, ROOT_INO, b"b", b"B" * 5000)
+        hb = await k.syscall(Open(b, os.O_RDWR))
+        await k.syscall(Unlink(ROOT_INO, b"b"))
+        await k.syscall(Forget(b, 1))
+        assert await k.syscall(Read(hb, 0, 10)) == b"B" * 10  # the handle keeps it
+        await k.syscall(Write(hb, 0, b"still"))
+        await k.syscall(Release(hb))
+        with Errno(errno.ENOENT):
+            await k.syscall(GetAttr(b))
+        assert await _synced_orphan(k, image) == 0
+        assert (await k.syscall(StatFs())).f_ffree == free0
+    assert_fsck_clean(image)
+
+
+async def test_removed_directory_kept_while_referenced(image):
+    async with boot(image, LOW) as k:
+        d = (await k.syscall(MkDir(ROOT_INO, b"d", 0o755))).inode
+        await k.syscall(RmDir(ROOT_INO, b"d"))
+        a = await k.syscall(GetAttr(d))
+        assert a.nlink == 0 and stat.S_ISDIR(a.mode)
+        with Errno(errno.ENOENT):  # a removed directory takes no new entry
+            await k.syscall(MkNod(d, b"x", stat.S_IFREG | 0o644, 0))
+        assert (await k.syscall(GetAttr(ROOT_INO))).nlink == 3  # lost+found and root
+        other = (await k.syscall(MkDir(ROOT_INO, b"e", 0o755))).inode
+        assert other != d
+        await k.syscall(Forget(d, 1))
+        with Errno(errno.ENOENT):
+            await k.syscall(GetAttr(d))
+    assert_fsck_clean(image)
+
+
+async def test_never_forgotten_inodes_are_freed_at_unmount(image):
+    """In-process users never send Forget: unmount ends the references and frees them."""
+    async with boot(image, LOW) as k:
+        free0 = (await k.syscall(StatFs())).f_ffree
+        bfree0 = (await k.syscall(StatFs())).f_bfree
+        inos = [await k_write_file(k, ROOT_INO, b"f%d" % i, os.urandom(9000)) for i in range(5)]
+        h, e = await k.syscall(Create(ROOT_INO, b"open", 0o600, os.O_RDWR | os.O_CREAT))
+        await k.syscall(Write(h, 0, b"o" * 9000))
+        for i in range(5):
+            await k.syscall(Unlink(ROOT_INO, b"f%d" % i))
+        await k.syscall(Unlink(ROOT_INO, b"open"))
+        assert [(await k.syscall(GetAttr(i))).nlink for i in inos] == [0] * 5
+        assert (await k.syscall(StatFs())).f_ffree == free0 - 6
+        assert await _synced_orphan(k, image) in {*inos, e.inode}
+        # the handle is left open: unmount releases it
+    assert last_orphan(image) == 0
+    assert_fsck_clean(image)
+    async with boot(image, LOW) as k:
+        st = await k.syscall(StatFs())
+        assert (st.f_ffree, st.f_bfree) == (free0, bfree0)
+
+
+async def test_crash_leaves_referenced_inode_on_orphan_list_for_next_mount(image, tmp_path):
+    crashed = tmp_path / "crashed.img"
+    async with boot(image, LOW) as k:
+        free0 = (await k.syscall(StatFs())).f_ffree
+        ino = await k_write_file(k, ROOT_INO, b"f", os.urandom(30_000))
+        await k.syscall(Unlink(ROOT_INO, b"f"))
+        await k.sync()
+        # The device as a power cut at this point leaves it: the inode is an orphan.
+        shutil.copyfile(image, crashed)
+    assert last_orphan(crashed) == ino
+    async with boot(crashed, LOW) as k:  # the orphan cleanup at mount frees it
+        assert (await k.syscall(StatFs())).f_ffree == free0
+        with Errno(errno.ENOENT):
+            await k.syscall(GetAttr(ino))
+    assert last_orphan(crashed) == 0
+    assert_fsck_clean(crashed)
