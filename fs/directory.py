@@ -1,8 +1,12 @@
 """A directory's entries over its data blocks: lookup, add, remove, replace, iterate.
 
 ``Directory`` is owned by the vnode actor of one directory (never shared): it keeps the
-directory's blocks in memory as ``bytearray`` s, a name index over them, and a per-block
-"largest hole" hint so that an insert does not rescan every block. Record editing is the
+directory's blocks in memory as ``bytearray`` s, a name index over them, and two per-block
+hints so that an insert neither tries every block nor scans a whole block: the largest
+hole (an upper bound) and the record of the block's latest insert (which took the rest of
+the hole it split, so in a directory filled in order it is where the next entry fits).
+An insert tries the block of the latest insert first, from that record on; then every
+block in order; a block is appended only when none has room. Record editing is the
 format codec's (``chanos.fs.format.dirent``); this module decides which block an entry
 goes to, keeps the index right, and writes changed blocks back through the directory's
 ``FileData``.
@@ -26,6 +30,7 @@ found, iteration skips them, and nothing is ever inserted into them.
 from __future__ import annotations
 
 import errno
+import itertools
 from typing import Any, NamedTuple
 
 from chanos.fs.format import dirent
@@ -85,6 +90,10 @@ class Directory:
         self.corrupt: set[int] = set()
         self._index: dict[bytes, _Where] = {}
         self._room: list[int] = []
+        # Per block: offset of the record of its latest insert (0 = none known). Records
+        # never move; only a delete of that very record (merged away) invalidates it.
+        self._tail: list[int] = []
+        self._last = 0  # block of the latest insert
 
     # ----- loading ------------------------------------------------------------------------
 
@@ -96,6 +105,8 @@ class Directory:
         self.blocks = [bytearray(mv[i * bs : (i + 1) * bs]) for i in range(self.nblocks)]
         self._index.clear()
         self._room = [0] * self.nblocks
+        self._tail = [0] * self.nblocks
+        self._last = 0
         self.corrupt.clear()
         for i, block in enumerate(self.blocks):
             self._index_block(i, block)
@@ -175,22 +186,30 @@ class Directory:
             raise OSError(errno.EEXIST, f"{name!r} exists")
         ft = file_type if self.filetype else 0
         need = dirent.rec_len_for(len(name))
-        for i, room in enumerate(self._room):
-            if room >= need and i not in self.corrupt:
-                block = self.blocks[i]
-                off = dirent.insert(block, ino, name, ft)
-                if off is None:  # the hint was stale; recompute and go on
-                    self._room[i] = _largest_room(block)
-                    continue
-                try:
-                    await self._write_block(i)
-                except OSError:
-                    dirent.delete(block, off)
-                    raise
-                # The hint stays an upper bound (an insert only shrinks holes); it is
-                # made exact again when an insert finds the block fuller than hinted.
-                self._index[name] = _Where(i, off, ino, ft)
-                return i * self.block_size + off
+        last = self._last
+        order = range(self.nblocks)
+        if 0 < last < self.nblocks:
+            order = itertools.chain((last,), order)
+        for i in order:
+            if self._room[i] < need or i in self.corrupt:
+                continue
+            block = self.blocks[i]
+            off = self._insert(i, ino, name, ft)
+            if off is None:  # the hint was stale; recompute and go on
+                self._room[i] = _largest_room(block)
+                continue
+            try:
+                await self._write_block(i)
+            except OSError:
+                dirent.delete(block, off)
+                self._tail[i] = 0
+                raise
+            # The hint stays an upper bound (an insert only shrinks holes); it is
+            # made exact again when an insert finds the block fuller than hinted.
+            self._tail[i] = off
+            self._last = i
+            self._index[name] = _Where(i, off, ino, ft)
+            return i * self.block_size + off
         # No room anywhere: a new block at the end.
         i = self.nblocks
         block = dirent.empty_block(self.block_size)
@@ -199,9 +218,23 @@ class Directory:
         await self.data.write(i * self.block_size, block, size=self.size)
         self.blocks.append(block)
         self._room.append(_largest_room(block))
+        self._tail.append(off)
+        self._last = i
         self.nblocks += 1
         self._index[name] = _Where(i, off, ino, ft)
         return i * self.block_size + off
+
+    def _insert(self, i: int, ino: int, name: bytes, ft: int) -> int | None:
+        """Insert into block ``i``: first into the records from its latest insert on (the
+        codec's first fit over that tail of the block, which is itself a valid record
+        chain), then, if they are full, first fit over the whole block."""
+        block = self.blocks[i]
+        t = self._tail[i]
+        if t and len(block) < 65536:  # (huge blocks encode rec_len by block size)
+            off = dirent.insert(memoryview(block)[t:], ino, name, ft)
+            if off is not None:
+                return t + off
+        return dirent.insert(block, ino, name, ft)
 
     async def remove(self, name: bytes, expect_ino: int = 0) -> tuple[int, int]:
         """Remove ``name``; returns (inode, file_type) it named. ENOENT if absent (or, with
@@ -218,6 +251,8 @@ class Directory:
             block[:] = saved
             raise
         del self._index[name]
+        if self._tail[w.block] == w.offset:
+            self._tail[w.block] = 0  # merged into the previous record: no longer one
         # The merged hole is at most the old bound plus the freed record: still a bound.
         self._room[w.block] = min(self.block_size, self._room[w.block] + gone.rec_len)
         return w.inode, w.file_type
