@@ -6,7 +6,8 @@ them: the superblock's ``s_last_orphan`` names the first, and each orphan's ``i_
 field (unused while the inode is live) names the next; 0 ends the list. The next mount
 frees everything on the list before anything else happens.
 
-``OrphanList`` is the actor that owns the list's order. It never writes an inode itself:
+``OrphanList`` is the actor that owns the list's order (its messages are in
+chanos.fs.orphan_protocol). It never writes an inode itself:
 an inode's record belongs to its vnode actor, so
 
 * a vnode whose last link goes while a handle is open or the host kernel still holds
@@ -30,12 +31,13 @@ from __future__ import annotations
 import errno
 import logging
 import struct
-from dataclasses import dataclass
 from typing import Any
 
+from chanos.fs.orphan_protocol import AddOrphan, ListOrphans, LoadChain, RemoveOrphan, SetOrphanNext
 from chanos.fs.superblock_protocol import GetLastOrphan, SetLastOrphan
 from chanos.fs.vnode_protocol import Reclaim
-from chanos.fs.vnode_table import Pin, Unpin, call_vnode
+from chanos.fs.vnode_table import call_vnode
+from chanos.fs.vnode_table_protocol import Pin, Unpin
 from chanos.personality import Actor, ActorRef, call, cast
 
 log = logging.getLogger(__name__)
@@ -45,44 +47,6 @@ _DTIME = struct.Struct("<I")
 _LINKS = struct.Struct("<H")
 DTIME_OFFSET = 0x14
 LINKS_OFFSET = 0x1A
-
-
-# ---------------------------------------------------------------------------------------
-# Protocol
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AddOrphan:
-    """Put ``ino`` at the head of the list -> int: the next orphan (store it in i_dtime)."""
-
-    ino: int
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveOrphan:
-    """Take ``ino`` off the list -> None (no-op when it is not on it)."""
-
-    ino: int
-
-
-@dataclass(frozen=True, slots=True)
-class SetOrphanNext:
-    """To a vnode (cast): the orphan after you is now ``next_ino``; store it in i_dtime."""
-
-    next_ino: int
-
-
-@dataclass(frozen=True, slots=True)
-class LoadChain:
-    """Adopt the chain found on disk (head first) -> None. Used by ``cleanup_orphans``."""
-
-    chain: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ListOrphans:
-    """-> tuple[int, ...]: the list, head first."""
 
 
 # ---------------------------------------------------------------------------------------

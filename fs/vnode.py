@@ -71,8 +71,9 @@ from chanos.fs.format.inode import (
     Inode,
     file_type_from_mode,
 )
-from chanos.fs.orphans import AddOrphan, RemoveOrphan, SetOrphanNext
-from chanos.fs.vnode_table import Hold, IsHeld, OpenCount, Unpin, call_vnode
+from chanos.fs.orphan_protocol import AddOrphan, RemoveOrphan, SetOrphanNext
+from chanos.fs.vnode_table import call_vnode
+from chanos.fs.vnode_table_protocol import Hold, IsHeld, OpenCount, Unpin
 from chanos.fs.xattrs import Xattrs
 from chanos.personality import Actor, call, cast
 from chanos.personality.syscalls import (

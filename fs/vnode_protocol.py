@@ -137,7 +137,7 @@ class Reclaim:
 class Forgotten:
     """The host kernel's lookup count of this unlinked inode reached zero (or the file
     system is being unmounted): free the inode if it has no link and no open handle left
-    -> None. Sent for inodes the vnode table holds (``chanos.fs.vnode_table.Hold``); the
+    -> None. Sent for inodes the vnode table holds (``chanos.fs.vnode_table_protocol.Hold``); the
     vnode is pinned while it handles it, as for any request (freeing calls the orphan
     list, which pins the neighbouring orphans through the table)."""
 

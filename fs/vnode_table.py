@@ -3,7 +3,8 @@
 The table is an actor. It starts a vnode actor on the first message for an inode (under
 the vnode supervisor), hands out its address, and keeps the number of live vnode actors
 near a bound (``max_vnodes``) by retiring idle ones, least recently used first. A retired
-vnode is started again, from its on-disk state, by the next message for its inode.
+vnode is started again, from its on-disk state, by the next message for its inode. Its
+messages are in chanos.fs.vnode_table_protocol.
 
 Pins: who may hold a vnode's address
 ------------------------------------
@@ -63,142 +64,32 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 from chanos.fs.vnode_protocol import Forgotten, WriteBack
+from chanos.fs.vnode_table_protocol import (
+    Closed,
+    Crashed,
+    Forget,
+    GetStats,
+    Hold,
+    IsHeld,
+    IsLive,
+    OpenCount,
+    Pin,
+    Referenced,
+    RetireAll,
+    TableStats,
+    TakeHeld,
+    Unpin,
+    WriteBackAll,
+)
 from chanos.personality import TRANSIENT, Actor, ActorRef, CallError, ChildSpec, call, cast
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_VNODES = 10_000
-
-
-# ---------------------------------------------------------------------------------------
-# Protocol
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Pin:
-    """-> ActorRef of ``ino``'s vnode (started if needed), pinned until ``Unpin``."""
-
-    ino: int
-
-
-@dataclass(frozen=True, slots=True)
-class Unpin:
-    """Cast: drop one request pin of ``ino``.
-
-    ``opened``: handles opened by the request, which keep the vnode pinned until as many
-    ``Closed``. ``looked_up``: the inode of an Entry the request returned to the host
-    kernel (0 = none), counted as one lookup reference (see ``Forget``).
-    """
-
-    ino: int
-    opened: int = 0
-    looked_up: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class IsLive:
-    """-> bool: whether ``ino`` has a live vnode (none is started; nothing is pinned).
-
-    False means the inode's on-disk record (in its group actor) is its whole state: a
-    vnode writes its inode back before it is retired, within the table's turn."""
-
-    ino: int
-
-
-@dataclass(frozen=True, slots=True)
-class Referenced:
-    """Cast: the host kernel got one lookup reference on each of ``inos`` (the counted
-    entries of a ReadDir reply; an inode may appear more than once)."""
-
-    inos: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """Cast: one open handle of ``ino`` was released."""
-
-    ino: int
-
-
-@dataclass(frozen=True, slots=True)
-class OpenCount:
-    """-> int: the handles open on ``ino`` (for a vnode restarted after a crash)."""
-
-    ino: int
-
-
-@dataclass(frozen=True, slots=True)
-class Forget:
-    """Cast: the host kernel dropped ``nlookup`` lookup references on ``ino``."""
-
-    ino: int
-    nlookup: int
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """-> bool: called by the vnode of ``ino`` when its inode has no link and no open
-    handle left. True when the host kernel still holds lookup references on it: the table
-    records the inode as held and sends the vnode ``Forgotten`` when the last reference
-    is forgotten (or at unmount); the vnode keeps the inode (on the orphan list) until
-    then. False: nothing refers to it, the vnode frees it now."""
-
-    ino: int
-
-
-@dataclass(frozen=True, slots=True)
-class IsHeld:
-    """-> bool: whether ``ino`` is an unlinked inode kept for the host kernel's lookup
-    references (asked by a vnode started afresh for such an inode)."""
-
-    ino: int
-
-
-@dataclass(frozen=True, slots=True)
-class Crashed:
-    """Cast: a request to ``ref`` (the vnode of ``ino``) failed with a crash."""
-
-    ino: int
-    ref: Any
-
-
-@dataclass(frozen=True, slots=True)
-class WriteBackAll:
-    """-> list of ``(ino, ActorRef)`` of every live vnode, for ``write_back_all`` (sync).
-    The table does not write them back itself: see the module docstring."""
-
-
-@dataclass(frozen=True, slots=True)
-class TakeHeld:
-    """-> list of ``(ino, ActorRef)``: every held inode (see ``Hold``), no longer held and
-    its vnode pinned, for ``free_held`` (unmount). The vnode unpins on ``Forgotten``."""
-
-
-@dataclass(frozen=True, slots=True)
-class RetireAll:
-    """Write back and stop every live vnode (unmount) -> None. Pins are ignored: the
-    caller guarantees nothing is in flight."""
-
-
-@dataclass(frozen=True, slots=True)
-class GetStats:
-    """-> TableStats."""
-
-
-@dataclass(frozen=True, slots=True)
-class TableStats:
-    live: int
-    pinned: int
-    started: int
-    retired: int
-    peak: int
-    max_vnodes: int
 
 
 # ---------------------------------------------------------------------------------------

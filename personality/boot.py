@@ -51,6 +51,13 @@ from chanos.fs.format.xattr import split_name
 from chanos.fs.vnode_protocol import AddLink, InsertEntry, RemoveEntry
 from chanos.fs.vnode_table import (
     DEFAULT_MAX_VNODES,
+    VnodeTable,
+    free_held,
+    supervised_starter,
+    tell,
+    write_back_all,
+)
+from chanos.fs.vnode_table_protocol import (
     Closed,
     Crashed,
     GetStats,
@@ -60,13 +67,8 @@ from chanos.fs.vnode_table import (
     RetireAll,
     TableStats,
     Unpin,
-    VnodeTable,
-    free_held,
-    supervised_starter,
-    tell,
-    write_back_all,
 )
-from chanos.fs.vnode_table import Forget as TableForget
+from chanos.fs.vnode_table_protocol import Forget as TableForget
 from chanos.personality import (
     ONE_FOR_ONE,
     PERMANENT,

@@ -15,17 +15,12 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 from chanos.fs import vnode_protocol as vp
-from chanos.fs.orphans import (
-    AddOrphan,
-    ListOrphans,
-    OrphanList,
-    RemoveOrphan,
-    SetOrphanNext,
-    cleanup_orphans,
-)
+from chanos.fs.orphan_protocol import AddOrphan, ListOrphans, RemoveOrphan, SetOrphanNext
+from chanos.fs.orphans import OrphanList, cleanup_orphans
 from chanos.fs.rename import RenameCoordinator
 from chanos.fs.superblock_protocol import GetLastOrphan, SetLastOrphan
-from chanos.fs.vnode_table import (
+from chanos.fs.vnode_table import VnodeTable, call_vnode, supervised_starter
+from chanos.fs.vnode_table_protocol import (
     Closed,
     Forget,
     GetStats,
@@ -33,9 +28,6 @@ from chanos.fs.vnode_table import (
     Referenced,
     RetireAll,
     Unpin,
-    VnodeTable,
-    call_vnode,
-    supervised_starter,
 )
 from chanos.personality import PERMANENT, Actor, CallError, ChildSpec, call, open_supervisor
 from chanos.personality.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, Rename
