@@ -94,7 +94,7 @@ def plan(
                 runs.append(FlushRun([idx for idx, _ in group]))
             case Read():
                 reads = sorted(((m.offset, m.length, idx) for idx, m in group))
-                runs.extend(_coalesce_reads(reads, max_bytes, max_segments))
+                runs.extend(_coalesce_ranges(reads, ReadRun, max_bytes, max_segments))
             case Write():
                 writes = [(m.offset, len(m.data), idx) for idx, m in group]
                 if not _overlapping(writes):
@@ -105,18 +105,23 @@ def plan(
                 discards = [(m.offset, m.length, idx) for idx, m in group]
                 if not _overlapping(discards):
                     discards.sort()
-                runs.extend(_coalesce_discards(discards, max_bytes))
+                # A discard is one fallocate whatever its members: no segment bound.
+                runs.extend(_coalesce_ranges(discards, DiscardRun, max_bytes, len(discards)))
             case other:
                 raise TypeError(f"not an I/O request: {other!r}")
     return runs
 
 
-def _coalesce_reads(
-    reads: list[tuple[int, int, int]], max_bytes: int, max_segments: int
-) -> list[ReadRun]:
-    out: list[ReadRun] = []
-    cur: ReadRun | None = None
-    for off, length, idx in reads:
+def _coalesce_ranges(
+    ranges: list[tuple[int, int, int]],
+    run_type: type[ReadRun] | type[DiscardRun],
+    max_bytes: int,
+    max_segments: int,
+) -> list[ReadRun] | list[DiscardRun]:
+    """Merge sorted (offset, length, index) ranges into byte-contiguous runs of ``run_type``."""
+    out: list = []
+    cur = None
+    for off, length, idx in ranges:
         if (
             cur is not None
             and cur.offset + cur.length == off
@@ -126,7 +131,7 @@ def _coalesce_reads(
             cur.length += length
             cur.members.append((idx, length))
         else:
-            cur = ReadRun(off, length, [(idx, length)])
+            cur = run_type(off, length, [(idx, length)])
             out.append(cur)
     return out
 
@@ -155,18 +160,5 @@ def _coalesce_writes(
             cur.members.append((idx, view))
         else:
             cur = WriteRun(off, length, [(idx, view)])
-            out.append(cur)
-    return out
-
-
-def _coalesce_discards(discards: list[tuple[int, int, int]], max_bytes: int) -> list[DiscardRun]:
-    out: list[DiscardRun] = []
-    cur: DiscardRun | None = None
-    for off, length, idx in discards:
-        if cur is not None and cur.offset + cur.length == off and cur.length + length <= max_bytes:
-            cur.length += length
-            cur.members.append((idx, length))
-        else:
-            cur = DiscardRun(off, length, [(idx, length)])
             out.append(cur)
     return out
