@@ -232,10 +232,7 @@ class ImageFile:
                     f"(was {self.path!r} truncated?)",
                 )
         except OSError as e:
-            if len(run.members) > 1:
-                self._split(run, results)
-            else:
-                results[run.members[0][0]] = e
+            self._failed(run, results, e)
             return
         for (idx, _), buf in zip(run.members, bufs, strict=True):
             results[idx] = memoryview(buf).toreadonly()
@@ -246,10 +243,7 @@ class ImageFile:
         try:
             pwritev_full(self.fd, [v for _, v in run.members], run.offset)
         except OSError as e:
-            if len(run.members) > 1:
-                self._split(run, results)
-            else:
-                results[run.members[0][0]] = e
+            self._failed(run, results, e)
             return
         self.dirty = True
         for idx, _ in run.members:
@@ -272,10 +266,7 @@ class ImageFile:
         try:
             self._discard_range(run.offset, run.length)
         except OSError as e:
-            if len(run.members) > 1:
-                self._split(run, results)
-            else:
-                results[run.members[0][0]] = e
+            self._failed(run, results, e)
             return
         self.dirty = True
         for idx, _ in run.members:
@@ -296,6 +287,14 @@ class ImageFile:
             n = min(end - pos, len(zeros))
             pwritev_full(self.fd, [zeros[:n]], pos)
             pos += n
+
+    def _failed(self, run: ReadRun | WriteRun | DiscardRun, results: list[Any], e: OSError) -> None:
+        """A run failed with ``e``: a merged run is retried one request at a time (only the
+        requests that fail again get an error), a single request gets ``e``."""
+        if len(run.members) > 1:
+            self._split(run, results)
+        else:
+            results[run.members[0][0]] = e
 
     def _split(self, run: ReadRun | WriteRun | DiscardRun, results: list[Any]) -> None:
         """Retry a failed merged run one request at a time."""
