@@ -36,6 +36,12 @@ class _Geometry(Protocol):
     inodes_count: int
     group_count: int
 
+    def group_of_block(self, block: int) -> int: ...
+
+    def group_of_inode(self, ino: int) -> int: ...
+
+    def group_first_block(self, group: int) -> int: ...
+
 
 class _VolumeLike(Protocol):
     geometry: _Geometry
@@ -51,17 +57,11 @@ class Allocator:
         self.geo = volume.geometry
         self.groups = volume.groups
         self.superblock = volume.superblock
+        self.group_of_block = self.geo.group_of_block
+        self.group_of_inode = self.geo.group_of_inode
+        self.group_first_block = self.geo.group_first_block
 
     # -- geometry helpers --------------------------------------------------------------------
-
-    def group_of_block(self, block: int) -> int:
-        return (block - self.geo.first_data_block) // self.geo.blocks_per_group
-
-    def group_of_inode(self, ino: int) -> int:
-        return (ino - 1) // self.geo.inodes_per_group
-
-    def group_first_block(self, group: int) -> int:
-        return self.geo.first_data_block + group * self.geo.blocks_per_group
 
     def goal_for_inode(self, ino: int) -> int:
         """Where a file's first data block should go: the start of its inode's group."""

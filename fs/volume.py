@@ -48,6 +48,7 @@ from chanos.fs.format.superblock import (
     STATE_ERROR,
     STATE_VALID,
     SUPERBLOCK_OFFSET,
+    GroupArithmetic,
     Superblock,
 )
 from chanos.fs.superblock import SuperblockActor, SuperblockState
@@ -64,7 +65,7 @@ class MountError(OSError):
 
 
 @dataclass(frozen=True, slots=True)
-class Geometry:
+class Geometry(GroupArithmetic):
     """The numbers every layer needs, fixed for the life of a mount."""
 
     block_size: int
@@ -83,24 +84,6 @@ class Geometry:
     feature_ro_compat: int
     journal_inum: int
     log_groups_per_flex: int
-
-    def group_of_inode(self, ino: int) -> int:
-        return (ino - 1) // self.inodes_per_group
-
-    def group_of_block(self, block: int) -> int:
-        return (block - self.first_data_block) // self.blocks_per_group
-
-    def group_first_block(self, group: int) -> int:
-        return self.first_data_block + group * self.blocks_per_group
-
-    def has_compat(self, bit: int) -> bool:
-        return bool(self.feature_compat & bit)
-
-    def has_incompat(self, bit: int) -> bool:
-        return bool(self.feature_incompat & bit)
-
-    def has_ro_compat(self, bit: int) -> bool:
-        return bool(self.feature_ro_compat & bit)
 
 
 @dataclass(slots=True)

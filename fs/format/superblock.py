@@ -142,7 +142,39 @@ SUPERBLOCK_STRUCT = Struct(
 )
 
 
-class Superblock(Record):
+class GroupArithmetic:
+    """Feature tests and group arithmetic over the superblock's numbers; shared by
+    ``Superblock`` and the volume's fixed ``Geometry`` so there is one way to do each."""
+
+    __slots__ = ()
+
+    feature_compat: int
+    feature_incompat: int
+    feature_ro_compat: int
+    first_data_block: int
+    blocks_per_group: int
+    inodes_per_group: int
+
+    def has_compat(self, bit: int) -> bool:
+        return bool(self.feature_compat & bit)
+
+    def has_incompat(self, bit: int) -> bool:
+        return bool(self.feature_incompat & bit)
+
+    def has_ro_compat(self, bit: int) -> bool:
+        return bool(self.feature_ro_compat & bit)
+
+    def group_first_block(self, group: int) -> int:
+        return self.first_data_block + group * self.blocks_per_group
+
+    def group_of_block(self, block: int) -> int:
+        return (block - self.first_data_block) // self.blocks_per_group
+
+    def group_of_inode(self, ino: int) -> int:
+        return (ino - 1) // self.inodes_per_group
+
+
+class Superblock(Record, GroupArithmetic):
     """The superblock as a mutable record.  See the module docstring."""
 
     __slots__ = field_names(SUPERBLOCK_STRUCT)
@@ -257,15 +289,6 @@ class Superblock(Record):
 
     # --- features -------------------------------------------------------------------
 
-    def has_compat(self, bit: int) -> bool:
-        return bool(self.feature_compat & bit)
-
-    def has_incompat(self, bit: int) -> bool:
-        return bool(self.feature_incompat & bit)
-
-    def has_ro_compat(self, bit: int) -> bool:
-        return bool(self.feature_ro_compat & bit)
-
     def has_feature(self, name: str) -> bool:
         """Test a feature by its e2fsprogs name, e.g. ``sb.has_feature("huge_file")``."""
         word, bit = F.lookup(name)
@@ -336,20 +359,11 @@ class Superblock(Record):
         """Blocks of inode table per group."""
         return -(-self.inodes_per_group * self.inode_size_bytes // self.block_size)
 
-    def group_first_block(self, group: int) -> int:
-        return self.first_data_block + group * self.blocks_per_group
-
     def group_blocks(self, group: int) -> int:
         """Blocks in ``group`` (the last group may be short)."""
         if group == self.group_count - 1:
             return self.blocks_count - self.group_first_block(group)
         return self.blocks_per_group
-
-    def group_of_block(self, block: int) -> int:
-        return (block - self.first_data_block) // self.blocks_per_group
-
-    def group_of_inode(self, ino: int) -> int:
-        return (ino - 1) // self.inodes_per_group
 
     def inode_index_in_group(self, ino: int) -> int:
         return (ino - 1) % self.inodes_per_group
