@@ -107,6 +107,17 @@ class ImageFileDriver(BlockDriver):
     async def _thread(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
+    async def _execute(self, run: ReadRun | FlushRun | DiscardRun) -> Any:
+        """Run one single-request run in a thread; its result, or raise its error."""
+        f = self.file
+        assert f is not None
+        results: list[Any] = [None]
+        await self._thread(f.execute, [run], results)
+        r = results[0]
+        if isinstance(r, OSError):
+            raise r
+        return r
+
     # ------------------------------------------------------------------ reads
 
     async def handle(self, msg: Any) -> Any:
@@ -159,13 +170,7 @@ class ImageFileDriver(BlockDriver):
                 got = -1  # a real error is reported by the blocking retry
             if got == length:
                 return memoryview(buf).toreadonly()
-        run = ReadRun(offset, length, [(0, length)])
-        results: list[Any] = [None]
-        await self._thread(f.execute, [run], results)
-        r = results[0]
-        if isinstance(r, OSError):
-            raise r
-        return r
+        return await self._execute(ReadRun(offset, length, [(0, length)]))
 
     # ------------------------------------------------------------------ writes
 
@@ -287,10 +292,7 @@ class ImageFileDriver(BlockDriver):
         f = self.file
         assert f is not None
         if f.dirty:
-            results: list[Any] = [None]
-            await self._thread(f.execute, [FlushRun([0])], results)
-            if isinstance(results[0], OSError):
-                raise results[0]
+            await self._execute(FlushRun([0]))
         if self.deferred:
             first, n = self.deferred[0], len(self.deferred)
             self.deferred = []
@@ -300,12 +302,7 @@ class ImageFileDriver(BlockDriver):
 
     async def do_discard(self, offset: int, length: int) -> None:
         await self._settle()
-        f = self.file
-        assert f is not None
-        results: list[Any] = [None]
-        await self._thread(f.execute, [DiscardRun(offset, length, [(0, length)])], results)
-        if isinstance(results[0], OSError):
-            raise results[0]
+        await self._execute(DiscardRun(offset, length, [(0, length)]))
 
     def _note_error(self, op: str, offset: int, length: int, err: OSError) -> None:
         if isinstance(err, _Reported):
