@@ -28,6 +28,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Protocol
 
 from chanos.fs.group_protocol import (
@@ -45,6 +46,18 @@ from chanos.fs.superblock_protocol import GroupCountsChanged, ReportError
 from chanos.personality import Actor, cast
 
 log = logging.getLogger(__name__)
+
+# The in-memory state one bitmap mutation changes, restored if its write-through fails.
+_UNDO_FIELDS = (
+    "_bmap",
+    "_imap",
+    "free_blocks",
+    "free_inodes",
+    "used_dirs",
+    "_bmap_dirty",
+    "_imap_dirty",
+)
+_undo_state = attrgetter(*_UNDO_FIELDS)
 
 #: bg_flags bits (ext4): inode table / bitmaps not initialised (only with group checksums).
 BG_INODE_UNINIT = 0x1
@@ -241,33 +254,19 @@ class BlockGroup:
             )
             self._imap_dirty = False
 
-    def _snapshot(self) -> tuple[int, ...]:
-        return (
-            self._bmap,
-            self._imap,
-            self.free_blocks,
-            self.free_inodes,
-            self.used_dirs,
-            self._bmap_dirty,
-            self._imap_dirty,
-        )
+    def _snapshot(self) -> tuple[int, ...] | None:
+        """What ``_changed`` restores if the write-through fails (nothing without it)."""
+        return _undo_state(self) if self.write_through else None
 
-    async def _changed(self, before: tuple[int, ...]) -> None:
+    async def _changed(self, before: tuple[int, ...] | None) -> None:
         """Persist a mutation (write-through) and report it; if the write fails, undo the
         mutation in memory so the caller's error leaves nothing half-allocated."""
-        if self.write_through:
+        if before is not None:
             try:
                 await self._write_bitmaps()
             except Exception:
-                (
-                    self._bmap,
-                    self._imap,
-                    self.free_blocks,
-                    self.free_inodes,
-                    self.used_dirs,
-                    self._bmap_dirty,
-                    self._imap_dirty,
-                ) = before
+                for name, value in zip(_UNDO_FIELDS, before, strict=True):
+                    setattr(self, name, value)
                 raise
         if self._on_counts is not None:
             self._on_counts(self.counts())
