@@ -48,8 +48,8 @@ from chanos.drivers.writelog import (
     LoggedFlush,
     LoggedWrite,
     WriteLog,
-    _sectors,
     choose_crash,
+    surviving_writes,
 )
 
 _PAGE = 4096
@@ -222,21 +222,10 @@ class FaultInjectionDriver(BlockDriver):
 
     async def _crash(self, keep: float, seed: int, tear: bool) -> CrashOutcome:
         if self.removed is not None:
-            raise OSError(errno.ENODEV, f"{self.name}: device removed ({self.removed})")
+            raise self._removed_error()
         pending = self.pending
         outcome = choose_crash(pending, keep, seed, tear)
-        kept = set(outcome.kept)
-        survivors: list[LoggedWrite] = []
-        for pos, w in enumerate(pending):
-            if pos in kept:
-                survivors.append(w)
-            elif pos == outcome.torn:
-                torn = set(outcome.torn_sectors)
-                for sector, start, stop in _sectors(w.offset, len(w.data)):
-                    if sector in torn:
-                        survivors.append(
-                            LoggedWrite(start, w.data[start - w.offset : stop - w.offset])
-                        )
+        survivors = surviving_writes(pending, outcome)
         self.pending = []
         self._pages = {}
         await self._write_through(survivors)

@@ -7,10 +7,11 @@ everything before the last flush inside the prefix is durable, while the writes 
 were only in the volatile write cache and each survives or not (seeded), one of them
 possibly torn at sector granularity.
 
-The crash model (``apply_crash``) is shared with ``FaultInjectionDriver.Crash``: unflushed
-writes are kept with probability ``keep``; ``tear`` picks one unflushed write and keeps a
-random non-empty proper subset of its 512-byte sectors (sectors counted on absolute device
-offsets, as a disk would), so a multi-sector write lands partially.
+The crash model (``choose_crash``, ``surviving_writes``) is shared with
+``FaultInjectionDriver.Crash``: unflushed writes are kept with probability ``keep``;
+``tear`` picks one unflushed write and keeps a random non-empty proper subset of its
+512-byte sectors (sectors counted on absolute device offsets, as a disk would), so a
+multi-sector write lands partially.
 """
 
 from __future__ import annotations
@@ -88,17 +89,26 @@ def choose_crash(
     return CrashOutcome(tuple(kept), tuple(dropped), torn, torn_sectors)
 
 
-def apply_crash(image: bytearray, writes: Sequence[LoggedWrite], outcome: CrashOutcome) -> None:
-    """Apply the surviving parts of ``writes`` to ``image`` in their original order."""
+def surviving_writes(writes: Sequence[LoggedWrite], outcome: CrashOutcome) -> list[LoggedWrite]:
+    """The parts of ``writes`` that reach the medium under ``outcome``, in their original
+    order: the kept writes whole, the torn one as its landed sector pieces."""
     kept = set(outcome.kept)
     torn_sectors = set(outcome.torn_sectors)
+    out: list[LoggedWrite] = []
     for i, w in enumerate(writes):
         if i in kept:
-            image[w.offset : w.offset + len(w.data)] = w.data
+            out.append(w)
         elif i == outcome.torn:
             for sector, start, stop in _sectors(w.offset, len(w.data)):
                 if sector in torn_sectors:
-                    image[start:stop] = w.data[start - w.offset : stop - w.offset]
+                    out.append(LoggedWrite(start, w.data[start - w.offset : stop - w.offset]))
+    return out
+
+
+def apply_crash(image: bytearray, writes: Sequence[LoggedWrite], outcome: CrashOutcome) -> None:
+    """Apply the surviving parts of ``writes`` to ``image`` in their original order."""
+    for w in surviving_writes(writes, outcome):
+        image[w.offset : w.offset + len(w.data)] = w.data
 
 
 @dataclass(slots=True)
