@@ -228,19 +228,21 @@ class Kernel:
                 entry_ino = reply.inode
             return reply
         except CallError as exc:
-            cast(table, Crashed(ino, ref))
-            log.error("vnode %d crashed serving %r: %r", ino, msg, exc)
-            raise OSError(errno.EIO, f"I/O error (vnode {ino} failed)") from exc
+            raise self._crashed(ino, ref, msg, exc) from exc
         finally:
             await tell(table, Unpin(ino, 0, entry_ino))
+
+    def _crashed(self, ino: int, ref: ActorRef, msg: Any, exc: CallError) -> OSError:
+        """Tell the table ``ino``'s vnode ``ref`` crashed serving ``msg``; the EIO to raise."""
+        cast(self.table, Crashed(ino, ref))
+        log.error("vnode %d crashed serving %r: %r", ino, msg, exc)
+        return OSError(errno.EIO, f"I/O error (vnode {ino} failed)")
 
     async def _to_handle(self, handle: Handle, msg: Any) -> Any:
         try:
             return await call(handle.vnode, msg)
         except CallError as exc:
-            cast(self.table, Crashed(handle.inode, handle.vnode))
-            log.error("vnode %d crashed serving %r: %r", handle.inode, msg, exc)
-            raise OSError(errno.EIO, f"I/O error (vnode {handle.inode} failed)") from exc
+            raise self._crashed(handle.inode, handle.vnode, msg, exc) from exc
 
     async def _open(self, ino: int, msg: Any) -> Handle:
         """Open through ``ino``'s vnode; the handle pins the vnode until released."""
@@ -254,9 +256,7 @@ class Kernel:
             self._handles[handle.fh] = (handle, type(msg) is OpenDir)
             return handle
         except CallError as exc:
-            cast(table, Crashed(ino, ref))
-            log.error("vnode %d crashed serving %r: %r", ino, msg, exc)
-            raise OSError(errno.EIO, f"I/O error (vnode {ino} failed)") from exc
+            raise self._crashed(ino, ref, msg, exc) from exc
         finally:
             await tell(table, Unpin(ino, opened))
 
