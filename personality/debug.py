@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from .actor import _STATE_NAMES, _Cell, _waiting
+from .actor import _STATE_NAMES, BUSY, _Cell, _waiting
 
 __all__ = ["supervisor_tree", "task_tree"]
 
@@ -71,7 +71,7 @@ def supervisor_tree(sup: Any, depth: int = 0) -> str:
         if queued:
             desc += f", {queued} queued"
         runner = child.runner
-        if runner is not None and child.state == 1:
+        if runner is not None and child.state == BUSY:
             desc += f", turn in task {runner.name!r}"
             waits = _waiting.get(runner)
             if waits is not None:
