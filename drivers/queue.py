@@ -58,10 +58,6 @@ class FlushRun:
 Run = ReadRun | WriteRun | DiscardRun | FlushRun
 
 
-def _kind(msg: object) -> type:
-    return type(msg)
-
-
 def _overlapping(items: list[tuple[int, int, int]]) -> bool:
     """True if any two (offset, length, _) ranges overlap."""
     ordered = sorted(items)
@@ -83,9 +79,9 @@ def plan(
     i = 0
     n = len(batch)
     while i < n:
-        kind = _kind(batch[i][1])
+        kind = type(batch[i][1])
         j = i + 1
-        while j < n and _kind(batch[j][1]) is kind:
+        while j < n and type(batch[j][1]) is kind:
             j += 1
         group = batch[i:j]
         i = j
