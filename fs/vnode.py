@@ -1025,7 +1025,10 @@ class VnodeActor(Actor):
         inode = self.inode
         assert inode is not None
         is_dir = inode.is_dir
-        if self._has_data_blocks(inode):
+        # A file that holds no blocks (and has no mapping loaded) has nothing to give back.
+        if self._has_data_blocks(inode) and (
+            self._data is not None or self._fs_blocks_held(inode) > 0
+        ):
             d = self._data_of(inode)
             await d.truncate(inode.size, 0)
             await d.flush()
