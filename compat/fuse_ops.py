@@ -249,9 +249,6 @@ class ChanosOperations(pyfuse3.Operations):
         """References the host kernel holds, by ext4 inode (for tests)."""
         return dict(self._lookups)
 
-    def open_handles(self) -> int:
-        return len(self._handles)
-
     def _ref(self, ino: int) -> None:
         self._lookups[ino] = self._lookups.get(ino, 0) + 1
 

@@ -48,6 +48,7 @@ from typing import Any
 from chanos.fs.format.inode import Inode
 from chanos.fs.format.xattr import MAGIC as XATTR_MAGIC
 from chanos.fs.format.xattr import split_name
+from chanos.fs.superblock_protocol import StatFs as SbStatFs
 from chanos.fs.vnode_protocol import AddLink, InsertEntry, RemoveEntry
 from chanos.fs.vnode_table import (
     DEFAULT_MAX_VNODES,
@@ -186,14 +187,12 @@ class Kernel:
         *,
         volume: Any,
         table: ActorRef,
-        orphans: ActorRef,
         rename: ActorRef,
         superblock: ActorRef,
         options: MountOptions,
     ) -> None:
         self.volume = volume
         self.table = table
-        self.orphans = orphans
         self.rename = rename
         self.superblock = superblock
         self.options = options
@@ -342,7 +341,7 @@ class Kernel:
                     log.error("rename coordinator crashed serving %r: %r", msg, exc)
                     raise OSError(errno.EIO, "I/O error (rename failed)") from exc
             case StatFs():
-                return await call(self.superblock, _sb_statfs())
+                return await call(self.superblock, SbStatFs())
             case Forget(ino, nlookup):
                 cast(self.table, TableForget(ino, nlookup))
                 return None
@@ -433,12 +432,6 @@ class Kernel:
         # ends those references, so they are freed now (a crash leaves them orphans).
         await free_held(self.table)
         await call(self.table, RetireAll())
-
-
-def _sb_statfs() -> Any:
-    from chanos.fs.superblock_protocol import StatFs as SbStatFs
-
-    return SbStatFs()
 
 
 # ---------------------------------------------------------------------------------------
@@ -533,7 +526,6 @@ async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterato
             kernel = Kernel(
                 volume=volume,
                 table=table,
-                orphans=orphans,
                 rename=rename,
                 superblock=volume.superblock,
                 options=options,
