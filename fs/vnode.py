@@ -613,10 +613,12 @@ class VnodeActor(Actor):
         fd = self._data_of(inode)
         try:
             n = await fd.write(offset, data, size=inode.size)
-        finally:
-            # Even a failed write may have allocated blocks: keep i_blocks exact.
+        except BaseException:
+            # Even a failed write may have allocated blocks: keep i_blocks exact. (A
+            # write that succeeds is saved once, below, with its new size and times.)
             if fd.inode_dirty or fd.fs_blocks != self._fs_blocks_held(inode):
                 await self._save()
+            raise
         if offset + n > inode.size:
             inode.size = offset + n
         now = _now()
