@@ -297,6 +297,7 @@ class VnodeActor(Actor):
         if d is not None:
             await d.flush()
             inode.i_block = d.i_block
+            d.clear_inode_dirty()
             if d.converted:
                 inode.flags |= EXTENTS_FL
             blocks = d.fs_blocks + (1 if inode.file_acl else 0)
