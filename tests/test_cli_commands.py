@@ -17,11 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "programs"))
 
-from mountlib import CHANOS, fsck
-
-
-def chanos(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([CHANOS, *args], capture_output=True, text=True, timeout=120, **kw)
+from mountlib import CHANOS, chanos, fsck
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "programs"))
 from mountlib import (
     CHANOS,
     Mounted,
+    chanos,
     fsck,
     is_mounted,
     mkfs,
@@ -33,10 +34,6 @@ from mountlib import (
 )
 
 pytestmark = pytest.mark.mount
-
-
-def chanos(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([CHANOS, *args], capture_output=True, text=True, timeout=120, **kw)
 
 
 def sha(path: Path) -> str:

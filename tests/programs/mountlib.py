@@ -77,6 +77,11 @@ def fsck(image: Path) -> tuple[int, str]:
     return proc.returncode, proc.stdout
 
 
+def chanos(*args: str, **kw) -> subprocess.CompletedProcess:
+    """Run the ``chanos`` command with ``args``; output captured as text."""
+    return subprocess.run([CHANOS, *args], capture_output=True, text=True, timeout=120, **kw)
+
+
 def run(cmd, cwd=None, timeout: float = 300, env=None, input=None) -> str:
     """Run a command (list or shell string); fail the test with its output if it fails."""
     shell = isinstance(cmd, str)
