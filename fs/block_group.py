@@ -103,10 +103,6 @@ class GroupLayout:
     def first_ino_of_group(self) -> int:
         return self.index * self.inodes_per_group + 1
 
-    @property
-    def itable_blocks(self) -> int:
-        return -(-self.inodes_per_group * self.inode_size // self.block_size)
-
 
 def _lowest_bit(x: int) -> int:
     """Index of the lowest set bit of x > 0."""

@@ -84,10 +84,6 @@ class BlockMap:
     def i_block(self) -> bytes:
         return _I_BLOCK.pack(*self._root)
 
-    @property
-    def dirty(self) -> bool:
-        return self.root_dirty or bool(self._dirty)
-
     def _check_ptr(self, p: int) -> None:
         if self._blocks_count is not None and p >= self._blocks_count:
             raise _corrupt(f"pointer {p} beyond the end of the file system")

@@ -218,10 +218,6 @@ class ExtentTree:
                 await self._store.write_blocks(node.block, data)
                 node.dirty = False
 
-    @property
-    def dirty(self) -> bool:
-        return self.root_dirty or any(n.dirty for n in self._cache.values())
-
     async def _descend(self, lblk: int) -> list[list]:
         """Path ``[[node, idx], ...]`` from the root to the leaf whose range holds lblk.
 

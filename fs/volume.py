@@ -23,8 +23,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +51,7 @@ from chanos.fs.format.superblock import (
     Superblock,
 )
 from chanos.fs.superblock import SuperblockActor, SuperblockState
-from chanos.personality import PERMANENT, ChildSpec, call, open_supervisor
+from chanos.personality import PERMANENT, ChildSpec, call
 from chanos.personality.syscalls import FsStat
 
 log = logging.getLogger(__name__)
@@ -434,16 +433,3 @@ def _group_factory(group: BlockGroup, sb_ref: Any) -> Any:
         return BlockGroupActor(group, superblock=sb_ref)
 
     return make
-
-
-@asynccontextmanager
-async def open_volume(
-    device: Any, read_only: bool = False, *, write_through: bool = False
-) -> AsyncIterator[Volume]:
-    """Mount under a supervisor of its own; unmount on exit (also on error)."""
-    async with open_supervisor(name="volume") as sup:
-        vol = await mount(device, read_only, supervisor=sup, write_through=write_through)
-        try:
-            yield vol
-        finally:
-            await vol.unmount()

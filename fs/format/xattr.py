@@ -138,10 +138,6 @@ def value_len(size: int) -> int:
     return (size + PAD - 1) & ~(PAD - 1)
 
 
-def _rotl(h: int, shift: int) -> int:
-    return ((h << shift) | (h >> (32 - shift))) & 0xFFFFFFFF
-
-
 def entry_hash(name: bytes, value: bytes, value_inum: int = 0, signed: bool = False) -> int:
     """The entry hash e2fsck verifies: names rotated by 5, values (le32 words) by 16.
 
