@@ -634,6 +634,8 @@ class VnodeActor(Actor):
         inode = self.inode
         if self.opens == 0 and inode is not None and inode.links_count == 0 and inode.mode:
             await self._free_unless_referenced()
+            if self.inode is not None:
+                await self._save()
         return None
 
     async def _fsync(self) -> None:
@@ -1011,7 +1013,7 @@ class VnodeActor(Actor):
     async def _free_unless_referenced(self) -> None:
         """Links 0, nothing open: free the inode now, unless the host kernel still holds
         lookup references on it; then keep it, on the orphan list, until the table sends
-        Forgotten."""
+        Forgotten. The caller saves a kept inode."""
         self.held = await call(self.ctx.table, Hold(self.ino))
         if not self.held:
             await self._free()
@@ -1021,7 +1023,6 @@ class VnodeActor(Actor):
         if not self.on_orphan_list:
             inode.dtime = await call(self.ctx.orphans, AddOrphan(self.ino))
             self.on_orphan_list = True
-        await self._save()
 
     async def _free(self) -> None:
         """Give back the blocks, the xattr block and the inode (links 0, nothing open)."""
