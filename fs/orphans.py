@@ -153,17 +153,14 @@ async def cleanup_orphans(
     read_inode: Any,
     inodes_count: int,
     first_ino: int,
-    read_only: bool = False,
 ) -> int:
     """Free every inode left on the on-disk orphan list -> how many were freed.
 
     Each orphan's vnode gets ``Reclaim()``; it frees the blocks and the inode and takes
     itself off the list (``RemoveOrphan``). Whatever is left on the list afterwards (a cut
-    chain) is dropped, so ``s_last_orphan`` ends at 0. On a read-only mount nothing is
-    changed (as ext4 does with ``noload``-style read-only mounts) and 0 is returned.
+    chain) is dropped, so ``s_last_orphan`` ends at 0. Not for a read-only mount: the
+    caller skips it there, and the list stays for the next writable mount.
     """
-    if read_only:
-        return 0
     head = await call(superblock, GetLastOrphan())
     if not head:
         return 0
