@@ -190,7 +190,11 @@ class SuperblockState:
         if not 0 <= ino <= self.sb.inodes_count:
             raise OSError(errno.EINVAL, f"orphan list head {ino} out of range")
         self.sb.last_orphan = ino
-        await self.write_superblock()
+        # Only marked dirty: the orphan chain lives in inode records (i_dtime) that reach
+        # the disk only at a sync, so the head needs to be on disk only at a sync too
+        # (``sync`` writes a dirty superblock with the inode tables). Writing the whole
+        # superblock at every orphan add and remove was a device write per unlink.
+        self._sb_dirty = True
 
     async def report_error(self, where: str, ino: int, block: int) -> None:
         """Record an inconsistency in the superblock, as the kernel's ext4_error does."""
