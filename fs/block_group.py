@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Protocol
 
+import trio
 from chanos.fs.group_protocol import (
     AllocBlocks,
     AllocInode,
@@ -43,7 +45,7 @@ from chanos.fs.group_protocol import (
     WriteInode,
 )
 from chanos.fs.superblock_protocol import GroupCountsChanged, ReportError
-from chanos.personality import Actor, cast
+from chanos.personality import Actor, CallError, call, cast
 
 log = logging.getLogger(__name__)
 
@@ -476,15 +478,47 @@ class BlockGroupActor(Actor):
     state is validated before its first field changes and is undone if its write-through
     fails, so a crash cannot leave the state half-changed.
 
-    ``superblock`` (an ActorRef, optional) receives ``GroupCountsChanged`` casts after every
-    change and ``ReportError`` casts for on-disk inconsistencies.
+    ``superblock`` (an ActorRef, optional) receives ``GroupCountsChanged`` at the end of
+    every turn that changed the counts (see ``_report``) and ``ReportError`` casts for
+    on-disk inconsistencies.
     """
 
     def __init__(self, group: BlockGroup, *, superblock: Any = None) -> None:
         self.group = group
         self.superblock = superblock
+        # The counts to report at the end of the current turn (see ``_report``).
+        self._counts: GroupCounts | None = None
         if superblock is not None:
-            group._on_counts, group._on_error = _reporters(superblock)
+            group._on_counts = self._counts_changed
+            group._on_error = _error_reporter(superblock)
+
+    def _counts_changed(self, counts: GroupCounts) -> None:
+        self._counts = counts
+
+    async def _report(self) -> None:
+        """Send the counts a turn changed to the superblock actor.
+
+        Called, not cast, when the superblock is idle and this turn is not cancelled: a
+        cast to an idle actor spawns a task to run its turn, several times the cost of the
+        inline call, and every inode or block allocation and free reports. The call cannot
+        close a cycle (the superblock actor never calls a group); the counts are absolute,
+        so a report that has to be cast instead changes nothing but the cost.
+        """
+        counts = self._counts
+        if counts is None:
+            return
+        self._counts = None
+        sb = self.superblock
+        msg = GroupCountsChanged(
+            counts.group, counts.free_blocks, counts.free_inodes, counts.used_dirs
+        )
+        if sb.idle and trio.current_effective_deadline() != -math.inf:
+            try:
+                await call(sb, msg)
+            except CallError as exc:
+                log.error("superblock failed on the counts of group %d: %r", counts.group, exc)
+        else:
+            cast(sb, msg)
 
     async def started(self) -> None:
         g = self.group
@@ -493,6 +527,7 @@ class BlockGroupActor(Actor):
         else:
             await g.load()
         await g.sync()  # write back anything pending; report the exact counts
+        await self._report()
 
     async def handle(self, msg: object) -> Any:
         g = self.group
@@ -502,17 +537,27 @@ class BlockGroupActor(Actor):
             case WriteInode(ino, raw):
                 return await g.write_inode(ino, raw)
             case AllocBlocks(goal, count):
-                return await g.alloc_blocks(goal, count)
+                run = await g.alloc_blocks(goal, count)
+                await self._report()
+                return run
             case FreeBlocks(start, count):
-                return await g.free_blocks_run(start, count)
+                freed = await g.free_blocks_run(start, count)
+                await self._report()
+                return freed
             case AllocInode(is_dir):
-                return await g.alloc_inode(is_dir)
+                ino = await g.alloc_inode(is_dir)
+                await self._report()
+                return ino
             case FreeInode(ino, is_dir):
-                return await g.free_inode(ino, is_dir)
+                freed = await g.free_inode(ino, is_dir)
+                await self._report()
+                return freed
             case GetCounts():
                 return g.counts()
             case Sync():
-                return await g.sync()
+                counts = await g.sync()
+                await self._report()
+                return counts
             case _:
                 raise OSError(errno.ENOSYS, f"block group: unknown message {type(msg).__name__}")
 
@@ -521,13 +566,8 @@ class BlockGroupActor(Actor):
             await self.group.sync()
 
 
-def _reporters(
-    superblock: Any,
-) -> tuple[Callable[[GroupCounts], None], Callable[[str, int, int], None]]:
-    def on_counts(c: GroupCounts) -> None:
-        cast(superblock, GroupCountsChanged(c.group, c.free_blocks, c.free_inodes, c.used_dirs))
-
+def _error_reporter(superblock: Any) -> Callable[[str, int, int], None]:
     def on_error(where: str, ino: int, block: int) -> None:
         cast(superblock, ReportError(where, ino, block))
 
-    return on_counts, on_error
+    return on_error

@@ -326,6 +326,10 @@ class VnodeActor(Actor):
         if (
             inode is None or (inode.links_count == 0 and self.opens == 0 and not self.held)
         ) and not from_table:
+            if inode is None and self.load_error is None and type(msg) is SetOrphanNext:
+                # Freed by this vnode, which took it off the orphan list first: a late
+                # cast for the old inode, nothing to reload for.
+                return None
             # Freed (or never loaded): the number may be in use again; read it afresh.
             await self._load()
             inode = self.inode
@@ -479,11 +483,12 @@ class VnodeActor(Actor):
             case vp.WriteBack():
                 await self._write_back()
                 return None
-            case vp.Forgotten():
+            case vp.Forgotten(unpin):
                 try:
                     await self._forgotten()
                 finally:
-                    cast(self.ctx.table, Unpin(self.ino))  # the pin the table took for it
+                    if unpin:
+                        cast(self.ctx.table, Unpin(self.ino))  # the pin the table took
                 return None
             case _:
                 raise OSError(errno.ENOSYS, f"vnode: unsupported message {type(msg).__name__}")

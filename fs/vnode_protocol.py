@@ -139,7 +139,11 @@ class Forgotten:
     system is being unmounted): free the inode if it has no link and no open handle left
     -> None. Sent for inodes the vnode table holds (``chanos.fs.vnode_table_protocol.Hold``); the
     vnode is pinned while it handles it, as for any request (freeing calls the orphan
-    list, which pins the neighbouring orphans through the table)."""
+    list, which pins the neighbouring orphans through the table). ``unpin``: the vnode
+    casts the table ``Unpin`` for that pin when done (the table's own cast); a caller
+    that called it unpins itself, outside the vnode's turn."""
+
+    unpin: bool = True
 
 
 __all__ = [

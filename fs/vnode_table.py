@@ -153,18 +153,46 @@ async def write_back_all(table: ActorRef) -> None:
             log.error("vnode %d failed writing back: %r", ino, exc)
 
 
+async def forget(table: ActorRef, ino: int, nlookup: int) -> None:
+    """The host kernel dropped ``nlookup`` lookup references on ``ino`` (its FORGET).
+
+    When the table is idle and the caller not cancelled, the table's turn runs inline
+    (a call) and, if that was the last reference to a held inode, the vnode is sent
+    ``Forgotten`` from here, also a call: no task is spawned for either turn, where a cast
+    to the table and the table's cast to the vnode each spawned one. Otherwise the
+    message is cast and the table sends ``Forgotten`` itself.
+    """
+    if not (table.idle and trio.current_effective_deadline() != -math.inf):
+        cast(table, Forget(ino, nlookup))
+        return
+    try:
+        ref = await call(table, Forget(ino, nlookup, take=True))
+    except CallError as exc:
+        log.error("vnode table failed on Forget: %r", exc)
+        return
+    if ref is not None:
+        await _send_forgotten(table, ino, ref)
+
+
+async def _send_forgotten(table: ActorRef, ino: int, ref: ActorRef) -> None:
+    """``Forgotten`` to the pinned vnode ``ref`` of held ``ino``, then its unpin."""
+    try:
+        await call(ref, Forgotten(unpin=False))
+    except CallError as exc:
+        cast(table, Crashed(ino, ref))
+        log.error("vnode %d failed freeing its unlinked inode: %r", ino, exc)
+    except OSError as exc:
+        log.error("vnode %d failed freeing its unlinked inode: %s", ino, exc)
+    finally:
+        await tell(table, Unpin(ino))
+
+
 async def free_held(table: ActorRef) -> None:
     """Unmount: free every unlinked inode kept for the host kernel's lookup references
     (its references end with the mount). Run outside the table's turn, before
     ``RetireAll``, after the open handles were released."""
     for ino, ref in await call(table, TakeHeld()):
-        try:
-            await call(ref, Forgotten())
-        except CallError as exc:
-            cast(table, Crashed(ino, ref))
-            log.error("vnode %d failed freeing its unlinked inode: %r", ino, exc)
-        except OSError as exc:
-            log.error("vnode %d failed freeing its unlinked inode: %s", ino, exc)
+        await _send_forgotten(table, ino, ref)
 
 
 # ---------------------------------------------------------------------------------------
@@ -283,7 +311,7 @@ class VnodeTable(Actor):
                 return False
             case IsHeld(ino):
                 return ino in self._held
-            case Forget(ino, nlookup):
+            case Forget(ino, nlookup, take):
                 left = self._lookups.get(ino, 0) - nlookup
                 if left > 0:
                     self._lookups[ino] = left
@@ -291,6 +319,8 @@ class VnodeTable(Actor):
                 self._lookups.pop(ino, None)
                 if ino in self._held:
                     self._held.discard(ino)
+                    if take:
+                        return await self._pin_new(ino)
                     await self._forgotten(ino)
                 slot = self._live.get(ino)
                 if slot is not None and slot.idle:

@@ -74,10 +74,16 @@ class OpenCount:
 
 @dataclass(frozen=True, slots=True)
 class Forget:
-    """Cast: the host kernel dropped ``nlookup`` lookup references on ``ino``."""
+    """The host kernel dropped ``nlookup`` lookup references on ``ino``.
+
+    Cast (``take`` False): a held inode whose last reference this was is sent
+    ``Forgotten`` by the table. Called with ``take`` True: -> the address of that inode's
+    vnode, pinned, for the caller to send ``Forgotten`` itself (as ``free_held`` does),
+    or None when there is nothing to free."""
 
     ino: int
     nlookup: int
+    take: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +122,7 @@ class WriteBackAll:
 @dataclass(frozen=True, slots=True)
 class TakeHeld:
     """-> list of ``(ino, ActorRef)``: every held inode (see ``Hold``), no longer held and
-    its vnode pinned, for ``free_held`` (unmount). The vnode unpins on ``Forgotten``."""
+    its vnode pinned, for ``free_held`` (unmount), which unpins it after ``Forgotten``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,8 @@ and the superblock are synced and marked clean, and the driver is flushed.
   every counted entry of a ReadDir reply (readdirplus) is one reference, counted in the
   table; Forget gives references back;
 * Rename goes to the rename coordinator; StatFs to the superblock actor; Forget to the
-  table;
+  table (``vnode_table.forget``: the last one for an unlinked inode frees it before the
+  reply);
 * Create and Link are composed here from vnode messages (MkNod + Open, AddLink +
   InsertEntry + Lookup), so a directory never waits on a child it is creating.
 
@@ -53,6 +54,7 @@ from chanos.fs.vnode_protocol import AddLink, InsertEntry, RemoveEntry
 from chanos.fs.vnode_table import (
     DEFAULT_MAX_VNODES,
     VnodeTable,
+    forget,
     free_held,
     supervised_starter,
     tell,
@@ -69,7 +71,6 @@ from chanos.fs.vnode_table_protocol import (
     TableStats,
     Unpin,
 )
-from chanos.fs.vnode_table_protocol import Forget as TableForget
 from chanos.personality import (
     ONE_FOR_ONE,
     PERMANENT,
@@ -343,7 +344,7 @@ class Kernel:
             case StatFs():
                 return await call(self.superblock, SbStatFs())
             case Forget(ino, nlookup):
-                cast(self.table, TableForget(ino, nlookup))
+                await forget(self.table, ino, nlookup)
                 return None
             case _:
                 raise OSError(errno.ENOSYS, f"unknown system call {type(msg).__name__}")
