@@ -336,13 +336,23 @@ class BlockGroup:
         bs = self.layout.block_size
         return self.layout.inode_table + byte // bs, byte % bs
 
-    async def _itable_block(self, block: int) -> bytearray:
+    def _alone_in_block(self, idx: int) -> bool:
+        """Whether every other inode sharing inode ``idx``'s table block is free."""
+        per_block = self.layout.block_size // self.layout.inode_size
+        first = idx - idx % per_block
+        others = ((1 << per_block) - 1) & ~(1 << (idx - first))
+        return not (self._imap >> first) & others
+
+    async def _itable_block(self, block: int, fresh: bool = False) -> bytearray:
+        """The cached inode-table block ``block``, read on a miss. ``fresh``: nothing in
+        it is worth reading (every inode in it is free but the one about to be written
+        whole), so a miss starts from zeros, as ext4's __ext4_get_inode_loc does."""
         buf = self._itable.get(block)
         if buf is not None:
             self._itable.move_to_end(block)
             return buf
         bs = self.layout.block_size
-        if self.layout.flags & BG_INODE_UNINIT:
+        if fresh or self.layout.flags & BG_INODE_UNINIT:
             buf = bytearray(bs)
         else:
             buf = bytearray(await self.device.read(block * bs, bs))
@@ -375,7 +385,15 @@ class BlockGroup:
                 f"inode record of {len(raw)} bytes (inode size {self.layout.inode_size})",
             )
         block, off = self._inode_place(ino)
-        buf = await self._itable_block(block)
+        # A whole record for the only inode in use in its block (a new inode in an
+        # untouched block, in a create loop once every block's worth of inodes): the
+        # block's other records are free, so it is not read from the device.
+        fresh = (
+            block not in self._itable
+            and len(raw) == self.layout.inode_size
+            and self._alone_in_block(self._inode_index(ino))
+        )
+        buf = await self._itable_block(block, fresh)
         buf[off : off + len(raw)] = raw
         if not self.write_through:
             self._itable_dirty.add(block)  # written back (Sync, eviction, stop)

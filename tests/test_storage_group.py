@@ -25,8 +25,10 @@ class FileDev:
     def __init__(self, path: Path) -> None:
         self.fd = os.open(path, os.O_RDWR)
         self.writes: list[tuple[int, int]] = []
+        self.reads: list[tuple[int, int]] = []
 
     async def read(self, offset: int, length: int) -> bytes:
+        self.reads.append((offset, length))
         return os.pread(self.fd, length, offset)
 
     async def write(self, offset: int, data: bytes) -> None:
@@ -266,6 +268,43 @@ async def test_inode_records_read_modify_write(ext4_image) -> None:
     with pytest.raises(OSError) as ei:
         await ro.write_inode(17, rec)
     assert ei.value.errno == errno.EROFS
+    dev.close()
+
+
+async def test_new_inode_alone_in_its_table_block_is_written_without_a_read(
+    ext4_image,
+) -> None:
+    img = ext4_image("64M", 4096)
+    g, dev, _ = await open_group(img, 0)
+    # Inodes 33-48 share one 4 KiB table block; all are free on a new image. Old bytes
+    # stand in the block on disk (a deleted inode's record, say).
+    itable_block = g.layout.inode_table + 32 * 256 // 4096
+    os.pwrite(dev.fd, b"\x5a" * 4096, itable_block * 4096)
+    ino = await g.alloc_inode(False)
+    while ino < 33:
+        ino = await g.alloc_inode(False)
+    assert ino == 33
+    dev.reads.clear()
+    rec = bytes(range(256))
+    await g.write_inode(33, rec)
+    assert dev.reads == []  # nothing in the block is in use: not read, zeros instead
+    assert await g.read_inode(34) == bytes(256)
+    await g.sync()
+    g2, _, _ = await open_group(img, 0)
+    assert await g2.read_inode(33) == rec and await g2.read_inode(48) == bytes(256)
+    # A neighbour in use: the block is read, and the neighbour's record kept.
+    assert await g2.alloc_inode(False) == 34
+    g2.drop_cache()
+    g2.device.reads.clear()
+    await g2.write_inode(34, b"\x01" * 256)
+    assert g2.device.reads == [(itable_block * 4096, 4096)]
+    assert await g2.read_inode(33) == rec
+    # A partial record keeps the rest of its own bytes: read, even with no neighbour.
+    g3, dev3, _ = await open_group(img, 0)
+    dev3.reads.clear()
+    await g3.write_inode(50, b"\x02\x03")
+    assert dev3.reads == [((itable_block + 1) * 4096, 4096)]
+    dev3.close()
     dev.close()
 
 
