@@ -100,7 +100,7 @@ class MountConfig:
     log_level: int = logging.WARNING
     log_file: str | None = None
     trace_file: str | None = None
-    writeback_cache: bool = True
+    writeback_cache: bool = False
     keep_cache: bool = True
     entry_timeout: float = 10.0
     attr_timeout: float = 10.0

@@ -218,6 +218,24 @@ def test_large_writes_arrive_as_one_message_per_mebibyte(fake):
     assert snap["calls"]["Write"] <= 16
 
 
+@pytest.mark.parametrize("mode", ["writeback", "nowriteback"])
+def test_close_costs_no_flush_request_and_keeps_the_data(tmp_path, mode):
+    m = FakeMount(tmp_path, *([mode] if mode == "nowriteback" else []))
+    try:
+        for i in range(5):
+            with open(m.mnt / f"f{i}", "wb") as f:
+                f.write(bytes([i]) * 5000)
+        assert [(m.mnt / f"f{i}").read_bytes() for i in range(5)] == [
+            bytes([i]) * 5000 for i in range(5)
+        ]
+        calls = m.snapshot()["calls"]
+    finally:
+        m.close()
+    # The first FLUSH is declined with ENOSYS and the host kernel sends no more.
+    assert calls.get("Flush", 0) == 0
+    assert calls["Release"] >= 10
+
+
 def test_append_and_write_only_opens_work_with_writeback_cache(fake):
     p = fake.mnt / "log"
     with open(p, "w") as f:  # O_WRONLY: the host kernel still reads pages to fill them
