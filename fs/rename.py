@@ -1,9 +1,11 @@
 """The rename coordinator: the kernel's rename mutex, as an actor.
 
-Every ``Rename`` goes through this one actor, so renames are serialized against each
-other. That is what makes the loop check sound: only a rename can move a directory, so
-while the coordinator walks ``..`` from the target directory up to the root, no other
-rename can change the path it walks. Everything else the coordinator does is messages to
+Every ``Rename`` between two directories goes through this one actor, so those renames
+are serialized against each other. That is what makes the loop check sound: only such a
+rename can move a directory, so while the coordinator walks ``..`` from the target
+directory up to the root, no other rename can change the path it walks. (The kernel
+sends a rename within one directory to that directory's vnode instead: it changes no
+``..``; the coordinator still serves one correctly if sent it.) Everything else the coordinator does is messages to
 the vnodes involved (``chanos.fs.vnode_protocol``); each directory serializes its own
 entry changes through its mailbox, and ``expect_ino`` on Replace/RemoveEntry guards against
 a concurrent unlink or create between the coordinator's lookups and its changes.

@@ -24,7 +24,8 @@ and the superblock are synced and marked clean, and the driver is flushed.
 * lookup references: every Entry reply (Lookup, MkNod, MkDir, Symlink, Link, Create) and
   every counted entry of a ReadDir reply (readdirplus) is one reference, counted in the
   table; Forget gives references back;
-* Rename goes to the rename coordinator; StatFs to the superblock actor; Forget to the
+* Rename goes to the rename coordinator (within one directory: to that directory's
+  vnode); StatFs to the superblock actor; Forget to the
   table (``vnode_table.forget``: the last one for an unlinked inode frees it before the
   reply);
 * Create and Link are composed here from vnode messages (MkNod + Open, AddLink +
@@ -332,10 +333,15 @@ class Kernel:
             case Link():
                 self._writable()
                 return await self._link(msg)
-            case Rename(_, old_name, _, new_name):
+            case Rename(old_parent, old_name, new_parent, new_name):
                 self._writable()
                 _check_name(old_name)
                 _check_name(new_name)
+                if old_parent == new_parent:
+                    # Within one directory nothing moves between directories, so there
+                    # is no loop to check and no other directory to change: the parent
+                    # does it in one turn (as it does an unlink), without the coordinator.
+                    return await self._to_inode(old_parent, msg)
                 try:
                     return await call(self.rename, msg)
                 except CallError as exc:
