@@ -69,7 +69,9 @@ class Directory:
     ``data`` is the directory's ``FileData`` (byte-level read/write over its blocks);
     ``nblocks`` its size in blocks; ``max_inode`` the volume's inode count (entries
     naming a larger inode make their block corrupt); ``filetype``: whether entries carry
-    file types (the filetype feature).
+    file types (the filetype feature). ``store`` (optional): the BlockStore under
+    ``data``; with it, a changed block that is already mapped is written straight to
+    its physical block (see ``_write_block``).
     """
 
     def __init__(
@@ -80,8 +82,12 @@ class Directory:
         *,
         max_inode: int,
         filetype: bool = True,
+        store: Any = None,
     ) -> None:
         self.data = data
+        self.store = store
+        # Physical block of each logical block written straight (see ``_write_block``).
+        self._physical: dict[int, int] = {}
         self.block_size = block_size
         self.nblocks = nblocks
         self.max_inode = max_inode
@@ -172,6 +178,22 @@ class Directory:
     # ----- changes --------------------------------------------------------------------------
 
     async def _write_block(self, i: int) -> None:
+        """Write block ``i`` after a change.
+
+        Every entry change rewrites one block that is already part of the directory, so
+        with a store its physical block is looked up once and the block written there:
+        a directory's blocks never move while it lives (it only grows; its blocks are
+        freed only with the inode, and this object with them). A hole or an unwritten
+        extent (a damaged or foreign image) goes through the file data as before.
+        """
+        pblk = self._physical.get(i)
+        if pblk is None and self.store is not None:
+            run = (await self.data.mapping.map(i, 1))[0]
+            if run.physical is not None and not run.unwritten:
+                pblk = self._physical[i] = run.physical
+        if pblk is not None:
+            await self.store.write_blocks(pblk, self.blocks[i])
+            return
         bs = self.block_size
         await self.data.write(i * bs, self.blocks[i], size=self.size)
 

@@ -276,6 +276,7 @@ class VnodeActor(Actor):
                 inode.size // self.bs,
                 max_inode=self.geo.inodes_count,
                 filetype=self.filetype,
+                store=self.store,
             )
             await d.load()
             self._dir = d
@@ -296,8 +297,9 @@ class VnodeActor(Actor):
         d = self._data
         if d is not None:
             await d.flush()
-            inode.i_block = d.i_block
-            d.clear_inode_dirty()
+            if d.inode_dirty:  # i_block is encoded only when the mapping's root changed
+                inode.i_block = d.i_block
+                d.clear_inode_dirty()
             if d.converted:
                 inode.flags |= EXTENTS_FL
             blocks = d.fs_blocks + (1 if inode.file_acl else 0)

@@ -116,6 +116,53 @@ async def test_positions_never_move_and_scan_resumes_exactly_once():
     assert bytes(data.buf) == b"".join(bytes(b) for b in d.blocks)
 
 
+class MemMapping:
+    """Logical block i of a MemData at physical block ``base + i``; ``holes`` unmapped."""
+
+    def __init__(self, base: int, holes: set[int]) -> None:
+        self.base = base
+        self.holes = holes
+        self.lookups: list[int] = []
+
+    async def map(self, lblk: int, count: int):
+        from chanos.fs.extent_tree import Run
+
+        self.lookups.append(lblk)
+        if lblk in self.holes:
+            return [Run(lblk, None, count)]
+        return [Run(lblk, self.base + lblk, count)]
+
+
+class MemStore:
+    def __init__(self) -> None:
+        self.blocks: dict[int, bytes] = {}
+
+    async def write_blocks(self, start: int, data) -> None:
+        self.blocks[start] = bytes(data)
+
+
+async def test_changed_blocks_go_straight_to_their_physical_block():
+    bs = 1024
+    data = MemData(bytes(first_block(bs, 12, 2)) + dirent.empty_block(bs))
+    data.mapping = MemMapping(500, holes={1})
+    store = MemStore()
+    d = Directory(data, bs, 2, max_inode=10_000, store=store)
+    await d.load()
+    for i in range(5):
+        await d.add(b"f%d" % i, 100 + i, 1)
+    await d.remove(b"f2")
+    # Block 0 is mapped: written to physical block 500, its mapping looked up once.
+    assert data.writes == 0 and list(store.blocks) == [500]
+    assert store.blocks[500] == bytes(d.blocks[0]) and data.mapping.lookups == [0]
+    # Block 1 is a hole (a damaged image): its change goes through the file data.
+    names = [b"g%03d-" % i + b"y" * 40 for i in range(40)]
+    for i, n in enumerate(names):
+        await d.add(n, 200 + i, 1)
+    assert data.writes > 0 and 1 in data.mapping.lookups
+    assert bytes(data.buf[bs : 2 * bs]) == bytes(d.blocks[1])
+    assert store.blocks[500] == bytes(d.blocks[0])
+
+
 async def test_deleted_space_is_reused_before_growing():
     d, _ = await _new_dir()
     for i in range(40):
