@@ -5,10 +5,11 @@ are serialized against each other. That is what makes the loop check sound: only
 rename can move a directory, so while the coordinator walks ``..`` from the target
 directory up to the root, no other rename can change the path it walks. (The kernel
 sends a rename within one directory to that directory's vnode instead: it changes no
-``..``; the coordinator still serves one correctly if sent it.) Everything else the coordinator does is messages to
-the vnodes involved (``chanos.fs.vnode_protocol``); each directory serializes its own
-entry changes through its mailbox, and ``expect_ino`` on Replace/RemoveEntry guards against
-a concurrent unlink or create between the coordinator's lookups and its changes.
+``..``; the coordinator still serves one correctly if sent it.) Everything else the
+coordinator does is messages to the vnodes involved (``chanos.fs.vnode_protocol``); each
+directory serializes its own entry changes through its mailbox, and ``expect_ino`` on
+Replace/RemoveEntry guards against a concurrent unlink, create or same-directory rename
+between the coordinator's lookups and its changes.
 
 Order of changes: the new name is made to point at the source before the old name goes,
 so at no moment is the source reachable by no name. Link counts of both parents follow
