@@ -72,8 +72,9 @@ class Allocator:
 
     # -- inodes ------------------------------------------------------------------------------
 
-    async def alloc_inode(self, parent: int, is_dir: bool) -> int:
-        """A fresh inode number for a child of directory ``parent``; OSError(ENOSPC) if none."""
+    async def alloc_inode(self, parent: int, is_dir: bool, raw: bytes = b"") -> int:
+        """A fresh inode number for a child of directory ``parent``; OSError(ENOSPC) if none.
+        ``raw``: the new inode's record, written with the allocation (see ``AllocInode``)."""
         n = self.geo.group_count
         home = self.group_of_inode(parent) if 1 <= parent <= self.geo.inodes_count else 0
         if is_dir and n > 1:
@@ -81,7 +82,7 @@ class Allocator:
         else:
             order = [(home + i) % n for i in range(n)]
         for g in order:
-            ino = await call(self.groups[g], AllocInode(is_dir))
+            ino = await call(self.groups[g], AllocInode(is_dir, raw))
             if ino is not None:
                 return ino
         raise OSError(errno.ENOSPC, "no free inodes")
@@ -104,10 +105,11 @@ class Allocator:
         rest = [(home + i) % n for i in range(n) if (home + i) % n not in chosen]
         return first + rest
 
-    async def free_inode(self, ino: int, is_dir: bool) -> None:
+    async def free_inode(self, ino: int, is_dir: bool, raw: bytes = b"") -> None:
+        """Free inode ``ino``; ``raw``: its final record, written first (see ``FreeInode``)."""
         if not 1 <= ino <= self.geo.inodes_count:
             raise OSError(errno.EUCLEAN, f"freeing inode {ino}: out of range")
-        await call(self.groups[self.group_of_inode(ino)], FreeInode(ino, is_dir))
+        await call(self.groups[self.group_of_inode(ino)], FreeInode(ino, is_dir, raw))
 
     # -- blocks (the BlockAllocator interface) -------------------------------------------------
 

@@ -562,11 +562,19 @@ class BlockGroupActor(Actor):
                 freed = await g.free_blocks_run(start, count)
                 await self._report()
                 return freed
-            case AllocInode(is_dir):
+            case AllocInode(is_dir, raw):
                 ino = await g.alloc_inode(is_dir)
+                if ino is not None and raw:
+                    try:
+                        await g.write_inode(ino, raw)
+                    except BaseException:
+                        await g.free_inode(ino, is_dir)
+                        raise
                 await self._report()
                 return ino
-            case FreeInode(ino, is_dir):
+            case FreeInode(ino, is_dir, raw):
+                if raw:
+                    await g.write_inode(ino, raw)
                 freed = await g.free_inode(ino, is_dir)
                 await self._report()
                 return freed

@@ -14,17 +14,27 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class AllocInode:
-    """Allocate a free inode in this group -> ino, or None when the group has none free."""
+    """Allocate a free inode in this group -> ino, or None when the group has none free.
+
+    ``raw`` (optional): the new inode's whole record, written in the same turn (one
+    message instead of AllocInode + WriteInode); if that write fails the inode is freed
+    again and the error raised."""
 
     is_dir: bool = False
+    raw: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
 class FreeInode:
-    """Mark inode ``ino`` free (its record is left as the caller last wrote it) -> None."""
+    """Mark inode ``ino`` free (its record is left as the caller last wrote it) -> None.
+
+    ``raw`` (optional): the freed inode's final record, written first in the same turn
+    (one message instead of WriteInode + FreeInode); if that write fails nothing is
+    freed."""
 
     ino: int
     is_dir: bool = False
+    raw: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -763,7 +763,6 @@ class VnodeActor(Actor):
             if is_dir:
                 mode |= stat.S_ISGID
 
-        ino = await self.vol.alloc_inode(self.ino, is_dir)
         now = _now()
         child = Inode.new(self.geo.inode_size)
         child.mode = mode
@@ -792,13 +791,21 @@ class VnodeActor(Actor):
             child.i_block = ExtentTree.empty_root()
         if fmt in (stat.S_IFCHR, stat.S_IFBLK):
             child.rdev = (os.major(rdev), os.minor(rdev))
+        if fast_link:
+            assert target is not None
+            child.set_fast_symlink(target)
+        # Directories and slow symlinks get a first block near their inode, so their
+        # record is complete only after the allocation; any other new record does not
+        # depend on its number and is written with the allocation, in one message.
+        with_block = not fast_link and (target is not None or is_dir)
+        if with_block:
+            ino = await self.vol.allocator.alloc_inode(self.ino, is_dir)
+        else:
+            ino = await self.vol.allocator.alloc_inode(self.ino, is_dir, child.build())
 
         data: FileData | None = None
         try:
-            if fast_link:
-                assert target is not None
-                child.set_fast_symlink(target)
-            elif target is not None or is_dir:
+            if with_block:
                 data = FileData(
                     child.i_block,
                     extents=child.uses_extents,
@@ -820,7 +827,7 @@ class VnodeActor(Actor):
                 child.i_block = data.i_block
                 child.size = self.bs if is_dir else len(content)
                 child.set_blocks(data.i_blocks, self.huge_file, self.bs)
-            await self.vol.write_inode(ino, child.build())
+                await self.vol.write_inode(ino, child.build())
             await d.add(name, ino, file_type_from_mode(mode) if self.filetype else FT_UNKNOWN)
         except BaseException:
             await self._undo_create(ino, child, data, is_dir)
@@ -843,8 +850,7 @@ class VnodeActor(Actor):
             child.dtime = int(time.time()) & 0xFFFFFFFF
             child.size = 0
             child.set_blocks(0, self.huge_file, self.bs)
-            await self.vol.write_inode(ino, child.build())
-            await self.vol.free_inode(ino, is_dir)
+            await self.vol.allocator.free_inode(ino, is_dir, child.build())
         except OSError as e:
             log.error("undoing the creation of inode %d failed: %s", ino, e)
 
@@ -1054,8 +1060,7 @@ class VnodeActor(Actor):
         inode.size = 0
         inode.set_blocks(0, self.huge_file, self.bs)
         inode.dtime = int(time.time()) & 0xFFFFFFFF
-        await self.vol.write_inode(self.ino, inode.build())
-        await self.vol.free_inode(self.ino, is_dir)
+        await self.vol.allocator.free_inode(self.ino, is_dir, inode.build())
         self.held = False
         self.inode = None
         self._data = self._dir = self._xattrs = None

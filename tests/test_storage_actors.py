@@ -282,6 +282,36 @@ async def test_failed_writes_leave_nothing_half_done(ext4_image) -> None:
     assert_fsck_clean(img)
 
 
+async def test_inode_record_travels_with_alloc_and_free(ext4_image) -> None:
+    img = ext4_image("64M", 1024)
+    faults: list = []
+    async with mounted(img, faults=faults, write_through=True) as vol:
+        fdrv = faults[0]
+        free0 = (await vol.statfs()).f_ffree
+        rec = bytes([0x11]) * 256
+        ino = await vol.allocator.alloc_inode(2, False, rec)
+        assert await vol.read_inode(ino) == rec  # allocated and written in one message
+        gone = bytes(0x14) + (1_700_000_000).to_bytes(4, "little") + bytes(256 - 0x18)  # dtime
+        await vol.allocator.free_inode(ino, False, gone)
+        assert await vol.read_inode(ino) == gone and (await vol.statfs()).f_ffree == free0
+        # The record's write fails: the inode is given back, nothing is half done.
+        itable = int(re.search(r"Inode table at (\d+)", _group0(img)).group(1))
+        span = (itable * 1024, (itable + 512) * 1024)
+        await call(fdrv, InjectError(op="write", start=span[0], end=span[1], count=1))
+        with pytest.raises(OSError) as ei:
+            await vol.allocator.alloc_inode(2, False, rec)
+        assert ei.value.errno == errno.EIO
+        assert (await vol.statfs()).f_ffree == free0
+        assert await vol.allocator.alloc_inode(2, False) == ino  # the same number again
+        # A failed final record frees nothing.
+        await call(fdrv, InjectError(op="write", start=span[0], end=span[1], count=1))
+        with pytest.raises(OSError):
+            await vol.allocator.free_inode(ino, False, gone)
+        assert (await vol.statfs()).f_ffree == free0 - 1
+        await vol.allocator.free_inode(ino, False, gone)
+    assert_fsck_clean(img)
+
+
 def _group0(img: Path) -> str:
     return dumpe2fs(img)[1].split("Group 1:")[0]
 
