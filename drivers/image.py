@@ -7,7 +7,8 @@ the request path is short. Where time goes:
   served without any thread hop. A read that would block goes to a worker thread.
   Large reads reuse warm buffers once their earlier replies are gone (``BufferPool``).
 * Writes are queued in the driver's write cache (like a disk's volatile cache) and
-  acknowledged at once; the data is copied unless it is immutable ``bytes``. A write of
+  acknowledged at once; the data is copied unless it is immutable (``bytes``, or a view
+  of ``bytes``). A write of
   exactly the range of a queued one replaces it (its data is dropped at once). When the
   queue holds ``write_behind`` bytes or IOV_MAX requests it is *written out*: planned
   with ``chanos.drivers.queue.plan`` (adjacent writes merged into one ``pwritev``, sorted
@@ -175,7 +176,7 @@ class ImageFileDriver(BlockDriver):
     # ------------------------------------------------------------------ writes
 
     async def do_write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        if type(data) is not bytes:
+        if type(data) is not bytes and not _immutable(data):
             data = bytes(data)  # the caller may reuse its buffer once answered
         n = len(data)
         if not self.queue:
@@ -308,6 +309,12 @@ class ImageFileDriver(BlockDriver):
         if isinstance(err, _Reported):
             return
         super()._note_error(op, offset, length, err)
+
+
+def _immutable(data: bytes | bytearray | memoryview) -> bool:
+    """A view nobody can change: a contiguous slice of a ``bytes`` object (the file system
+    passes slices of a 1 MiB WRITE payload; copying them would cost a megabyte each)."""
+    return type(data) is memoryview and type(data.obj) is bytes and data.contiguous
 
 
 _MAX_OUTSTANDING = 2  # one being written, one waiting: the worker never idles between them

@@ -320,6 +320,29 @@ async def test_caller_buffer_reuse_is_safe(sup, image):
     assert file_bytes(image, 0, 8192) == b"x" * 4096 + b"y" * 4096
 
 
+async def test_views_of_bytes_are_queued_without_a_copy(sup, image, monkeypatch):
+    _ref, dev = await start(sup, image, write_behind=64 * 1024)
+    written = []
+    real_pwritev = os.pwritev
+
+    def pwritev(fd, bufs, offset, *a):
+        written.extend(bufs)
+        return real_pwritev(fd, bufs, offset, *a)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    payload = bytes(range(256)) * 64  # 16 KiB, like a WRITE request's payload
+    view = memoryview(payload)
+    buf = bytearray(b"b" * 4096)
+    await dev.write(0, view[:8192])  # immutable: queued as it is
+    await dev.write(8192, view[8192:])
+    await dev.write(65536, memoryview(buf))  # a view of a mutable buffer: copied
+    buf[:] = b"c" * 4096
+    await dev.flush()
+    assert [b.obj is payload for b in written] == [True, True, False]
+    assert file_bytes(image, 0, 16384) == payload
+    assert file_bytes(image, 65536, 4096) == b"b" * 4096
+
+
 async def test_discard_punches_a_hole(sup, image):
     _ref, dev = await start(sup, image)
     await dev.write(0, b"z" * MiB)
