@@ -86,6 +86,10 @@ class FileData:
                 i_block, store, self._alloc, block_size, blocks_count=fs_blocks_count, goal=goal
             )
         self.converted = False
+        # Whether the last ``write`` changed the mapping (allocated, converted, or turned
+        # unwritten extents into written ones): an overwrite in place leaves it False, and
+        # the vnode then has nothing of the mapping to store.
+        self.remapped = False
 
     # ----- state the vnode stores back into the inode -------------------------------------
 
@@ -180,6 +184,7 @@ class FileData:
         tree.root_dirty = True
         self.mapping = tree
         self.converted = True
+        self.remapped = True
 
     async def write(
         self, offset: int, data: bytes | bytearray | memoryview, *, size: int | None = None
@@ -192,6 +197,7 @@ class FileData:
         up part-way, the bytes whose blocks could be allocated are written and their count
         returned (a short write); ENOSPC is raised only when nothing could be written.
         """
+        self.remapped = False
         mv = memoryview(data).cast("B")
         n = len(mv)
         if n == 0:
@@ -234,6 +240,7 @@ class FileData:
                 try:
                     goal = await tree.goal_for(lblk)
                     start, got = await self._alloc.allocate(goal, left)
+                    self.remapped = True
                     try:
                         await tree.insert(lblk, start, got)
                     except OSError:
@@ -277,6 +284,7 @@ class FileData:
         for r in runs:
             if r.physical is not None and r.unwritten and r.logical <= last:
                 assert isinstance(tree, ExtentTree)  # only extents can be unwritten
+                self.remapped = True
                 await tree.mark_written(r.logical, min(r.length, last + 1 - r.logical))
         return end - offset
 

@@ -139,6 +139,20 @@ def _now() -> int:
     return time.time_ns()
 
 
+def _time_granule_ns() -> int:
+    """How finely the host kernel dates file changes: the resolution of its coarse clock
+    (CLOCK_REALTIME_COARSE, one scheduler tick), which ext4 stamps writes with."""
+    try:
+        res = time.clock_getres(5)  # CLOCK_REALTIME_COARSE; the time module has no name for it
+    except (OSError, AttributeError):
+        res = 0.001
+    return min(int(res * 1e9), 10_000_000)
+
+
+# Writes this close together after the previous write's times leave them as they are.
+TIME_GRANULE_NS = _time_granule_ns()
+
+
 class _Store:
     """BlockStore over the volume's device client (block numbers -> byte offsets)."""
 
@@ -160,6 +174,9 @@ class VnodeActor(Actor):
     """The vnode of inode ``ino``. ``ctx`` is the kernel's VnodeContext: ``volume``
     (chanos.fs.volume.Volume), ``table`` (the vnode table), ``orphans`` (the orphan list
     actor), ``read_only``."""
+
+    # The mtime (= ctime) the last write stored; 0 until this instance wrote.
+    _write_time = 0
 
     def __init__(self, ino: int, ctx: Any) -> None:
         self.ino = ino
@@ -627,11 +644,21 @@ class VnodeActor(Actor):
             if fd.inode_dirty or fd.fs_blocks != self._fs_blocks_held(inode):
                 await self._save()
             raise
+        now = _now()
         if offset + n > inode.size:
             inode.size = offset + n
-        now = _now()
+        elif (
+            not fd.remapped
+            and now - self._write_time < TIME_GRANULE_NS
+            and inode.mtime_ns == inode.ctime_ns == self._write_time
+        ):
+            # An overwrite in place within one tick of the previous write's times: the
+            # inode would not change (the kernel stamps file times from its coarse clock,
+            # so it leaves them too), and the group actor already holds it.
+            return n
         inode.mtime_ns = inode.ctime_ns = now
         await self._save()
+        self._write_time = now
         return n
 
     async def _release(self) -> None:

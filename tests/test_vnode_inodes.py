@@ -145,6 +145,52 @@ async def test_times_and_attributes(image):
     assert_fsck_clean(image)
 
 
+async def test_overwrites_within_a_tick_keep_the_times_of_the_first(image, monkeypatch):
+    from chanos.fs import vnode
+
+    clock = [2 * 10**18]
+    monkeypatch.setattr(vnode, "_now", lambda: clock[0])
+    tick = vnode.TIME_GRANULE_NS
+    assert 0 < tick <= 10**7
+
+    async def times():
+        # GetAttr answers from the vnode, Lookup from the record the group actor holds:
+        # they must agree after every write (the inode is written through).
+        a = await k.syscall(GetAttr(ino))
+        e = await k.syscall(Lookup(ROOT_INO, b"w"))
+        assert (e.attr.size, e.attr.mtime_ns, e.attr.ctime_ns) == (a.size, a.mtime_ns, a.ctime_ns)
+        return a.size, a.mtime_ns, a.ctime_ns
+
+    async with boot(image, MountOptions()) as k:
+        h, e = await k.syscall(Create(ROOT_INO, b"w", 0o644, os.O_RDWR | os.O_CREAT))
+        ino = e.inode
+        t0 = clock[0] = clock[0] + 1
+        await k.syscall(Write(h, 0, b"a" * 8192))
+        assert await times() == (8192, t0, t0)
+        clock[0] += tick - 1  # an overwrite in the same tick: times unchanged
+        await k.syscall(Write(h, 4096, b"b" * 4096))
+        assert await times() == (8192, t0, t0)
+        clock[0] += 1  # a tick after the first: the times move
+        await k.syscall(Write(h, 0, b"c" * 100))
+        t1 = clock[0]
+        assert await times() == (8192, t1, t1)
+        clock[0] += 1  # growing the file always stores the new size and times
+        await k.syscall(Write(h, 8192, b"d"))
+        assert await times() == (8193, t1 + 1, t1 + 1)
+        clock[0] += 1  # after another change of the times, a write stores its own
+        await k.syscall(SetAttr(ino, mode=0o600))
+        clock[0] += 1
+        await k.syscall(Write(h, 0, b"e"))
+        assert await times() == (8193, t1 + 3, t1 + 3)
+        await k.syscall(Release(h))
+        h = await k.syscall(Open(ino, os.O_RDONLY))
+        assert (
+            await k.syscall(Read(h, 0, 8193)) == b"e" + b"c" * 99 + b"a" * 3996 + b"b" * 4096 + b"d"
+        )
+        await k.syscall(Release(h))
+    assert_fsck_clean(image)
+
+
 async def test_symlinks_fast_and_slow(image):
     slow_target = b"/some/where/" + b"d" * 300
     async with boot(image, LOW) as k:
