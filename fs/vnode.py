@@ -73,7 +73,7 @@ from chanos.fs.format.inode import (
 )
 from chanos.fs.orphan_protocol import AddOrphan, RemoveOrphan, SetOrphanNext
 from chanos.fs.vnode_table import call_vnode
-from chanos.fs.vnode_table_protocol import Hold, IsHeld, OpenCount, Unpin
+from chanos.fs.vnode_table_protocol import Hold, IsHeld, OpenCount, Pin, Unpin
 from chanos.fs.xattrs import Xattrs
 from chanos.personality import Actor, call, cast
 from chanos.personality.syscalls import (
@@ -204,10 +204,18 @@ class VnodeActor(Actor):
         # Set by the vnode table's starter on an instance made for a restart: the count
         # of open handles (not on disk) is asked from the table before the first request.
         self.restarted = False
+        # Set by the starter for a vnode a directory starts as it creates the inode: the
+        # record just made, used instead of reading it (see ``vp.CreateOpen``).
+        self.fresh: Inode | None = None
 
     # ----- life cycle -----------------------------------------------------------------------
 
     async def started(self) -> None:
+        fresh = self.fresh
+        if fresh is not None:
+            self.fresh = None
+            self.inode = fresh
+            return
         await self._load()
 
     async def stopped(self) -> None:
@@ -396,6 +404,9 @@ class VnodeActor(Actor):
                 if fmt == stat.S_IFDIR or fmt == stat.S_IFLNK:
                     raise OSError(errno.EINVAL, "mknod of a directory or symlink")
                 return await self._create(name, fmt | stat.S_IMODE(mode), rdev, uid, gid)
+            case vp.CreateOpen(name, mode, uid, gid, flags):
+                self._writable()
+                return await self._create_open(name, mode, uid, gid, flags)
             case Symlink(_, name, target, uid, gid):
                 self._writable()
                 return await self._create(name, stat.S_IFLNK | 0o777, 0, uid, gid, target)
@@ -771,6 +782,35 @@ class VnodeActor(Actor):
         target: bytes | None = None,
     ) -> Entry:
         """MkNod / MkDir / Symlink: a new inode and its entry in this directory."""
+        return (await self._new_child(name, mode, rdev, uid, gid, target))[0]
+
+    async def _create_open(
+        self, name: bytes, mode: int, uid: int, gid: int, flags: int
+    ) -> tuple[Handle, Entry]:
+        """CreateOpen: a new regular file, its vnode started with the record made here
+        (current: no other request can name the inode before this turn ends), opened;
+        the Pin taken here is left for the caller (see ``vp.CreateOpen``)."""
+        entry, child = await self._new_child(name, stat.S_IFREG | stat.S_IMODE(mode), 0, uid, gid)
+        table = self.ctx.table
+        ino = entry.inode
+        ref = await call(table, Pin(ino, child))
+        try:
+            handle = await call(ref, Open(ino, flags))
+        except BaseException:
+            cast(table, Unpin(ino))
+            raise
+        return handle, entry
+
+    async def _new_child(
+        self,
+        name: bytes,
+        mode: int,
+        rdev: int,
+        uid: int,
+        gid: int,
+        target: bytes | None = None,
+    ) -> tuple[Entry, Inode]:
+        """A new inode and its entry in this directory -> (Entry, the new record)."""
         d = await self._dir_for_change()
         parent = self.inode
         assert parent is not None
@@ -863,7 +903,7 @@ class VnodeActor(Actor):
             self._inc_dir_links(parent)
         parent.mtime_ns = parent.ctime_ns = now
         await self._save()
-        return Entry(ino, child.generation, attr_of(ino, child, self.bs, self.huge_file))
+        return Entry(ino, child.generation, attr_of(ino, child, self.bs, self.huge_file)), child
 
     async def _undo_create(
         self, ino: int, child: Inode, data: FileData | None, is_dir: bool

@@ -41,6 +41,24 @@ class LookupEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class CreateOpen:
+    """Directory: create(2) of a new regular file ``name``, opened with ``flags``
+    -> (Handle, Entry). EEXIST (and every MkNod error) before anything is made.
+
+    The directory makes the inode as for MkNod, then starts the new inode's vnode with
+    the record it just wrote (nobody else can know the number before this turn ends, so
+    that record is current: no read) and opens it. The new vnode stays pinned once for
+    the caller, who turns that pin into the handle's (``Unpin(ino, opened=1)``).
+    """
+
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    flags: int
+
+
+@dataclass(frozen=True, slots=True)
 class InsertEntry:
     """Directory: add ``name`` -> ``ino`` (must not exist) -> None.
 
@@ -150,6 +168,7 @@ __all__ = [
     "AddLink",
     "AdjustLinks",
     "CheckEmpty",
+    "CreateOpen",
     "DropLink",
     "Forgotten",
     "InsertEntry",

@@ -203,12 +203,15 @@ async def free_held(table: ActorRef) -> None:
 class _Slot:
     """Book-keeping of one live vnode (plain record, owned by the table actor)."""
 
-    __slots__ = ("adopted", "opened", "pins", "ref")
+    __slots__ = ("adopted", "forgotten", "opened", "pins", "ref")
 
     def __init__(self, ref: ActorRef, adopted: bool = False) -> None:
         self.ref = ref
         self.pins = 0  # requests in flight
         self.opened = 0  # open handles
+        # Sent Forgotten (its inode freed, the host's references gone): retired as soon
+        # as it is idle, instead of lingering until the bound pushes it out.
+        self.forgotten = False
         # Found running when the table (re)started: its pins and handles are unknown, so it
         # is kept until unmount rather than risk retiring it under an open handle.
         self.adopted = adopted
@@ -264,11 +267,14 @@ class VnodeTable(Actor):
 
     async def handle(self, msg: Any) -> Any:
         match msg:
-            case Pin(ino):
+            case Pin(ino, fresh):
                 slot = self._live.get(ino)
                 if slot is None:
                     await self._make_room()
-                    ref = await self._start_vnode(ino)
+                    if fresh is None:
+                        ref = await self._start_vnode(ino)
+                    else:
+                        ref = await self._start_vnode(ino, fresh)
                     slot = _Slot(ref)
                     self._live[ino] = slot
                     self._started += 1
@@ -284,8 +290,11 @@ class VnodeTable(Actor):
                     slot.opened += opened
                 if looked_up:
                     self._lookups[looked_up] = self._lookups.get(looked_up, 0) + 1
-                if slot is not None and len(self._live) > self._max:
-                    await self._make_room(0)
+                if slot is not None:
+                    if slot.forgotten and slot.idle and ino not in self._lookups:
+                        await self._retire(ino, slot)
+                    elif len(self._live) > self._max:
+                        await self._make_room(0)
                 return None
             case IsLive(ino):
                 return ino in self._live
@@ -373,7 +382,7 @@ class VnodeTable(Actor):
             await self._retire(ino, slot)
 
     async def _pin_new(self, ino: int) -> ActorRef:
-        """Pin ``ino``'s vnode (started if needed) for a Forgotten; the vnode unpins it."""
+        """Pin ``ino``'s vnode (started if needed) for a Forgotten; unpinned after it."""
         slot = self._live.get(ino)
         if slot is None:
             slot = _Slot(await self._start_vnode(ino))
@@ -381,6 +390,7 @@ class VnodeTable(Actor):
             self._started += 1
             self._peak = max(self._peak, len(self._live))
         slot.pins += 1
+        slot.forgotten = True
         return slot.ref
 
     async def _forgotten(self, ino: int) -> None:
@@ -426,14 +436,16 @@ def _alive(ref: Any) -> bool:
     return bool(alive() if callable(alive) else alive)
 
 
-def supervised_starter(supervisor: Any, make_vnode: Callable[[int], Actor]) -> Callable[[int], Any]:
+def supervised_starter(supervisor: Any, make_vnode: Callable[[int], Actor]) -> Callable[..., Any]:
     """``start_vnode`` for ``VnodeTable``: start ``make_vnode(ino)`` under ``supervisor``.
 
     Vnodes are TRANSIENT children: restarted after a crash, not after a retirement. An
     instance made for a restart gets ``restarted = True`` (see the module docstring).
+    ``fresh`` (a Pin's current record) is handed to the first instance only, as
+    ``fresh``: a restart reads the inode from disk.
     """
 
-    async def start(ino: int) -> ActorRef:
+    async def start(ino: int, fresh: Any = None) -> ActorRef:
         made = 0
 
         def factory() -> Actor:
@@ -441,6 +453,8 @@ def supervised_starter(supervisor: Any, make_vnode: Callable[[int], Actor]) -> C
             vnode = make_vnode(ino)
             if made:
                 vnode.restarted = True  # type: ignore[attr-defined]
+            elif fresh is not None:
+                vnode.fresh = fresh  # type: ignore[attr-defined]
             made += 1
             return vnode
 

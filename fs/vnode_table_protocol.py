@@ -21,9 +21,15 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Pin:
-    """-> ActorRef of ``ino``'s vnode (started if needed), pinned until ``Unpin``."""
+    """-> ActorRef of ``ino``'s vnode (started if needed), pinned until ``Unpin``.
+
+    ``fresh``: the inode's current record (an ``Inode``), for a vnode started by this
+    Pin to begin with instead of reading it; only a directory creating the inode sends
+    it, in the turn that made the record (see ``vnode_protocol.CreateOpen``). Ignored
+    when the vnode is live already."""
 
     ino: int
+    fresh: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,8 +28,9 @@ and the superblock are synced and marked clean, and the driver is flushed.
   vnode); StatFs to the superblock actor; Forget to the
   table (``vnode_table.forget``: the last one for an unlinked inode frees it before the
   reply);
-* Create and Link are composed here from vnode messages (MkNod + Open, AddLink +
-  InsertEntry + Lookup), so a directory never waits on a child it is creating.
+* Create is one message to the parent (``CreateOpen``: it makes the inode, starts its
+  vnode with the new record and opens it; an existing name falls back to Lookup + Open
+  here); Link is composed here from vnode messages (AddLink + InsertEntry + Lookup).
 
 A vnode that crashes while serving a request is restarted by the vnode supervisor from
 its on-disk state; that request fails with EIO, every other request goes on.
@@ -51,7 +52,7 @@ from chanos.fs.format.inode import Inode
 from chanos.fs.format.xattr import MAGIC as XATTR_MAGIC
 from chanos.fs.format.xattr import split_name
 from chanos.fs.superblock_protocol import StatFs as SbStatFs
-from chanos.fs.vnode_protocol import AddLink, InsertEntry, RemoveEntry
+from chanos.fs.vnode_protocol import AddLink, CreateOpen, InsertEntry, RemoveEntry
 from chanos.fs.vnode_table import (
     DEFAULT_MAX_VNODES,
     VnodeTable,
@@ -261,6 +262,24 @@ class Kernel:
         finally:
             await tell(table, Unpin(ino, opened))
 
+    async def _create_open(self, parent: int, msg: CreateOpen) -> tuple[Handle, Entry]:
+        """CreateOpen through the parent's vnode: the reply's Entry is a lookup reference,
+        and the new vnode's pin (taken by the parent) becomes the handle's."""
+        table = self.table
+        ref = await call(table, Pin(parent))
+        entry_ino = 0
+        try:
+            handle, entry = await call(ref, msg)
+            entry_ino = entry.inode
+        except CallError as exc:
+            raise self._crashed(parent, ref, msg, exc) from exc
+        finally:
+            await tell(table, Unpin(parent, 0, entry_ino))
+        handle = replace(handle, fh=next(self._fh))
+        self._handles[handle.fh] = (handle, False)
+        await tell(table, Unpin(entry_ino, 1))
+        return handle, entry
+
     async def _release(self, handle: Handle, msg: Any) -> None:
         if self._handles.pop(handle.fh, None) is None:
             raise OSError(errno.EBADF, "handle not open")
@@ -374,22 +393,21 @@ class Kernel:
         return len(tail) < 4 or int.from_bytes(tail[:4], "little") != XATTR_MAGIC
 
     async def _create(self, msg: Create) -> tuple[Handle, Entry]:
-        """Create = make the inode and its name in the parent (MkNod), then open it."""
+        """Create = the parent makes the inode and its name and opens it (CreateOpen); a
+        name that exists already is looked up and opened instead (unless O_EXCL)."""
         _check_new_name(msg.name)
-        mode = stat.S_IFREG | stat.S_IMODE(msg.mode)
+        flags = msg.flags & ~(os.O_CREAT | os.O_EXCL)
         try:
-            entry = await self._to_inode(
-                msg.parent, MkNod(msg.parent, msg.name, mode, 0, msg.uid, msg.gid), looked_up=True
-            )
-            flags = msg.flags & ~os.O_TRUNC  # a new file is empty already
+            # A new file is empty already: no O_TRUNC.
+            new = CreateOpen(msg.name, msg.mode, msg.uid, msg.gid, flags & ~os.O_TRUNC)
+            return await self._create_open(msg.parent, new)
         except OSError as exc:
             if exc.errno != errno.EEXIST or msg.flags & os.O_EXCL:
                 raise
-            entry = await self._to_inode(msg.parent, Lookup(msg.parent, msg.name), looked_up=True)
-            if stat.S_ISDIR(entry.attr.mode):
-                raise OSError(errno.EISDIR, "is a directory") from None
-            flags = msg.flags
-        handle = await self._open(entry.inode, Open(entry.inode, flags & ~(os.O_CREAT | os.O_EXCL)))
+        entry = await self._to_inode(msg.parent, Lookup(msg.parent, msg.name), looked_up=True)
+        if stat.S_ISDIR(entry.attr.mode):
+            raise OSError(errno.EISDIR, "is a directory") from None
+        handle = await self._open(entry.inode, Open(entry.inode, flags))
         if flags & os.O_TRUNC:
             entry = replace(entry, attr=await self._to_inode(entry.inode, GetAttr(entry.inode)))
         return handle, entry

@@ -13,6 +13,8 @@ import os
 import shutil
 import stat
 
+from chanos.fs.vnode_table_protocol import IsLive
+from chanos.personality import call
 from chanos.personality.boot import MountOptions, boot
 from chanos.personality.syscalls import (
     ROOT_INO,
@@ -173,3 +175,20 @@ async def test_crash_leaves_referenced_inode_on_orphan_list_for_next_mount(image
             await k.syscall(GetAttr(ino))
     assert last_orphan(crashed) == 0
     assert_fsck_clean(crashed)
+
+
+async def test_forgotten_unlinked_inode_frees_before_forget_returns_and_its_vnode_retires(image):
+    async with boot(image, MountOptions()) as k:
+        free0 = (await k.syscall(StatFs())).f_ffree
+        ino = await k_write_file(k, ROOT_INO, b"f", b"x" * 9000)  # one lookup (Create)
+        keep = await k_write_file(k, ROOT_INO, b"keep", b"k")
+        await k.syscall(Unlink(ROOT_INO, b"f"))
+        assert (await k.syscall(StatFs())).f_ffree == free0 - 2  # held for the reference
+        await k.syscall(Forget(ino, 1))
+        # Freed by the time Forget returns; its vnode does not linger in the table
+        # (a vnode still referenced does).
+        assert (await k.syscall(StatFs())).f_ffree == free0 - 1
+        assert not await call(k.table, IsLive(ino))
+        assert await call(k.table, IsLive(keep))
+        assert await _synced_orphan(k, image) == 0
+    assert_fsck_clean(image)
