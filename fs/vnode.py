@@ -397,19 +397,20 @@ class VnodeActor(Actor):
                 return await self._lookup(name)
             case MkDir(_, name, mode, uid, gid):
                 self._writable()
-                return await self._create(name, stat.S_IFDIR | stat.S_IMODE(mode), 0, uid, gid)
+                mode = stat.S_IFDIR | stat.S_IMODE(mode)
+                return (await self._create(name, mode, 0, uid, gid))[0]
             case MkNod(_, name, mode, rdev, uid, gid):
                 self._writable()
                 fmt = stat.S_IFMT(mode) or stat.S_IFREG
                 if fmt == stat.S_IFDIR or fmt == stat.S_IFLNK:
                     raise OSError(errno.EINVAL, "mknod of a directory or symlink")
-                return await self._create(name, fmt | stat.S_IMODE(mode), rdev, uid, gid)
+                return (await self._create(name, fmt | stat.S_IMODE(mode), rdev, uid, gid))[0]
             case vp.CreateOpen(name, mode, uid, gid, flags):
                 self._writable()
                 return await self._create_open(name, mode, uid, gid, flags)
             case Symlink(_, name, target, uid, gid):
                 self._writable()
-                return await self._create(name, stat.S_IFLNK | 0o777, 0, uid, gid, target)
+                return (await self._create(name, stat.S_IFLNK | 0o777, 0, uid, gid, target))[0]
             case ReadLink():
                 return await self._readlink()
             case Unlink(_, name):
@@ -772,25 +773,13 @@ class VnodeActor(Actor):
         if name in (b".", b"..") or d.lookup(name) is not None:
             raise OSError(errno.EEXIST, f"{name!r} exists")
 
-    async def _create(
-        self,
-        name: bytes,
-        mode: int,
-        rdev: int,
-        uid: int,
-        gid: int,
-        target: bytes | None = None,
-    ) -> Entry:
-        """MkNod / MkDir / Symlink: a new inode and its entry in this directory."""
-        return (await self._new_child(name, mode, rdev, uid, gid, target))[0]
-
     async def _create_open(
         self, name: bytes, mode: int, uid: int, gid: int, flags: int
     ) -> tuple[Handle, Entry]:
         """CreateOpen: a new regular file, its vnode started with the record made here
         (current: no other request can name the inode before this turn ends), opened;
         the Pin taken here is left for the caller (see ``vp.CreateOpen``)."""
-        entry, child = await self._new_child(name, stat.S_IFREG | stat.S_IMODE(mode), 0, uid, gid)
+        entry, child = await self._create(name, stat.S_IFREG | stat.S_IMODE(mode), 0, uid, gid)
         table = self.ctx.table
         ino = entry.inode
         ref = await call(table, Pin(ino, child))
@@ -801,7 +790,7 @@ class VnodeActor(Actor):
             raise
         return handle, entry
 
-    async def _new_child(
+    async def _create(
         self,
         name: bytes,
         mode: int,
@@ -810,7 +799,8 @@ class VnodeActor(Actor):
         gid: int,
         target: bytes | None = None,
     ) -> tuple[Entry, Inode]:
-        """A new inode and its entry in this directory -> (Entry, the new record)."""
+        """MkNod / MkDir / Symlink / CreateOpen: a new inode and its entry in this
+        directory -> (Entry, the new record)."""
         d = await self._dir_for_change()
         parent = self.inode
         assert parent is not None
