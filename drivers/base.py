@@ -5,7 +5,7 @@ it serves them one at a time in arrival order with plain procedural code, and an
 driver is called inline in the caller's task, so a request that needs no waiting (a RAM
 disk copy, a page-cache hit) costs about a procedure call. Subclasses move the bytes by
 implementing ``do_read``, ``do_write``, ``do_flush`` and ``do_discard``, and may answer
-more messages in ``control``.
+more messages in ``control``; ``do_prefetch`` (a read-ahead hint) is optional.
 
 The common part here: the protocol dispatch, range checks (EINVAL), the read-only and
 removed states (EROFS, ENODEV), Info, event subscriptions, and turning a device error
@@ -29,6 +29,7 @@ from chanos.drivers.protocol import (
     Flush,
     Info,
     IOErrorEvent,
+    Prefetch,
     Read,
     ReadOnlyEvent,
     RemovedEvent,
@@ -85,6 +86,10 @@ class BlockDriver(Actor):
                         raise
                 self._check(o, n, True)
                 return None
+            case Prefetch(offset=o, length=n):
+                # A hint: ignored when it makes no sense, never answered with an error.
+                if n > 0 and o >= 0 and o + n <= self.size and self.removed is None:
+                    self.do_prefetch(o, n)
             case Flush():
                 if self.removed is not None:
                     raise self._removed_error()
@@ -122,6 +127,9 @@ class BlockDriver(Actor):
 
     async def do_read(self, offset: int, length: int) -> bytes | memoryview:
         raise NotImplementedError
+
+    def do_prefetch(self, offset: int, length: int) -> None:
+        """Start reading the range ahead, without waiting for it (default: nothing)."""
 
     async def do_write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         raise NotImplementedError

@@ -2,6 +2,7 @@
 
     dev = BlockDevice(ref)
     data = await dev.read(offset, length)     # bytes or read-only memoryview
+    await dev.prefetch(offset, length)        # a hint: that range is read next
     await dev.write(offset, data)
     await dev.flush()
     await dev.discard(offset, length)
@@ -21,6 +22,7 @@ from chanos.drivers.protocol import (
     Discard,
     Flush,
     Info,
+    Prefetch,
     Read,
     Subscribe,
     Unsubscribe,
@@ -39,6 +41,9 @@ class BlockDevice:
 
     def read(self, offset: int, length: int) -> Awaitable[bytes | memoryview]:
         return call(self.ref, Read(offset, length))
+
+    def prefetch(self, offset: int, length: int) -> Awaitable[None]:
+        return call(self.ref, Prefetch(offset, length))
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> Awaitable[None]:
         return call(self.ref, Write(offset, data))

@@ -42,6 +42,7 @@ outstanding.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections import deque
@@ -85,6 +86,9 @@ class ImageFileDriver(BlockDriver):
         self.ring: SimpleQueue[_WriteOut | None] | None = None  # the worker's inbox
         self.deferred: list[OSError] = []  # write-out failures the next flush reports
         self.buffers = BufferPool()  # warm buffers for large reads served in the turn
+        # Read-ahead hints being started by threads, and who waits for them to end.
+        self.prefetching = 0
+        self.prefetched = trio.Event()
 
     async def started(self) -> None:
         f = ImageFile(self.path, self.read_only, self.block_size)
@@ -97,6 +101,9 @@ class ImageFileDriver(BlockDriver):
         if f is None:
             return
         try:
+            while self.prefetching:  # they use the descriptor about to be closed
+                self.prefetched = trio.Event()
+                await self.prefetched.wait()
             await self._reap()
             if self.removed is None:
                 await self._settle()
@@ -172,6 +179,35 @@ class ImageFileDriver(BlockDriver):
             if got == length:
                 return memoryview(buf).toreadonly()
         return await self._execute(ReadRun(offset, length, [(0, length)]))
+
+    def do_prefetch(self, offset: int, length: int) -> None:
+        """Have the host kernel read the range into its page cache, so the reads that
+        follow are served in the turn (RWF_NOWAIT hits) instead of each waiting for the
+        device in a thread, one at a time. ``posix_fadvise(WILLNEED)`` starts the reads
+        without waiting for them but allocates the pages and queues the I/O itself, so it
+        runs in a thread too; nobody waits for it. A hint beyond the few in flight is
+        dropped (a sequential reader sends the next one soon)."""
+        f = self.file
+        if f is None or self.prefetching >= _MAX_PREFETCHING:
+            return
+        self.prefetching += 1
+        token = trio.lowlevel.current_trio_token()
+
+        def advise() -> None:
+            # ``f`` is held here: its descriptor stays open until this is done.
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(f.fd, offset, length, os.POSIX_FADV_WILLNEED)
+
+        def done(_outcome: Any) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._prefetch_done)
+
+        trio.lowlevel.start_thread_soon(advise, done, name=f"prefetch {self.name}")
+
+    def _prefetch_done(self) -> None:
+        self.prefetching -= 1
+        if not self.prefetching:
+            self.prefetched.set()
 
     # ------------------------------------------------------------------ writes
 
@@ -317,6 +353,7 @@ def _immutable(data: bytes | bytearray | memoryview) -> bool:
     return type(data) is memoryview and type(data.obj) is bytes and data.contiguous
 
 
+_MAX_PREFETCHING = 2  # read-ahead hints being started at once
 _MAX_OUTSTANDING = 2  # one being written, one waiting: the worker never idles between them
 _MAX_QUEUE_SLOTS = 4 * IOV_MAX  # superseded entries included: the list stays short
 

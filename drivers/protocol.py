@@ -6,6 +6,8 @@ into single system calls, so nothing here forces alignment.
 
 Replies:
     Read     -> the data: ``bytes`` or a read-only ``memoryview`` of exactly ``length`` bytes
+    Prefetch -> None at once (a hint: the range will be read soon; a driver may start
+                reading it ahead, or ignore it)
     Write    -> None (the data is in the device's write cache; durable only after Flush)
     Flush    -> None (every write completed before the flush reply is durable)
     Discard  -> None (the range reads back as zeros afterwards)
@@ -33,6 +35,14 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Read:
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Prefetch:
+    """The range will be read soon: a hint, answered at once, never an error."""
+
     offset: int
     length: int
 
@@ -115,4 +125,4 @@ class RemovedEvent:
 
 
 DeviceEvent = IOErrorEvent | ReadOnlyEvent | RemovedEvent
-Request = Read | Write | Flush | Discard | Info | Subscribe | Unsubscribe
+Request = Read | Prefetch | Write | Flush | Discard | Info | Subscribe | Unsubscribe

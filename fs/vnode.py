@@ -169,6 +169,10 @@ class _Store:
     async def write_blocks(self, start: int, data: bytes | bytearray | memoryview) -> None:
         await self.device.write(start * self.bs, data)
 
+    async def prefetch_blocks(self, start: int, count: int) -> None:
+        # A hint: the driver starts reading them ahead and answers at once.
+        await self.device.prefetch(start * self.bs, count * self.bs)
+
 
 class VnodeActor(Actor):
     """The vnode of inode ``ino``. ``ctx`` is the kernel's VnodeContext: ``volume``

@@ -378,6 +378,37 @@ async def test_stop_writes_the_cache_back(image):
     assert file_bytes(image, 512, 512) == b"kept" * 128
 
 
+async def test_prefetch_reads_ahead_in_a_thread_and_stop_waits_for_it(image, monkeypatch):
+    calls = []
+    release = threading.Event()
+    real_fadvise = os.posix_fadvise
+
+    def fadvise(fd, offset, length, advice):
+        release.wait(10)
+        os.fstat(fd)  # still open: the driver waited for this before closing it
+        calls.append((offset, length, advice, threading.current_thread() is main))
+        return real_fadvise(fd, offset, length, advice)
+
+    main = threading.current_thread()
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    async with open_supervisor(name="t") as s:
+        ref, dev = await start(s, image)
+        await dev.write(0, b"p" * 8192)
+        await dev.flush()
+        # answered at once, while the advice is still running in its thread
+        assert await dev.prefetch(0, MiB) is None
+        await dev.prefetch(MiB, MiB)
+        await dev.prefetch(2 * MiB, MiB)  # a third in flight: dropped
+        assert await dev.read(0, 8192) == b"p" * 8192
+        # hints that make no sense are ignored, not refused
+        for o, n in ((-1, 10), (0, 0), (4 * MiB, 512), (0, 5 * MiB)):
+            assert await dev.prefetch(o, n) is None
+        trio.lowlevel.current_trio_token().run_sync_soon(release.set)  # once stop waits
+        await ref.stop()  # waits for the advice before closing the file
+    willneed = os.POSIX_FADV_WILLNEED
+    assert sorted(calls) == [(0, MiB, willneed, False), (MiB, MiB, willneed, False)]
+
+
 async def test_truncated_image_read_is_eio(sup, image):
     _ref, dev = await start(sup, image)
     os.truncate(image, MiB)

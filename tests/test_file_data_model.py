@@ -324,3 +324,63 @@ async def test_edge_blocks_from_a_read_only_view_store() -> None:
     assert await fd.read(0, len(data)) == bytes(data)
     (last,) = [p + 10 - s for s, p, n, _u in await fd.mapping.extents() if s <= 10 < s + n]
     assert store.blocks[last] == b"b" * 76 + bytes(1024 - 76)
+
+
+class PrefetchingStore(MemStore):
+    """A store that records the read-ahead hints it gets (block ranges)."""
+
+    def __init__(self, block_size: int, nblocks: int) -> None:
+        super().__init__(block_size, nblocks)
+        self.hints: list[tuple[int, int]] = []
+
+    async def prefetch_blocks(self, start: int, count: int) -> None:
+        self.hints.append((start, count))
+
+
+async def test_sequential_reads_announce_the_blocks_ahead() -> None:
+    from chanos.fs.file_data import READ_AHEAD, READ_AHEAD_STEP
+
+    bs = 4096
+    store = PrefetchingStore(bs, 1 << 14)
+    fd = FileData(
+        ExtentTree.empty_root(),
+        extents=True,
+        store=store,
+        allocator=BitmapAllocator(1 << 14),
+        block_size=bs,
+        fs_blocks=0,
+        goal=100,
+    )
+    size = 16 << 20
+    data = pattern(size, 5)
+    await fd.write(0, data[: 8 << 20])
+    # a hole of 1 MiB, then data written elsewhere on the device (not contiguous)
+    await fd.write(9 << 20, data[9 << 20 :])
+    ext = await fd.mapping.extents()
+    assert [(e[0], e[2]) for e in ext] == [(0, 2048), (2304, 1792)]
+    # random reads announce nothing
+    for off in (5 << 20, 1 << 20, 12 << 20):
+        assert await fd.read(off, 4096) == data[off : off + 4096]
+    assert store.hints == []
+    # a sequential reader of 128 KiB pieces: hints start with its second read and keep
+    # READ_AHEAD bytes announced, in pieces of READ_AHEAD_STEP or more
+    chunk = 128 << 10
+    announced: set[int] = set()
+    for off in range(0, size, chunk):
+        got = await fd.read(off, chunk)
+        assert got == (data[off : off + chunk] if not (8 << 20) <= off < 9 << 20 else bytes(chunk))
+        for start, n in store.hints:
+            assert announced.isdisjoint(range(start, start + n))  # each block once
+            announced.update(range(start, start + n))
+        store.hints.clear()
+        if off:  # every block of the next READ_AHEAD bytes that holds data was announced
+            for pos in range(
+                off + chunk, min(off + chunk + READ_AHEAD - READ_AHEAD_STEP, size), bs
+            ):
+                lblk = pos // bs
+                for s, p, n, _u in ext:
+                    if s <= lblk < s + n:
+                        assert p + lblk - s in announced, (off, pos)
+    # nothing but the file's own blocks (none for the hole)
+    mapped = {p + i for _s, p, n, _u in ext for i in range(n)}
+    assert announced <= mapped
