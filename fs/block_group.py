@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Protocol
 
-import trio
 from chanos.fs.group_protocol import (
     AllocBlocks,
     AllocInode,
@@ -46,6 +44,7 @@ from chanos.fs.group_protocol import (
 )
 from chanos.fs.superblock_protocol import GroupCountsChanged, ReportError
 from chanos.personality import Actor, CallError, call, cast
+from chanos.personality.actor import caller_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -530,7 +529,7 @@ class BlockGroupActor(Actor):
         msg = GroupCountsChanged(
             counts.group, counts.free_blocks, counts.free_inodes, counts.used_dirs
         )
-        if sb.idle and trio.current_effective_deadline() != -math.inf:
+        if sb.idle and not caller_cancelled():
             try:
                 await call(sb, msg)
             except CallError as exc:

@@ -61,12 +61,10 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-import trio
 from chanos.fs.vnode_protocol import Forgotten, WriteBack
 from chanos.fs.vnode_table_protocol import (
     Closed,
@@ -86,6 +84,7 @@ from chanos.fs.vnode_table_protocol import (
     WriteBackAll,
 )
 from chanos.personality import TRANSIENT, Actor, ActorRef, CallError, ChildSpec, call, cast
+from chanos.personality.actor import caller_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,7 @@ async def tell(table: ActorRef, msg: Any) -> None:
     table. A crash of the table on the message is logged; its supervisor restarts it, as
     for a cast.
     """
-    if table.idle and trio.current_effective_deadline() != -math.inf:
+    if table.idle and not caller_cancelled():
         try:
             await call(table, msg)
         except CallError as exc:
@@ -162,7 +161,7 @@ async def forget(table: ActorRef, ino: int, nlookup: int) -> None:
     to the table and the table's cast to the vnode each spawned one. Otherwise the
     message is cast and the table sends ``Forgotten`` itself.
     """
-    if not (table.idle and trio.current_effective_deadline() != -math.inf):
+    if not table.idle or caller_cancelled():
         cast(table, Forget(ino, nlookup))
         return
     try:

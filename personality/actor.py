@@ -65,6 +65,7 @@ __all__ = [
     "CallError",
     "Request",
     "call",
+    "caller_cancelled",
     "cast",
 ]
 
@@ -376,9 +377,22 @@ def _inline_supported() -> bool:
         return False
 
 
+def caller_cancelled() -> bool:
+    """Whether the current task is cancelled: a `call` from it would raise Cancelled
+    without delivering the message. For code that calls an idle actor and must not lose
+    a one-way message (it casts instead). O(1), where `trio.current_effective_deadline()`
+    walks every enclosing cancel scope (each actor turn adds one)."""
+    return _current_task()._cancel_status.effectively_cancelled
+
+
+def _caller_cancelled_portable() -> bool:
+    return trio.current_effective_deadline() == -float("inf")
+
+
 if not _inline_supported():  # pragma: no cover - depends on the trio version
     log.warning("trio internals changed: actor calls use the portable (slower) path")
     call = _call_portable
+    caller_cancelled = _caller_cancelled_portable
 
 
 @types.coroutine

@@ -741,3 +741,16 @@ async def test_cross_task_call_cycle_fails_instead_of_deadlocking() -> None:
         assert got["a"] == ["b", "a", "b"]
         # a's turn ended normally, so b's queued call to a then ran: "pong".
         assert got["b"] == "pong"
+
+
+async def test_caller_cancelled_follows_the_effective_cancel_state():
+    from chanos.personality.actor import caller_cancelled
+
+    assert not caller_cancelled()
+    with trio.CancelScope() as outer:
+        outer.cancel()
+        assert caller_cancelled()
+        with trio.CancelScope(shield=True):
+            assert not caller_cancelled()  # a shielded turn delivers its calls
+        assert caller_cancelled() == (trio.current_effective_deadline() == -float("inf"))
+    assert not caller_cancelled()
