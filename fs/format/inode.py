@@ -23,7 +23,8 @@ from __future__ import annotations
 import errno
 import stat
 import struct
-from typing import Self
+from operator import attrgetter
+from typing import Any, Self
 
 from chanos.fs.format._record import CorruptError, Record, field_names
 from construct import Bytes, Int16ul, Int32ul, Struct
@@ -241,9 +242,28 @@ def _packer(decl: Struct) -> struct.Struct:
 _BASE_S = _packer(INODE_BASE_STRUCT)
 _EXTRA_S = _packer(INODE_EXTRA_STRUCT)
 _I_BLOCK_AT = _BASE_NAMES.index("i_block")
+# The fields' values in layout order, for packing (one C call instead of a getattr each).
+_base_values = attrgetter(*_BASE_NAMES)
+_extra_values = attrgetter(*_EXTRA_NAMES)
 
 
-def _pack(packer: struct.Struct, values: list) -> bytes:
+def _assigner(names: tuple[str, ...] | list[str]) -> Any:
+    """``f(obj, values)`` setting ``obj.<name> = value`` for each name, in one statement.
+
+    An unpacking assignment to attributes runs as straight bytecode: inodes are decoded
+    on every lookup, stat and vnode start, and a setattr loop over 40 fields was most of
+    that decoding's cost."""
+    src = f"def assign(o, v):\n    {', '.join('o.' + n for n in names)}, = v\n"
+    scope: dict[str, Any] = {}
+    exec(src, scope)  # names are the declaration's field names (identifiers)
+    return scope["assign"]
+
+
+_set_base = _assigner(_BASE_NAMES)
+_set_extra = _assigner(_EXTRA_NAMES)
+
+
+def _pack(packer: struct.Struct, values: tuple) -> bytes:
     """Encode, refusing what construct refuses: an int out of range, a Bytes field of
     the wrong length (``struct`` would pad or cut it)."""
     if packer is _BASE_S and len(values[_I_BLOCK_AT]) != I_BLOCK_SIZE:
@@ -275,8 +295,7 @@ class Inode(Record):
             raise CorruptError(f"inode record of {size} bytes")
         raw = bytes(data)
         obj = cls.__new__(cls)
-        for name, value in zip(_BASE_NAMES, _BASE_S.unpack_from(raw), strict=True):
-            setattr(obj, name, value)
+        _set_base(obj, _BASE_S.unpack_from(raw))
         obj.inode_size = size
         if size > GOOD_OLD_INODE_SIZE:
             extra_isize = int.from_bytes(raw[128:130], "little")
@@ -285,13 +304,11 @@ class Inode(Record):
                 raise CorruptError(f"bad i_extra_isize {extra_isize}")
             body = raw[128 : 128 + extra_isize]
             known = body + bytes(EXTRA_KNOWN - len(body)) if extra_isize < 32 else body
-            for name, value in zip(_EXTRA_NAMES, _EXTRA_S.unpack_from(known), strict=True):
-                setattr(obj, name, value)
+            _set_extra(obj, _EXTRA_S.unpack_from(known))
             obj.extra_rest = body[EXTRA_KNOWN:]
             obj.tail = raw[128 + extra_isize :]
         else:
-            for name in _EXTRA_NAMES:
-                setattr(obj, name, 0)
+            _set_extra(obj, (0,) * len(_EXTRA_NAMES))
             obj.extra_rest = b""
             obj.tail = b""
         return obj
@@ -308,7 +325,7 @@ class Inode(Record):
         return obj
 
     def build(self) -> bytes:
-        base = _pack(_BASE_S, [getattr(self, name) for name in _BASE_NAMES])
+        base = _pack(_BASE_S, _base_values(self))
         if self.inode_size == GOOD_OLD_INODE_SIZE:
             return base
         n = self.extra_isize
@@ -320,7 +337,7 @@ class Inode(Record):
                 f"inconsistent inode layout: extra_isize {n}, tail {len(self.tail)}, "
                 f"size {self.inode_size}"
             )
-        extra = _pack(_EXTRA_S, [getattr(self, name) for name in _EXTRA_NAMES])
+        extra = _pack(_EXTRA_S, _extra_values(self))
         return base + extra[:n] + rest + self.tail
 
     def copy(self) -> Self:
