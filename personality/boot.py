@@ -66,7 +66,6 @@ from chanos.fs.vnode_table_protocol import (
     Closed,
     Crashed,
     GetStats,
-    IsLive,
     Pin,
     Referenced,
     RetireAll,
@@ -234,6 +233,15 @@ class Kernel:
         finally:
             await tell(table, Unpin(ino, 0, entry_ino))
 
+    async def _pinned(self, ino: int, ref: ActorRef, msg: Any) -> Any:
+        """Call ``ino``'s vnode ``ref``, already pinned for this request; then unpin."""
+        try:
+            return await call(ref, msg)
+        except CallError as exc:
+            raise self._crashed(ino, ref, msg, exc) from exc
+        finally:
+            await tell(self.table, Unpin(ino))
+
     def _crashed(self, ino: int, ref: ActorRef, msg: Any, exc: CallError) -> OSError:
         """Tell the table ``ino``'s vnode ``ref`` crashed serving ``msg``; the EIO to raise."""
         cast(self.table, Crashed(ino, ref))
@@ -311,7 +319,12 @@ class Kernel:
             case Release(handle) | ReleaseDir(handle):
                 return await self._release(handle, msg)
             case GetXattr(ino, name):
-                if not await call(self.table, IsLive(ino)) and await self._no_xattrs(ino, name):
+                # A live vnode is pinned and asked; for one that is not, the record may
+                # show there is no attribute at all without starting it.
+                ref = await call(self.table, Pin(ino, live_only=True))
+                if ref is not None:
+                    return await self._pinned(ino, ref, msg)
+                if await self._no_xattrs(ino, name):
                     raise OSError(errno.ENODATA, f"no attribute {name!r}")
                 return await self._to_inode(ino, msg)
             case GetAttr(ino) | ReadLink(ino) | ListXattr(ino):
