@@ -32,6 +32,12 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 _BLKSSZGET = 0x1268  # logical sector size of a block device (int)
 _ZERO_CHUNK = 1 << 20
+SYNC_FILE_RANGE_WRITE = 2
+# A written run at least this long is handed to the host's writeback at once: large
+# writes are file data, which a flush will want on the medium, and the host would
+# otherwise keep it dirty (up to its dirty limits: gigabytes) until that flush writes all
+# of it while the caller waits.
+WRITEBACK_MIN = 256 << 10
 
 _libc: Any = None
 
@@ -91,13 +97,31 @@ class BufferPool:
 _refcount = sys.getrefcount
 
 
-def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+def _c() -> Any:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-        _libc.fallocate.restype = ctypes.c_int
-    if _libc.fallocate(fd, mode, offset, length) != 0:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        libc.fallocate.restype = ctypes.c_int
+        libc.sync_file_range.argtypes = [
+            ctypes.c_int,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_uint,
+        ]
+        libc.sync_file_range.restype = ctypes.c_int
+        _libc = libc
+    return _libc
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the host kernel start writing a range back to the medium, without waiting for
+    it (``sync_file_range(SYNC_FILE_RANGE_WRITE)``); errors are left to the next flush."""
+    _c().sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    if _c().fallocate(fd, mode, offset, length) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"fallocate(punch hole) at {offset}+{length}: {os.strerror(e)}")
 
@@ -245,6 +269,8 @@ class ImageFile:
         except OSError as e:
             self._failed(run, results, e)
             return
+        if run.length >= WRITEBACK_MIN:
+            start_writeback(self.fd, run.offset, run.length)
         self.dirty = True
         for idx, _ in run.members:
             results[idx] = None

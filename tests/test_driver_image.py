@@ -310,6 +310,20 @@ async def test_write_through_without_cache(sup, image, monkeypatch):
     assert log.of("pwritev") == [("pwritev", 0, 512)]
 
 
+async def test_large_write_outs_start_their_writeback(sup, image, monkeypatch):
+    from chanos.drivers import image_io
+
+    started = []
+    monkeypatch.setattr(image_io, "start_writeback", lambda fd, o, n: started.append((o, n)))
+    _ref, dev = await start(sup, image, write_behind=MiB)
+    for i in range(4):  # adjacent: one run of 512 KiB, handed to the host's writeback
+        await dev.write(2 * MiB + i * 128 * 1024, b"M" * (128 * 1024))
+    await dev.write(3 * MiB, b"t" * 4096)  # small (metadata-sized): left to the host
+    await dev.flush()
+    assert started == [(2 * MiB, 512 * 1024)]
+    assert file_bytes(image, 2 * MiB, 512 * 1024) == b"M" * (512 * 1024)
+
+
 async def test_caller_buffer_reuse_is_safe(sup, image):
     _ref, dev = await start(sup, image)
     buf = bytearray(b"x" * 4096)
