@@ -422,7 +422,10 @@ class VnodeTable(Actor):
             log.error("vnode %d failed writing back: %r", ino, exc)
 
     async def _stop(self, ino: int, slot: _Slot) -> None:
-        await self._write_back(ino, slot)
+        if not slot.forgotten:
+            # A forgotten vnode has (almost always) freed its inode: nothing to write,
+            # and its stopped() runs the same write-back anyway, without a message.
+            await self._write_back(ino, slot)
         try:
             await slot.ref.stop()
         except CallError as exc:
