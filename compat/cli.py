@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chanos.compat.options import MountConfig, OptionError, parse_options
+from chanos.compat.readahead import set_read_ahead
 
 PROG = "chanos"
 
@@ -406,6 +407,7 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
                     umask=config.umask,
                 ),
             )
+            canonical = os.path.realpath(mountpoint)  # resolved while nothing is mounted
             try:
                 pyfuse3.init(ops, mountpoint, config.fuse_options(_fsname(image)))
             except RuntimeError:
@@ -416,6 +418,9 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_unmount_on_signal, mountpoint)
+                    if config.read_ahead:
+                        kib = max(4, config.read_ahead >> 10)
+                        nursery.start_soon(_set_read_ahead_after_init, ops, canonical, kib)
                     if config.malloc_trim_interval > 0:
                         nursery.start_soon(memory.trim_periodically, config.malloc_trim_interval)
                     await pyfuse3.main(min_tasks=1, max_tasks=config.max_workers)
@@ -435,6 +440,12 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
     finally:
         if tracing:
             _stop_trace(config.trace_file)
+
+
+async def _set_read_ahead_after_init(ops, mountpoint: str, kib: int) -> None:
+    # The host kernel sets the window while it takes the INIT answer: set it after that.
+    await ops.initialized.wait()
+    set_read_ahead(mountpoint, kib)
 
 
 async def _unmount_on_signal(mountpoint: str) -> None:
@@ -566,8 +577,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Options (-o, comma-separated): ro, allow_other, default_permissions "
         "(default) / nodefault_permissions, uid=N, gid=N, umask=OCTAL (override what stat "
         "shows), max_vnodes=N (live vnode actors), log_level=debug|info|warning|error, "
-        "log=FILE, trace=FILE (Chrome trace JSON of the messages), nowriteback, "
-        "entry_timeout=S, attr_timeout=S, negative_timeout=S, nokeep_cache, and the usual "
+        "log=FILE, trace=FILE (Chrome trace JSON of the messages), writeback (the host "
+        "kernel's writeback cache; off by default), read_ahead=SIZE (1M; 0 = the host "
+        "kernel's 128K), entry_timeout=S, attr_timeout=S, negative_timeout=S, nokeep_cache, "
+        "and the usual "
         "nosuid, nodev, noexec, noatime, ...",
     )
     mo.add_argument("image")

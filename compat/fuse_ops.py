@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import pyfuse3
+import trio
 from chanos.personality.syscalls import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -230,6 +231,13 @@ class ChanosOperations(pyfuse3.Operations):
         self._attr_timeout = self.config.attr_timeout
         c = self.config
         self._override = c.uid is not None or c.gid is not None or c.umask is not None
+        # Set once the host kernel's INIT has been answered: settings the kernel fixes
+        # while taking that answer (such as the read-ahead window) can be changed after.
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        # pyfuse3 calls this while answering INIT; whoever waits runs after the answer.
+        self.initialized.set()
 
     # ------------------------------------------------------------------ bookkeeping
 

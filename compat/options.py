@@ -4,7 +4,7 @@ Three kinds of options arrive in one comma-separated list (from the command line
 mount(8)/mount.fuse3, or from an /etc/fstab line):
 
 * chanos's own: ``uid=``, ``gid=``, ``umask=``, ``max_vnodes=``, ``max_workers=``,
-  ``write_cache=``, ``malloc_arenas=``, ``malloc_mmap_threshold=``,
+  ``write_cache=``, ``read_ahead=``, ``malloc_arenas=``, ``malloc_mmap_threshold=``,
   ``malloc_trim_threshold=`` (sizes take K/M/G suffixes), ``malloc_trim_interval=``,
   ``log_level=``,
   ``log=FILE``, ``trace=FILE``, ``writeback``/``nowriteback``, ``entry_timeout=``,
@@ -117,6 +117,10 @@ class MountConfig:
     # still writes every 1 MiB WRITE as one pwritev and cut a sequential write's peak by
     # 6-8 MiB.
     write_cache: int | None = 1 << 20
+    # The host kernel's read-ahead window for the mount (see chanos.compat.readahead):
+    # 1 MiB, its largest READ, so a sequential read costs one request per MiB; 0 leaves
+    # the host kernel's default (128 KiB).
+    read_ahead: int = 1 << 20
     # glibc malloc (see chanos.compat.memory): arenas, and the fixed thresholds above which
     # blocks are mmapped / free heap top is given back. Fixed thresholds keep 1 MiB
     # request payloads out of the heap, where freed holes would keep the RSS up.
@@ -211,6 +215,11 @@ def _apply(c: MountConfig, opt: str) -> None:
             c.max_workers = n
         case "write_cache":
             c.write_cache = _size(name, value)
+        case "read_ahead":
+            n = _size(name, value)
+            if n > 64 << 20:
+                raise OptionError("option read_ahead= must be at most 64M")
+            c.read_ahead = n
         case "malloc_arenas":
             n = _int(name, value)
             if not 1 <= n <= 64:

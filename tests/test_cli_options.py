@@ -29,6 +29,10 @@ def test_chanos_options():
     assert c.log_level == logging.DEBUG and c.log_file == "/tmp/l"
     assert c.trace_file == "/tmp/t.json" and not c.writeback_cache
     assert parse_options(["max_workers=4"]).max_workers == 4
+    assert not parse_options([]).writeback_cache and parse_options(["writeback"]).writeback_cache
+    assert parse_options([]).read_ahead == 1 << 20
+    assert parse_options(["read_ahead=4M"]).read_ahead == 4 << 20
+    assert parse_options(["read_ahead=0"]).read_ahead == 0
     c = parse_options(["entry_timeout=0.5,attr_timeout=0,negative_timeout=2,nokeep_cache"])
     assert (c.entry_timeout, c.attr_timeout, c.negative_timeout) == (0.5, 0.0, 2.0)
     assert not c.keep_cache
@@ -55,7 +59,7 @@ def test_last_of_ro_rw_wins():
 @pytest.mark.parametrize(
     "bad",
     ["bogus", "uid=abc", "uid=-1", "umask=9", "max_vnodes=3", "log_level=loud",
-     "attr_timeout=x", "uid=", "allow_other=1", "max_workers=0"],
+     "attr_timeout=x", "uid=", "allow_other=1", "max_workers=0", "read_ahead=1G"],
 )  # fmt: skip
 def test_bad_options_are_refused_with_a_message(bad):
     with pytest.raises(OptionError) as ei:

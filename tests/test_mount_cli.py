@@ -244,8 +244,27 @@ def test_allow_other_lets_another_user_in(image, tmp_path):
     mnt.rmdir()
 
 
-def test_digest_survives_remount_with_nowriteback(image, tmp_path):
-    with Mounted(image, tmp_path / "mnt", options="nowriteback,attr_timeout=0") as m:
+def test_read_ahead_window_is_set_for_the_mount(image, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("only root may set a mount's read-ahead")
+    from chanos.compat.readahead import mount_device
+
+    def window(m: Mounted) -> int:
+        dev = mount_device(str(m.mnt))
+        return int(Path(f"/sys/class/bdi/{dev}/read_ahead_kb").read_text())
+
+    with Mounted(image, tmp_path / "mnt") as m:
+        assert window(m) == 1024
+    with Mounted(image, tmp_path / "mnt", options="read_ahead=256K") as m:
+        assert window(m) == 256
+        data = os.urandom(3 << 20)
+        (m.mnt / "f").write_bytes(data)
+        m.remount()
+        assert (m.mnt / "f").read_bytes() == data
+
+
+def test_digest_survives_remount_with_writeback_cache(image, tmp_path):
+    with Mounted(image, tmp_path / "mnt", options="writeback,attr_timeout=0") as m:
         shutil.copytree(Path(os.__file__).parent / "json", m.mnt / "json")
         with open(m.mnt / "app", "a") as f:
             f.write("1")
