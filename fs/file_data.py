@@ -249,6 +249,13 @@ class FileData:
         if size is not None and offset > size and size % bs and size // bs < first:
             await self._zero_range(size, bs - size % bs)
         runs = await tree.map(first, last - first + 1)
+        if len(runs) == 1 and not (offset % bs or end % bs):
+            r = runs[0]
+            if r.physical is not None and not r.unwritten:
+                # Whole blocks over written ones of one extent (an overwrite in place):
+                # one device write, nothing to read, allocate or convert.
+                await self._store.write_blocks(r.physical, mv)
+                return n
 
         # Edge blocks that are only partly overwritten keep their old bytes before the old
         # EOF (read now, before any allocation reshapes the tree); the rest of them, new

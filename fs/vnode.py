@@ -674,7 +674,7 @@ class VnodeActor(Actor):
             return n
         inode.mtime_ns = inode.ctime_ns = now
         await self._save()
-        self._write_time = now
+        self._write_time = inode.mtime_ns  # as stored (whole seconds without extra fields)
         return n
 
     async def _release(self) -> None:

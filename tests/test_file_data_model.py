@@ -384,3 +384,21 @@ async def test_sequential_reads_announce_the_blocks_ahead() -> None:
     # nothing but the file's own blocks (none for the hole)
     mapped = {p + i for _s, p, n, _u in ext for i in range(n)}
     assert announced <= mapped
+
+
+async def test_aligned_overwrite_in_place_is_one_write_and_nothing_else() -> None:
+    store, alloc, fd = make()
+    data = pattern(64 * 1024, 7)
+    await fd.write(0, data)
+    assert fd.remapped
+    fd.clear_inode_dirty()  # the vnode stored i_block
+    store.reads = store.writes = 0
+    allocs, root = alloc.allocs, fd.i_block
+    new = pattern(8192, 8)
+    assert await fd.write(4096, new, size=len(data)) == 8192
+    assert (store.reads, store.writes, alloc.allocs) == (0, 1, allocs)
+    assert not fd.remapped and not fd.inode_dirty and fd.i_block == root
+    assert await fd.read(0, len(data)) == data[:4096] + new + data[12288:]
+    # an unaligned one reads its edge blocks and still changes no mapping
+    await fd.write(100, b"x" * 10, size=len(data))
+    assert store.reads == 2 and not fd.remapped
