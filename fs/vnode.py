@@ -611,7 +611,7 @@ class VnodeActor(Actor):
             raise
         inode.size = size
 
-    async def _read(self, handle: Handle, offset: int, size: int) -> bytes:
+    async def _read(self, handle: Handle, offset: int, size: int) -> bytes | memoryview:
         inode = self._live()
         if inode.is_dir:
             raise OSError(errno.EISDIR, "is a directory")
@@ -623,7 +623,8 @@ class VnodeActor(Actor):
         if end <= offset:
             data = b""
         else:
-            data = await self._data_of(inode).read(offset, end - offset)
+            # A view, not a copy: the reply is only handed on (FUSE takes any buffer).
+            data = await self._data_of(inode).read(offset, end - offset, view=True)
         await self._touch_atime(inode)
         return data
 

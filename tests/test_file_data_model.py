@@ -402,3 +402,26 @@ async def test_aligned_overwrite_in_place_is_one_write_and_nothing_else() -> Non
     # an unaligned one reads its edge blocks and still changes no mapping
     await fd.write(100, b"x" * 10, size=len(data))
     assert store.reads == 2 and not fd.remapped
+
+
+async def test_read_as_a_view_hands_on_the_store_reply_without_a_copy() -> None:
+    store, _alloc, fd = make()
+    data = pattern(16 * 1024, 9)
+    await fd.write(0, data)
+    replies = []
+    real = store.read_blocks
+
+    async def read_blocks(start, count):
+        replies.append(await real(start, count))
+        return replies[-1]
+
+    store.read_blocks = read_blocks
+    got = await fd.read(1000, 9000, view=True)
+    assert type(got) is memoryview and got.readonly and got == data[1000:10000]
+    assert got.obj is replies[-1].obj  # a slice of the store's reply, not a copy
+    plain = await fd.read(1000, 9000)
+    assert type(plain) is bytes and plain == data[1000:10000]
+    # across a hole: one assembly buffer, viewed
+    await fd.write(40 * 1024, data[:1024])
+    got = await fd.read(15 * 1024, 26 * 1024, view=True)
+    assert got.readonly and got == data[15 * 1024 :] + bytes(24 * 1024) + data[:1024]
