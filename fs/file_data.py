@@ -150,7 +150,9 @@ class FileData:
         last = (offset + size - 1) // bs
         if last >= LBLK_LIMIT:
             raise OSError(errno.EFBIG, "offset beyond the largest file")
-        if offset == self._next_read and self._prefetch is not None:
+        if offset != self._next_read:
+            self._announced = 0  # a new stream (a reader that starts over gets hints again)
+        elif self._prefetch is not None:
             await self._read_ahead(offset + size)
         self._next_read = offset + size
         runs = await self.mapping.map(first, last - first + 1)

@@ -384,6 +384,10 @@ async def test_sequential_reads_announce_the_blocks_ahead() -> None:
     # nothing but the file's own blocks (none for the hole)
     mapped = {p + i for _s, p, n, _u in ext for i in range(n)}
     assert announced <= mapped
+    # a reader that starts over is read ahead again
+    await fd.read(0, chunk)
+    await fd.read(chunk, chunk)
+    assert store.hints and store.hints[0][0] == ext[0][1] + 2 * chunk // bs
 
 
 async def test_aligned_overwrite_in_place_is_one_write_and_nothing_else() -> None:
