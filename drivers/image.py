@@ -156,6 +156,10 @@ class ImageFileDriver(BlockDriver):
 
     async def do_read(self, offset: int, length: int) -> memoryview:
         end = offset + length
+        if self.queue or self.outstanding:
+            cached = self._written(offset, end)
+            if cached is not None:
+                return cached
         if self.queue and offset < self.queue_hi and end > self.queue_lo:
             await self._settle()
         elif self.outstanding:
@@ -179,6 +183,23 @@ class ImageFileDriver(BlockDriver):
             if got == length:
                 return memoryview(buf).toreadonly()
         return await self._execute(ReadRun(offset, length, [(0, length)]))
+
+    def _written(self, offset: int, end: int) -> memoryview | None:
+        """The bytes ``[offset, end)`` from the newest write not yet in the file that
+        touches them, if it covers them all (nothing newer touches them, so they are what
+        the file will hold); None if no such write covers them. A file system reads back
+        what it has just written all the time (the partial last block of an appended
+        file, a directory or inode-table block): this answers those without waiting for
+        the write-out to reach the file."""
+        for w in reversed(self.queue):
+            if w is not None and offset < w.offset + len(w.data) and end > w.offset:
+                return _slice(w, offset, end)
+        for op in reversed(self.outstanding):
+            if offset < op.hi and end > op.lo:
+                for _, w in reversed(op.queue):
+                    if offset < w.offset + len(w.data) and end > w.offset:
+                        return _slice(w, offset, end)
+        return None
 
     def do_prefetch(self, offset: int, length: int) -> None:
         """Have the host kernel read the range into its page cache, so the reads that
@@ -345,6 +366,13 @@ class ImageFileDriver(BlockDriver):
         if isinstance(err, _Reported):
             return
         super()._note_error(op, offset, length, err)
+
+
+def _slice(w: Write, offset: int, end: int) -> memoryview | None:
+    """``w``'s bytes for ``[offset, end)`` if it covers the whole range, else None."""
+    if w.offset <= offset and end <= w.offset + len(w.data):
+        return memoryview(w.data)[offset - w.offset : end - w.offset].toreadonly()
+    return None
 
 
 def _immutable(data: bytes | bytearray | memoryview) -> bool:

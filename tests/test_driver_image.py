@@ -261,20 +261,8 @@ async def test_read_of_queued_range_writes_out_first(sup, image, monkeypatch):
     assert log.of("pwritev") == [("pwritev", 8192, 4096)]
 
 
-async def test_write_cache_is_bounded(sup, image, monkeypatch):
-    _ref, dev = await start(sup, image, write_behind=64 * 1024)
-    log = SyscallLog(monkeypatch)
-    for i in range(40):
-        await dev.write(i * 4096, b"w" * 4096)
-    # 64 KiB high-water: written out after the 16th and the 32nd write, 8 still cached;
-    # a read inside the second write-out waits for it, and does not write out the rest
-    assert bytes(await dev.read(20 * 4096, 4096)) == b"w" * 4096
-    assert log.of("pwritev") == [("pwritev", 0, 16 * 4096), ("pwritev", 16 * 4096, 16 * 4096)]
-    assert file_bytes(image, 31 * 4096, 4096) == b"w" * 4096
-    assert file_bytes(image, 32 * 4096, 4096) == bytes(4096)
-
-
-async def test_write_out_runs_in_the_background(sup, image, monkeypatch):
+def stuck_pwritev(monkeypatch) -> threading.Event:
+    """Make every pwritev wait until the returned event is set (at most 10 s)."""
     gate = threading.Event()
     real = os.pwritev
 
@@ -283,6 +271,46 @@ async def test_write_out_runs_in_the_background(sup, image, monkeypatch):
         return real(fd, bufs, offset, *a)
 
     monkeypatch.setattr(os, "pwritev", stuck)
+    return gate
+
+
+async def test_read_back_of_written_data_waits_for_no_write_out(sup, image, monkeypatch):
+    gate = stuck_pwritev(monkeypatch)
+    _ref, dev = await start(sup, image, write_behind=8192)
+    await dev.write(0, b"a" * 4096)
+    await dev.write(4096, b"b" * 4096)  # high-water: this write-out hangs in the worker
+    await dev.write(8192, b"c" * 4096)  # queued behind it
+    await dev.write(4096 + 100, b"B" * 10)  # newer than the one in flight
+    with trio.fail_after(2):
+        assert bytes(await dev.read(8192 + 10, 100)) == b"c" * 100  # from the queue
+        assert bytes(await dev.read(0, 4096)) == b"a" * 4096  # from the write-out in flight
+        assert bytes(await dev.read(4096 + 100, 10)) == b"B" * 10  # newest write wins
+    gate.set()
+    # Straddling the newer partial write: only the file after a write-out has it right.
+    got = bytes(await dev.read(4096, 4096))
+    assert got == b"b" * 100 + b"B" * 10 + b"b" * (4096 - 110)
+    await dev.flush()
+    assert file_bytes(image, 0, 12288) == b"a" * 4096 + got + b"c" * 4096
+
+
+async def test_write_cache_is_bounded(sup, image, monkeypatch):
+    _ref, dev = await start(sup, image, write_behind=64 * 1024)
+    log = SyscallLog(monkeypatch)
+    for i in range(40):
+        await dev.write(i * 4096, b"w" * 4096)
+    # 64 KiB high-water: written out after the 16th and the 32nd write, 8 still cached;
+    # a read inside the second write-out is answered from it and writes out nothing more
+    assert bytes(await dev.read(20 * 4096, 4096)) == b"w" * 4096
+    with trio.fail_after(5):
+        while len(log.of("pwritev")) < 2:  # the write-outs run in the background
+            await trio.sleep(0.01)
+    assert log.of("pwritev") == [("pwritev", 0, 16 * 4096), ("pwritev", 16 * 4096, 16 * 4096)]
+    assert file_bytes(image, 31 * 4096, 4096) == b"w" * 4096
+    assert file_bytes(image, 32 * 4096, 4096) == bytes(4096)
+
+
+async def test_write_out_runs_in_the_background(sup, image, monkeypatch):
+    gate = stuck_pwritev(monkeypatch)
     _ref, dev = await start(sup, image, write_behind=8192)
     await dev.write(0, b"a" * 8192)  # reaches the high-water mark: the write-out starts
     with trio.fail_after(2):
