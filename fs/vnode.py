@@ -348,19 +348,18 @@ class VnodeActor(Actor):
     # ----- dispatch -------------------------------------------------------------------------
 
     async def handle(self, msg: Any) -> Any:
-        # WriteBack comes from the vnode table's own turn: never ask the table back.
-        from_table = isinstance(msg, vp.WriteBack)
-        if self.restarted and not from_table:
+        # WriteBack comes from the vnode table's own turn, and SetOrphanNext is a cast that
+        # may run while the table's turn retires this vnode (waiting for it): neither may
+        # ask the table anything. SetOrphanNext needs only the record in hand; with none
+        # (freed by this vnode, which took it off the orphan list first) it is dropped.
+        quiet = type(msg) is vp.WriteBack or type(msg) is SetOrphanNext
+        if self.restarted and not quiet:
             self.restarted = False
             self.opens = await call(self.ctx.table, OpenCount(self.ino))
         inode = self.inode
         if (
             inode is None or (inode.links_count == 0 and self.opens == 0 and not self.held)
-        ) and not from_table:
-            if inode is None and self.load_error is None and type(msg) is SetOrphanNext:
-                # Freed by this vnode, which took it off the orphan list first: a late
-                # cast for the old inode, nothing to reload for.
-                return None
+        ) and not quiet:
             # Freed (or never loaded): the number may be in use again; read it afresh.
             await self._load()
             inode = self.inode

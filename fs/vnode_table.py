@@ -65,6 +65,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import trio
 from chanos.fs.vnode_protocol import Forgotten, WriteBack
 from chanos.fs.vnode_table_protocol import (
     Closed,
@@ -155,22 +156,22 @@ async def write_back_all(table: ActorRef) -> None:
 async def forget(table: ActorRef, ino: int, nlookup: int) -> None:
     """The host kernel dropped ``nlookup`` lookup references on ``ino`` (its FORGET).
 
-    When the table is idle and the caller not cancelled, the table's turn runs inline
-    (a call) and, if that was the last reference to a held inode, the vnode is sent
-    ``Forgotten`` from here, also a call: no task is spawned for either turn, where a cast
-    to the table and the table's cast to the vnode each spawned one. Otherwise the
-    message is cast and the table sends ``Forgotten`` itself.
+    A call (the table's turn runs inline when it is idle) and, if that was the last
+    reference to a held inode, ``Forgotten`` to its vnode from here, also a call: no task
+    is spawned for either turn (a cast to the table and the table's cast to the vnode
+    each spawned one), and the inode is freed before this returns, so no Forgotten is
+    left queued behind the caller's back (unmount retires every vnode, pinned or not: a
+    queued Forgotten there could wait on the table retiring it). Shielded: a cancelled
+    caller must not lose the message. For callers outside any actor's turn (the kernel).
     """
-    if not table.idle or caller_cancelled():
-        cast(table, Forget(ino, nlookup))
-        return
-    try:
-        ref = await call(table, Forget(ino, nlookup, take=True))
-    except CallError as exc:
-        log.error("vnode table failed on Forget: %r", exc)
-        return
-    if ref is not None:
-        await _send_forgotten(table, ino, ref)
+    with trio.CancelScope(shield=True):
+        try:
+            ref = await call(table, Forget(ino, nlookup, take=True))
+        except CallError as exc:
+            log.error("vnode table failed on Forget: %r", exc)
+            return
+        if ref is not None:
+            await _send_forgotten(table, ino, ref)
 
 
 async def _send_forgotten(table: ActorRef, ino: int, ref: ActorRef) -> None:

@@ -192,3 +192,21 @@ async def test_forgotten_unlinked_inode_frees_before_forget_returns_and_its_vnod
         assert await call(k.table, IsLive(keep))
         assert await _synced_orphan(k, image) == 0
     assert_fsck_clean(image)
+
+
+async def test_orphans_relinked_under_retirement_pressure_without_a_cycle(image, caplog):
+    # Two live vnodes at most: unlinking from the middle of the orphan chain reaches a
+    # predecessor that was retired; it is started again for SetOrphanNext and retired
+    # once more while that cast is still queued, and must not ask the busy table back.
+    async with boot(image, MountOptions(max_vnodes=2)) as k:
+        free0 = (await k.syscall(StatFs())).f_ffree
+        inos = [await k_write_file(k, ROOT_INO, b"f%d" % i, b"x" * 5000) for i in range(6)]
+        for i in range(6):
+            await k.syscall(Unlink(ROOT_INO, b"f%d" % i))
+        for ino in inos:  # the oldest orphan first: each one's predecessor is relinked
+            await k.syscall(Forget(ino, 1))
+        assert (await k.syscall(StatFs())).f_ffree == free0
+        assert await _synced_orphan(k, image) == 0
+    bad = [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert not bad, bad
+    assert_fsck_clean(image)
