@@ -19,6 +19,7 @@ Block I/O and allocation go through two small async interfaces passed in by the 
 from __future__ import annotations
 
 import errno
+import struct
 from bisect import bisect_right
 from typing import NamedTuple, Protocol
 
@@ -51,10 +52,51 @@ def _node_capacity(block_size: int) -> int:
 
 def _decode_node(raw: bytes, *, in_inode: bool) -> tuple[int, int, list[tuple]]:
     """(depth, eh_max, entries) of a node; raises OSError(EIO) when malformed."""
+    if in_inode and len(raw) >= fmt.ROOT_SIZE:
+        magic, count, emax, depth, _gen = _HDR.unpack_from(raw)
+        if magic == fmt.MAGIC and count == 0 and depth == 0 and 2 <= emax <= ROOT_CAPACITY:
+            # An empty root (every new file's): nothing else to check or decode.
+            return 0, emax, []
     node = fmt.ExtentNode.parse(raw, fmt.ROOT_SIZE if in_inode else None)
     if node.depth == 0:
         return 0, node.max, [(e.logical, e.physical, e.length, e.unwritten) for e in node.entries]
     return node.depth, node.max, [(ix.logical, ix.child) for ix in node.entries]
+
+
+_ROOT_PAD = bytes(fmt.ROOT_SIZE)
+# The on-disk layouts of a node header, a leaf entry and an index entry (as the codec's).
+_HDR = struct.Struct("<HHHHI")
+_LEAF = struct.Struct("<IHHI")
+_IDX = struct.Struct("<IIHH")
+
+
+def _encode_root(depth: int, entries: list[tuple]) -> bytes:
+    """The 60 bytes of the root node: packed straight from the tuples (the root is encoded
+    on every save that changed the mapping, so it skips the codec's node objects).
+    Unused slots are zero, eh_max 4 and the generation 0, as ``_encode_node`` makes them."""
+    n = len(entries)
+    if n > ROOT_CAPACITY:
+        raise ValueError(f"{n} extent entries > max {ROOT_CAPACITY}")
+    out = bytearray(_ROOT_PAD)
+    _HDR.pack_into(out, 0, fmt.MAGIC, n, ROOT_CAPACITY, depth, 0)
+    off = fmt.HEADER_SIZE
+    if depth == 0:
+        for lb, p, ln, u in entries:
+            if p > fmt.MAX_PHYSICAL or lb + ln - 1 > fmt.MAX_LOGICAL:
+                raise ValueError(f"extent out of range: {lb}+{ln} at {p}")
+            if u:
+                if not 0 < ln <= MAX_UNWRITTEN_LEN:
+                    raise ValueError(f"bad unwritten extent length {ln}")
+                ln += MAX_INIT_LEN
+            elif not 0 < ln <= MAX_INIT_LEN:
+                raise ValueError(f"bad extent length {ln}")
+            _LEAF.pack_into(out, off, lb, ln, p >> 32, p & 0xFFFFFFFF)
+            off += fmt.ENTRY_SIZE
+    else:
+        for lb, c in entries:
+            _IDX.pack_into(out, off, lb, c & 0xFFFFFFFF, c >> 32, 0)
+            off += fmt.ENTRY_SIZE
+    return bytes(out)
 
 
 def _encode_node(depth: int, emax: int, entries: list[tuple], *, in_inode: bool) -> bytes:
@@ -114,6 +156,25 @@ def _key(entry: tuple) -> int:
     return entry[0]
 
 
+def _map_leaf(ents: list[tuple], i: int, pos: int, end: int, runs: list[Run]) -> tuple[int, bool]:
+    """Append to ``runs`` the runs of the sorted leaf entries ``ents[i:]`` (the first of
+    them ends after ``pos``) up to ``end``, holes between them included. Returns the
+    position reached and whether a following leaf may hold more of the range."""
+    for k in range(i, len(ents)):
+        s, p, n, u = ents[k]
+        if s >= end:
+            return pos, False
+        if s > pos:
+            runs.append(Run(pos, None, s - pos))
+            pos = s
+        stop = min(s + n, end)
+        runs.append(Run(pos, p + (pos - s), stop - pos, u))
+        pos = stop
+        if pos >= end:
+            return pos, False
+    return pos, True
+
+
 def _corrupt(what: str) -> OSError:
     return OSError(errno.EIO, f"corrupt extent tree: {what}")
 
@@ -163,7 +224,7 @@ class ExtentTree:
     @property
     def i_block(self) -> bytes:
         r = self._root
-        return _encode_node(r.depth, ROOT_CAPACITY, r.entries, in_inode=True)
+        return _encode_root(r.depth, r.entries)
 
     @property
     def depth(self) -> int:
@@ -275,25 +336,23 @@ class ExtentTree:
         end = lblk + count
         runs: list[Run] = []
         pos = lblk
-        found = await self._first_overlap(lblk)
-        if found is not None:
-            path, i = found
-            leaf = path[-1][0]
-            while pos < end:
-                if i >= len(leaf.entries):
-                    if not await self._next_leaf(path):
-                        break
-                    leaf, i = path[-1][0], 0
-                s, p, n, u = leaf.entries[i]
-                if s >= end:
-                    break
-                if s > pos:
-                    runs.append(Run(pos, None, s - pos))
-                    pos = s
-                stop = min(s + n, end)
-                runs.append(Run(pos, p + (pos - s), stop - pos, u))
-                pos = stop
+        root = self._root
+        if root.depth == 0:
+            # The whole tree is the root (files of up to four extents): no path to build.
+            ents = root.entries
+            i = bisect_right(ents, lblk, key=_key) - 1
+            if i < 0 or ents[i][0] + ents[i][2] <= lblk:
                 i += 1
+            pos, _more = _map_leaf(ents, i, pos, end, runs)
+        else:
+            found = await self._first_overlap(lblk)
+            if found is not None:
+                path, i = found
+                while True:
+                    pos, more = _map_leaf(path[-1][0].entries, i, pos, end, runs)
+                    if not more or not await self._next_leaf(path):
+                        break
+                    i = 0
         if pos < end:
             runs.append(Run(pos, None, end - pos))
         return runs

@@ -103,6 +103,11 @@ class FileData:
         self._next_read = -1
         self._announced = 0
         self._prefetch = getattr(store, "prefetch_blocks", None)
+        # (lblk, pblk, bytes) of the block the last write ended in part-way, exactly as
+        # that write stored it: the next write of an appending writer starts in that block
+        # and takes its old bytes from here instead of reading them back. Only ``write``
+        # sets it; everything else that changes blocks or the mapping clears it.
+        self._tail: tuple[int, int, bytes] | None = None
 
     # ----- state the vnode stores back into the inode -------------------------------------
 
@@ -205,6 +210,7 @@ class FileData:
 
     async def _convert(self) -> None:
         """Rebuild a block-mapped file as an extent tree; free its indirect blocks."""
+        self._tail = None
         old = self.mapping
         assert isinstance(old, BlockMap)
         runs = [r for r in await old.map(0, old.limit) if r.physical is not None]
@@ -243,7 +249,13 @@ class FileData:
         returned (a short write); ENOSPC is raised only when nothing could be written.
         """
         self.remapped = False
-        mv = memoryview(data).cast("B")
+        # The last block the previous write left partly written (see ``_tail``): taken
+        # now, so that any failure below leaves no cache behind.
+        tail = self._tail
+        self._tail = None
+        mv = memoryview(data)
+        if mv.format != "B" or mv.ndim != 1:
+            mv = mv.cast("B")
         n = len(mv)
         if n == 0:
             return 0
@@ -253,9 +265,11 @@ class FileData:
         last = (end - 1) // bs
         if last >= LBLK_LIMIT:
             raise OSError(errno.EFBIG, "file too large")
-        tree = await self._writable()
-        if isinstance(tree, BlockMap) and last >= tree.limit:
-            raise OSError(errno.EFBIG, "file too large for a block map")
+        tree = self.mapping
+        if type(tree) is not ExtentTree:
+            tree = await self._writable()
+            if isinstance(tree, BlockMap) and last >= tree.limit:
+                raise OSError(errno.EFBIG, "file too large for a block map")
         if size is not None and offset > size and size % bs and size // bs < first:
             await self._zero_range(size, bs - size % bs)
         runs = await tree.map(first, last - first + 1)
@@ -271,15 +285,14 @@ class FileData:
         # EOF (read now, before any allocation reshapes the tree); the rest of them, new
         # blocks and unwritten ones start as zeros: the gap between the old EOF and the
         # write and the tail past the new EOF read as zeros, whatever another writer left
-        # there. ``edges``: lblk -> (the store's reply as it is, bytes of it to keep).
+        # there. ``edges``: lblk -> (the old bytes, how many of them to keep). The block
+        # the previous write ended in is taken from ``tail`` when it is still mapped where
+        # that write put it: an appending writer's next write reads nothing.
         edges: dict[int, tuple[bytes | memoryview, int]] = {}
-        for lblk, part in ((first, offset % bs != 0), (last, end % bs != 0)):
-            if part and lblk not in edges:
-                keep = bs if size is None else min(max(size - lblk * bs, 0), bs)
-                r = _run_at(runs, lblk)
-                if keep and r.physical is not None and not r.unwritten:
-                    pblk = r.physical + (lblk - r.logical)
-                    edges[lblk] = (await self._store.read_blocks(pblk, 1), keep)
+        if offset % bs:
+            await self._edge(edges, runs, first, size, tail)
+        if end % bs and last not in edges:
+            await self._edge(edges, runs, last, size, tail)
 
         segs: list[Run] = []
         short_at: int | None = None
@@ -315,7 +328,8 @@ class FileData:
             last = short_at - 1
             mv = mv[: end - offset]
 
-        for lblk, pblk, cnt in _device_groups(segs, lambda r: True):
+        new_tail: tuple[int, int, bytes] | None = None
+        for lblk, pblk, cnt in _device_groups(segs):
             lo = lblk * bs
             hi = (lblk + cnt) * bs
             if lo >= offset and hi <= end:
@@ -331,6 +345,9 @@ class FileData:
             b = min(hi, end)
             buf[a - lo : b - lo] = mv[a - offset : b - offset]
             await self._store.write_blocks(pblk, buf)
+            if end % bs and lblk <= last < lblk + cnt:
+                p = (last - lblk) * bs
+                new_tail = (last, pblk + (last - lblk), bytes(buf[p : p + bs]))
 
         # Written unwritten extents become initialized.
         for r in runs:
@@ -338,12 +355,41 @@ class FileData:
                 assert isinstance(tree, ExtentTree)  # only extents can be unwritten
                 self.remapped = True
                 await tree.mark_written(r.logical, min(r.length, last + 1 - r.logical))
+        self._tail = new_tail
         return end - offset
+
+    async def _edge(
+        self,
+        edges: dict[int, tuple[bytes | memoryview, int]],
+        runs: list[Run],
+        lblk: int,
+        size: int | None,
+        tail: tuple[int, int, bytes] | None,
+    ) -> None:
+        """Record the old bytes of partly overwritten edge block ``lblk`` that stay (those
+        before the old EOF), if it holds written data."""
+        bs = self.block_size
+        keep = bs if size is None else min(max(size - lblk * bs, 0), bs)
+        if not keep:
+            return
+        r = _run_at(runs, lblk)
+        if r.physical is None or r.unwritten:
+            return
+        pblk = r.physical + (lblk - r.logical)
+        if tail is not None and tail[0] == lblk and tail[1] == pblk:
+            edges[lblk] = (tail[2], keep)
+        else:
+            edges[lblk] = (await self._store.read_blocks(pblk, 1), keep)
+
+    def drop_tail(self) -> None:
+        """Forget the cached last block (the writer is gone: keep no block per idle file)."""
+        self._tail = None
 
     # ----- truncate / punch ---------------------------------------------------------------
 
     async def _zero_range(self, offset: int, length: int) -> None:
         """Zero bytes in place inside one block, if that block is mapped and written."""
+        self._tail = None
         bs = self.block_size
         lblk = offset // bs
         r = (await self.mapping.map(lblk, 1))[0]
@@ -361,6 +407,7 @@ class FileData:
         zeroed on disk. Up: nothing is allocated (the new range is a hole); the tail of the
         old last block is zeroed in case another writer left bytes there.
         """
+        self._tail = None
         bs = self.block_size
         if new_size < 0:
             raise OSError(errno.EINVAL, "negative size")
@@ -375,6 +422,7 @@ class FileData:
 
     async def punch_hole(self, offset: int, length: int) -> None:
         """Make [offset, offset+length) read as zeros, freeing the whole blocks inside."""
+        self._tail = None
         if length <= 0:
             return
         bs = self.block_size
@@ -408,11 +456,12 @@ def _run_at(runs: list[Run], lblk: int) -> Run:
     raise AssertionError("block outside the mapped range")
 
 
-def _device_groups(runs: list[Run], take) -> list[tuple[int, int, int]]:
-    """Merge logically adjacent, physically contiguous runs into (lblk, pblk, count)."""
+def _device_groups(runs: list[Run], take=None) -> list[tuple[int, int, int]]:
+    """Merge logically adjacent, physically contiguous runs into (lblk, pblk, count)
+    (only the runs ``take`` accepts, when given)."""
     out: list[tuple[int, int, int]] = []
     for r in runs:
-        if not take(r) or r.physical is None:
+        if r.physical is None or (take is not None and not take(r)):
             continue
         if out:
             lb, pb, n = out[-1]

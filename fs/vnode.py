@@ -681,6 +681,8 @@ class VnodeActor(Actor):
         if self.opens == 0:
             return None  # not opened through this vnode's life: nothing to give back
         self.opens -= 1
+        if self.opens == 0 and self._data is not None:
+            self._data.drop_tail()  # no writer left to append: hold no block for it
         inode = self.inode
         if self.opens == 0 and inode is not None and inode.links_count == 0 and inode.mode:
             await self._free_unless_referenced()

@@ -4,6 +4,7 @@ truncate and punch, against a dict model, with leak and double-free checks."""
 from __future__ import annotations
 
 import errno
+import itertools
 
 import pytest
 from chanos.fs.extent_tree import ExtentTree, Run
@@ -326,3 +327,44 @@ async def test_random_operations_match_model(block_size: int, ops) -> None:
             assert model.get(k) == (None if r.physical is None else r.physical + k - r.logical)
     await tree.remove(0)
     assert tree.depth == 0 and alloc.used_blocks() == set()
+
+
+@given(
+    depth=st.integers(0, 2),
+    entries=st.lists(
+        st.tuples(
+            st.integers(0, 2**32 - 40_000),
+            st.integers(1, 2**48 - 40_000),
+            st.integers(1, 32768),
+            st.booleans(),
+        ),
+        max_size=4,
+    ),
+)
+def test_root_encoding_matches_the_codec(depth: int, entries: list) -> None:
+    # The root's direct packing gives the codec's bytes, and they decode back.
+    from chanos.fs.extent_tree import _decode_node, _encode_node, _encode_root
+
+    if depth == 0:
+        ents = [(lb, p, min(n, 32767) if u else n, u) for lb, p, n, u in entries]
+    else:
+        ents = [(lb, p) for lb, p, _n, _u in entries]
+    ents.sort()
+    raw = _encode_root(depth, ents)
+    assert raw == _encode_node(depth, 4, ents, in_inode=True)
+    if depth == 0 and all(a[0] + a[2] <= b[0] for a, b in itertools.pairwise(ents)):
+        assert _decode_node(raw, in_inode=True) == (0, 4, ents)
+
+
+def test_empty_root_decodes_and_bad_roots_are_refused() -> None:
+    from chanos.fs.extent_tree import _decode_node
+
+    assert _decode_node(ExtentTree.empty_root(), in_inode=True) == (0, 4, [])
+    bad = bytearray(ExtentTree.empty_root())
+    bad[4] = 7  # eh_max larger than the root holds
+    with pytest.raises(OSError):
+        _decode_node(bytes(bad), in_inode=True)
+    bad = bytearray(ExtentTree.empty_root())
+    bad[0] = 0
+    with pytest.raises(OSError):
+        _decode_node(bytes(bad), in_inode=True)

@@ -236,6 +236,32 @@ op = st.one_of(
 )
 
 
+async def apply_op(fd: FileData, model: bytearray, kind: str, a: int, b: int, step: int) -> None:
+    """Do one operation on ``fd`` and on the bytearray ``model`` of the file."""
+    size = len(model)
+    if kind == "write":
+        data = pattern(b, step)
+        try:
+            n = await fd.write(a, data, size=size)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+            n = 0
+        if n:
+            if a + n > size:
+                model.extend(bytes(a + n - size))
+            model[a : a + n] = data[:n]
+    elif kind == "truncate":
+        await fd.truncate(size, a)
+        if a < size:
+            del model[a:]
+        else:
+            model.extend(bytes(a - size))
+    else:
+        a, b = min(a, size), min(b, max(size - a, 0))
+        await fd.punch_hole(a, b)
+        model[a : a + b] = bytes(b)
+
+
 @pytest.mark.parametrize("block_size", [1024, 4096])
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(op, min_size=1, max_size=25), max_run=st.integers(1, 6))
@@ -244,28 +270,7 @@ async def test_random_file_operations_match_model(block_size: int, ops, max_run:
     alloc.max_run = max_run
     model = bytearray()
     for step, (kind, a, b) in enumerate(ops):
-        size = len(model)
-        if kind == "write":
-            data = pattern(b, step)
-            try:
-                n = await fd.write(a, data, size=size)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC
-                n = 0
-            if n:
-                if a + n > size:
-                    model.extend(bytes(a + n - size))
-                model[a : a + n] = data[:n]
-        elif kind == "truncate":
-            await fd.truncate(size, a)
-            if a < size:
-                del model[a:]
-            else:
-                model.extend(bytes(a - size))
-        else:
-            a, b = min(a, size), min(b, max(size - a, 0))
-            await fd.punch_hole(a, b)
-            model[a : a + b] = bytes(b)
+        await apply_op(fd, model, kind, a, b, step)
         await fd.mapping.check()
         held = await held_blocks(fd)
         assert alloc.used_blocks() == held
@@ -429,3 +434,53 @@ async def test_read_as_a_view_hands_on_the_store_reply_without_a_copy() -> None:
     await fd.write(40 * 1024, data[:1024])
     got = await fd.read(15 * 1024, 26 * 1024, view=True)
     assert got.readonly and got == data[15 * 1024 :] + bytes(24 * 1024) + data[:1024]
+
+
+async def test_appending_writer_reads_nothing_back() -> None:
+    # tar's 10 KiB records: each write after the first starts in the block the previous
+    # one ended in; that block's old bytes come from the last write, not from the device.
+    store, _alloc, fd = make(4096)
+    model = bytearray()
+    for i in range(6):
+        data = pattern(10240, i)
+        assert await fd.write(len(model), data, size=len(model)) == len(data)
+        model += data
+    assert store.reads == 0
+    assert await fd.read(0, len(model)) == bytes(model)
+    store.reads = 0
+    # Anything else that touches the blocks drops the remembered block: after a truncate
+    # into the last block, an append reads the (now shorter, zero-tailed) block again.
+    await fd.truncate(len(model), len(model) - 5000)
+    del model[-5000:]
+    data = pattern(3000, 99)
+    assert await fd.write(len(model), data, size=len(model)) == len(data)
+    model += data
+    assert store.reads == 2  # the truncate's zeroing, then the append's edge
+    assert await fd.read(0, len(model)) == bytes(model)
+    store.reads = 0
+    # A writer that is gone leaves nothing behind.
+    fd.drop_tail()
+    assert await fd.write(len(model), b"z" * 10, size=len(model)) == 10
+    model += b"z" * 10
+    assert store.reads == 1
+    assert await fd.read(0, len(model)) == bytes(model)
+
+
+near_eof = st.one_of(
+    st.tuples(st.just("write"), st.integers(-3000, 3000), st.integers(1, 12_000)),
+    st.tuples(st.just("truncate"), st.integers(-6000, 2000), st.just(0)),
+    st.tuples(st.just("punch"), st.integers(-9000, 0), st.integers(1, 6000)),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(near_eof, min_size=1, max_size=30))
+async def test_writes_around_eof_match_model(ops) -> None:
+    # Writes, truncates and punches near EOF: the block the last write ended in is taken
+    # from memory only while it is what the device holds.
+    _store, alloc, fd = make(1024, 4096)
+    model = bytearray()
+    for step, (kind, rel, b) in enumerate(ops):
+        await apply_op(fd, model, kind, max(len(model) + rel, 0), b, step)
+        assert await fd.read(0, len(model)) == bytes(model)
+    assert alloc.used_blocks() == await held_blocks(fd)
