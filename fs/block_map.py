@@ -99,6 +99,11 @@ class BlockMap:
             self._cache[blk] = a
         return a
 
+    @property
+    def blocks_dirty(self) -> bool:
+        """Whether an indirect block waits to be written back (``flush``)."""
+        return bool(self._dirty)
+
     async def flush(self) -> None:
         """Write modified indirect blocks back."""
         for blk in sorted(self._dirty):

@@ -210,6 +210,9 @@ class ExtentTree:
         self.block_size = block_size
         self.node_capacity = _node_capacity(block_size)
         self._cache: dict[int, _Node] = {}
+        # The modified tree blocks (by block number): a flush writes these and looks at
+        # nothing else, however many nodes of a large file are cached.
+        self._dirty: dict[int, _Node] = {}
         # Where new blocks go when the file has no mapped neighbour: near the inode.
         self.goal = goal
         self.root_dirty = False
@@ -268,16 +271,28 @@ class ExtentTree:
             self.root_dirty = True
         else:
             node.dirty = True
+            self._dirty[node.block] = node
+
+    @property
+    def blocks_dirty(self) -> bool:
+        """Whether a tree block waits to be written back (``flush``)."""
+        return bool(self._dirty)
 
     async def flush(self) -> None:
         """Write every modified tree block back through the BlockStore."""
-        for node in self._cache.values():
+        while self._dirty:
+            _blk, node = self._dirty.popitem()
             if node.dirty:
                 data = _encode_node(node.depth, node.capacity, node.entries, in_inode=False)
                 if len(data) < self.block_size:
                     data = data + bytes(self.block_size - len(data))
-                await self._store.write_blocks(node.block, data)
                 node.dirty = False
+                try:
+                    await self._store.write_blocks(node.block, data)
+                except BaseException:
+                    node.dirty = True  # still to be written
+                    self._dirty[node.block] = node
+                    raise
 
     async def _descend(self, lblk: int) -> list[list]:
         """Path ``[[node, idx], ...]`` from the root to the leaf whose range holds lblk.
@@ -544,6 +559,7 @@ class ExtentTree:
         node = _Node(block, depth, self.node_capacity, entries)
         node.dirty = True
         self._cache[block] = node
+        self._dirty[block] = node
         return node
 
     async def _insert_at(
@@ -668,6 +684,7 @@ class ExtentTree:
     async def _free_tree_block(self, node: _Node) -> None:
         assert node.block is not None
         self._cache.pop(node.block, None)
+        self._dirty.pop(node.block, None)
         node.dirty = False
         await self._alloc.free(node.block, 1)
 

@@ -136,6 +136,11 @@ class FileData:
         """Blocks held, in 512-byte units (without the xattr block)."""
         return self.fs_blocks * (self.block_size // 512)
 
+    @property
+    def blocks_dirty(self) -> bool:
+        """Whether mapping blocks (extent tree / indirect blocks) wait for ``flush``."""
+        return self.mapping.blocks_dirty
+
     async def flush(self) -> None:
         """Write the modified mapping blocks (extent tree / indirect blocks) back."""
         await self.mapping.flush()

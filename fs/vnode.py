@@ -325,7 +325,8 @@ class VnodeActor(Actor):
         assert inode is not None
         d = self._data
         if d is not None:
-            await d.flush()
+            if d.blocks_dirty:
+                await d.flush()
             if d.inode_dirty:  # i_block is encoded only when the mapping's root changed
                 inode.i_block = d.i_block
                 d.clear_inode_dirty()
