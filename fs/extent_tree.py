@@ -469,6 +469,25 @@ class ExtentTree:
         if lblk < 0 or lblk + count > LBLK_LIMIT:
             raise OSError(errno.EFBIG, "logical block out of range")
         limit = MAX_UNWRITTEN_LEN if unwritten else MAX_INIT_LEN
+        root = self._root
+        if root.depth == 0 and count <= limit:
+            # A file of at most four extents growing at its end (every first write and
+            # append of a small file): extend the last extent or add one after it.
+            ents = root.entries
+            if not ents:
+                ents.append((lblk, pblk, count, unwritten))
+                self.root_dirty = True
+                return
+            s, p, ln, u = ents[-1]
+            if lblk >= s + ln:
+                if u == unwritten and s + ln == lblk and p + ln == pblk and ln + count <= limit:
+                    ents[-1] = (s, p, ln + count, u)
+                    self.root_dirty = True
+                    return
+                if len(ents) < ROOT_CAPACITY:
+                    ents.append((lblk, pblk, count, unwritten))
+                    self.root_dirty = True
+                    return
         while count > 0:
             n = min(count, limit)
             await self._insert_one(lblk, pblk, n, unwritten, limit)
