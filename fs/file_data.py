@@ -9,8 +9,10 @@ Owns the translation of byte ranges into block I/O for one inode, on top of its 
   (``prefetch_blocks``, where the store has it), so the device reads them ahead.
 - ``write``: missing blocks are allocated in large contiguous runs near a goal (the block
   after the previous block of the file, else near the inode); only partial edge blocks
-  are read-modify-written; the untouched parts of newly allocated edge blocks are zeroed;
-  one device request per physically contiguous run.
+  are read-modify-written, and the block the previous write ended in part-way is kept
+  until the last Release, so an appending writer reads nothing back; the untouched parts
+  of newly allocated edge blocks are zeroed; one device request per physically
+  contiguous run.
 - ``truncate`` and ``punch_hole`` free whole blocks and zero partial ones on disk, so the
   bytes past EOF in the last block are always zero (as the kernel keeps them).
 - ``fs_blocks`` / ``i_blocks``: blocks the file holds (data and mapping metadata; the
