@@ -405,6 +405,7 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
                     uid=config.uid,
                     gid=config.gid,
                     umask=config.umask,
+                    io_size=config.io_size,
                 ),
             )
             canonical = os.path.realpath(mountpoint)  # resolved while nothing is mounted
@@ -579,7 +580,8 @@ def _parser() -> argparse.ArgumentParser:
         "shows), max_vnodes=N (live vnode actors), log_level=debug|info|warning|error, "
         "log=FILE, trace=FILE (Chrome trace JSON of the messages), writeback (the host "
         "kernel's writeback cache; off by default), read_ahead=SIZE (1M; 0 = the host "
-        "kernel's 128K), entry_timeout=S, attr_timeout=S, negative_timeout=S, nokeep_cache, "
+        "kernel's 128K), io_size=SIZE (st_blksize, 1M; 0 = the block size), "
+        "entry_timeout=S, attr_timeout=S, negative_timeout=S, nokeep_cache, "
         "and the usual "
         "nosuid, nodev, noexec, noatime, ...",
     )

@@ -4,7 +4,7 @@ Three kinds of options arrive in one comma-separated list (from the command line
 mount(8)/mount.fuse3, or from an /etc/fstab line):
 
 * chanos's own: ``uid=``, ``gid=``, ``umask=``, ``max_vnodes=``, ``max_workers=``,
-  ``write_cache=``, ``read_ahead=``, ``malloc_arenas=``, ``malloc_mmap_threshold=``,
+  ``write_cache=``, ``read_ahead=``, ``io_size=``, ``malloc_arenas=``, ``malloc_mmap_threshold=``,
   ``malloc_trim_threshold=`` (sizes take K/M/G suffixes), ``malloc_trim_interval=``,
   ``log_level=``,
   ``log=FILE``, ``trace=FILE``, ``writeback``/``nowriteback``, ``entry_timeout=``,
@@ -121,6 +121,8 @@ class MountConfig:
     # 1 MiB, its largest READ, so a sequential read costs one request per MiB; 0 leaves
     # the host kernel's default (128 KiB).
     read_ahead: int = 1 << 20
+    # The preferred I/O size stat reports (see FrontEndConfig.io_size); 0: the block size.
+    io_size: int = 1 << 20
     # glibc malloc (see chanos.compat.memory): arenas, and the fixed thresholds above which
     # blocks are mmapped / free heap top is given back. Fixed thresholds keep 1 MiB
     # request payloads out of the heap, where freed holes would keep the RSS up.
@@ -215,6 +217,11 @@ def _apply(c: MountConfig, opt: str) -> None:
             c.max_workers = n
         case "write_cache":
             c.write_cache = _size(name, value)
+        case "io_size":
+            n = _size(name, value)
+            if n and (n & (n - 1) or not 512 <= n <= 64 << 20):
+                raise OptionError("option io_size= must be 0 or a power of two, 512 to 64M")
+            c.io_size = n
         case "read_ahead":
             n = _size(name, value)
             if n > 64 << 20:

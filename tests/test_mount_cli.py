@@ -263,6 +263,16 @@ def test_read_ahead_window_is_set_for_the_mount(image, tmp_path):
         assert (m.mnt / "f").read_bytes() == data
 
 
+def test_preferred_io_size_is_one_request(image, tmp_path):
+    data = os.urandom(3 << 20)
+    with Mounted(image, tmp_path / "mnt") as m:
+        (m.mnt / "f").write_bytes(data)
+        assert os.stat(m.mnt / "f").st_blksize == 1 << 20  # what cp and cat size buffers by
+    with Mounted(image, tmp_path / "mnt", options="io_size=0") as m:
+        assert os.stat(m.mnt / "f").st_blksize == 4096  # the file system's block size
+        assert (m.mnt / "f").read_bytes() == data
+
+
 def test_digest_survives_remount_with_writeback_cache(image, tmp_path):
     with Mounted(image, tmp_path / "mnt", options="writeback,attr_timeout=0") as m:
         shutil.copytree(Path(os.__file__).parent / "json", m.mnt / "json")
