@@ -42,9 +42,8 @@ from chanos.fs.group_protocol import (
     Sync,
     WriteInode,
 )
-from chanos.fs.superblock_protocol import GroupCountsChanged, ReportError
-from chanos.personality import Actor, CallError, call, cast
-from chanos.personality.actor import caller_cancelled
+from chanos.fs.superblock_protocol import ReportError
+from chanos.personality import Actor, cast
 
 log = logging.getLogger(__name__)
 
@@ -495,47 +494,18 @@ class BlockGroupActor(Actor):
     state is validated before its first field changes and is undone if its write-through
     fails, so a crash cannot leave the state half-changed.
 
-    ``superblock`` (an ActorRef, optional) receives ``GroupCountsChanged`` at the end of
-    every turn that changed the counts (see ``_report``) and ``ReportError`` casts for
-    on-disk inconsistencies.
+    ``superblock`` (an ActorRef, optional) receives ``ReportError`` casts for on-disk
+    inconsistencies. The counts are not sent as messages: the volume gives the
+    ``BlockGroup`` an ``on_counts`` function that records them in the superblock's state
+    directly (see ``SuperblockState.group_counts_changed``), so an allocation or a free
+    costs no second actor turn.
     """
 
     def __init__(self, group: BlockGroup, *, superblock: Any = None) -> None:
         self.group = group
         self.superblock = superblock
-        # The counts to report at the end of the current turn (see ``_report``).
-        self._counts: GroupCounts | None = None
         if superblock is not None:
-            group._on_counts = self._counts_changed
             group._on_error = _error_reporter(superblock)
-
-    def _counts_changed(self, counts: GroupCounts) -> None:
-        self._counts = counts
-
-    async def _report(self) -> None:
-        """Send the counts a turn changed to the superblock actor.
-
-        Called, not cast, when the superblock is idle and this turn is not cancelled: a
-        cast to an idle actor spawns a task to run its turn, several times the cost of the
-        inline call, and every inode or block allocation and free reports. The call cannot
-        close a cycle (the superblock actor never calls a group); the counts are absolute,
-        so a report that has to be cast instead changes nothing but the cost.
-        """
-        counts = self._counts
-        if counts is None:
-            return
-        self._counts = None
-        sb = self.superblock
-        msg = GroupCountsChanged(
-            counts.group, counts.free_blocks, counts.free_inodes, counts.used_dirs
-        )
-        if sb.idle and not caller_cancelled():
-            try:
-                await call(sb, msg)
-            except CallError as exc:
-                log.error("superblock failed on the counts of group %d: %r", counts.group, exc)
-        else:
-            cast(sb, msg)
 
     async def started(self) -> None:
         g = self.group
@@ -544,7 +514,6 @@ class BlockGroupActor(Actor):
         else:
             await g.load()
         await g.sync()  # write back anything pending; report the exact counts
-        await self._report()
 
     async def handle(self, msg: object) -> Any:
         g = self.group
@@ -554,13 +523,9 @@ class BlockGroupActor(Actor):
             case WriteInode(ino, raw):
                 return await g.write_inode(ino, raw)
             case AllocBlocks(goal, count):
-                run = await g.alloc_blocks(goal, count)
-                await self._report()
-                return run
+                return await g.alloc_blocks(goal, count)
             case FreeBlocks(start, count):
-                freed = await g.free_blocks_run(start, count)
-                await self._report()
-                return freed
+                return await g.free_blocks_run(start, count)
             case AllocInode(is_dir, raw):
                 ino = await g.alloc_inode(is_dir)
                 if ino is not None and raw:
@@ -569,20 +534,15 @@ class BlockGroupActor(Actor):
                     except BaseException:
                         await g.free_inode(ino, is_dir)
                         raise
-                await self._report()
                 return ino
             case FreeInode(ino, is_dir, raw):
                 if raw:
                     await g.write_inode(ino, raw)
-                freed = await g.free_inode(ino, is_dir)
-                await self._report()
-                return freed
+                return await g.free_inode(ino, is_dir)
             case GetCounts():
                 return g.counts()
             case Sync():
-                counts = await g.sync()
-                await self._report()
-                return counts
+                return await g.sync()
             case _:
                 raise OSError(errno.ENOSYS, f"block group: unknown message {type(msg).__name__}")
 

@@ -415,6 +415,7 @@ async def mount(
             read_only=read_only,
             write_through=write_through,
             itable_cache_bytes=itable_cache,
+            on_counts=st.group_counts_changed,
         )
         refs.append(
             await supervisor.start(
