@@ -15,16 +15,21 @@ with the same ``BlockGroup`` (see ``BlockGroupActor``) and keeps its bitmaps and
 inode-table blocks, so it can never hand out a block or an inode twice, nor forget an
 inode record it acknowledged, because unsaved state was lost.
 
-Bitmaps are kept as Python integers (bit i = block ``group_start + i`` / inode
-``group * inodes_per_group + i + 1``; ext4's little-endian bit order is exactly
-``int.from_bytes(raw, "little")``), which makes run searches a handful of big-integer
-operations instead of per-bit Python loops.
+Bitmaps are kept as bytearrays in ext4's own layout (bit i = block ``group_start + i`` /
+inode ``group * inodes_per_group + i + 1``, bit i of byte i // 8), each with a "busy" twin
+that also has the never-allocated bits set. Setting, clearing or testing a run touches only
+its own bytes (a 32,768-bit integer was rebuilt whole by every change, several times per
+allocation); the common searches are C scans for the first byte that is not 0xFF, started
+at a per-bitmap hint below which every byte is full. Only a multi-block run search whose
+goal is taken turns the bitmap into one integer (``int.from_bytes(raw, "little")`` has
+exactly ext4's bit order) and searches it with a handful of big-integer operations.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,10 +52,15 @@ from chanos.personality import Actor, cast
 
 log = logging.getLogger(__name__)
 
-# The in-memory state one bitmap mutation changes, restored if its write-through fails.
+# The in-memory state one bitmap mutation changes, restored if its write-through fails
+# (the bytearrays are copied by ``_snapshot``).
 _UNDO_FIELDS = (
     "_bmap",
     "_imap",
+    "_bbusy",
+    "_ibusy",
+    "_bhint",
+    "_ihint",
     "free_blocks",
     "free_inodes",
     "used_dirs",
@@ -104,6 +114,39 @@ class GroupLayout:
         return self.index * self.inodes_per_group + 1
 
 
+#: A byte with at least one zero (free) bit.
+_NOT_FULL = re.compile(rb"[^\xff]")
+
+
+def _lowest_zero(b: int) -> int:
+    """Index of the lowest clear bit of the byte b != 0xFF."""
+    return (~b & (b + 1)).bit_length() - 1
+
+
+def _get_bits(ba: bytes | bytearray, start: int, n: int) -> int:
+    """Bits start .. start+n-1 of the bitmap ``ba`` as an integer (bit 0 = bit ``start``)."""
+    lo = start >> 3
+    if n == 1:
+        return ba[lo] >> (start & 7) & 1
+    return (int.from_bytes(ba[lo : (start + n + 7) >> 3], "little") >> (start & 7)) & ((1 << n) - 1)
+
+
+def _set_bits(ba: bytearray, start: int, n: int, value: bool) -> None:
+    """Set (``value``) or clear bits start .. start+n-1 of ``ba``, rewriting only their bytes."""
+    lo = start >> 3
+    if n == 1:
+        if value:
+            ba[lo] |= 1 << (start & 7)
+        else:
+            ba[lo] &= ~(1 << (start & 7))
+        return
+    hi = (start + n + 7) >> 3
+    v = int.from_bytes(ba[lo:hi], "little")
+    mask = ((1 << n) - 1) << (start & 7)
+    v = v | mask if value else v & ~mask
+    ba[lo:hi] = v.to_bytes(hi - lo, "little")
+
+
 def _lowest_bit(x: int) -> int:
     """Index of the lowest set bit of x > 0."""
     return (x & -x).bit_length() - 1
@@ -142,7 +185,7 @@ class BlockGroup:
         used_dirs: int,
         read_only: bool = False,
         write_through: bool = False,
-        on_counts: Callable[[GroupCounts], None] | None = None,
+        on_counts: Callable[[int, int, int, int], None] | None = None,
         on_error: Callable[[str, int, int], None] | None = None,
         itable_cache_bytes: int = ITABLE_CACHE_BYTES,
     ) -> None:
@@ -155,8 +198,15 @@ class BlockGroup:
         self.used_dirs = used_dirs
         self.free_blocks = 0
         self.free_inodes = 0
-        self._bmap = 0
-        self._imap = 0
+        self._bmap = bytearray()  # the on-disk bitmaps (set at load)
+        self._imap = bytearray()
+        # The same with the never-allocated bits set: what the searches look at.
+        self._bbusy = bytearray()
+        self._ibusy = bytearray()
+        # Every byte of the busy bitmap before the hint is 0xFF (all used): searches from
+        # the group's start (a new file's first block, the lowest free inode) begin there.
+        self._bhint = 0
+        self._ihint = 0
         self._bmap_dirty = False
         self._imap_dirty = False
         self._nbits = layout.block_size * 8
@@ -176,6 +226,8 @@ class BlockGroup:
             max(layout.first_ino - layout.first_ino_of_group, 0), layout.inodes_per_group
         )
         self._inever |= (1 << reserved) - 1
+        self._bnever_raw = self._bnever.to_bytes(layout.block_size, "little")
+        self._inever_raw = self._inever.to_bytes(layout.block_size, "little")
         self._itable: OrderedDict[int, bytearray] = OrderedDict()
         self._itable_max = max(itable_cache_bytes // layout.block_size, 1)
         # Cached inode-table blocks changed since they were last written (write-back).
@@ -192,17 +244,20 @@ class BlockGroup:
         if lay.flags & BG_BLOCK_UNINIT:
             # Only possible with group checksums (a read-only mount for us): treat every
             # block as free except the group's own metadata.
-            self._bmap = self._bnever
+            bmap = self._bnever
         else:
-            raw = await self.device.read(lay.block_bitmap * bs, bs)
-            self._bmap = int.from_bytes(raw, "little")
+            bmap = int.from_bytes(await self.device.read(lay.block_bitmap * bs, bs), "little")
         if lay.flags & BG_INODE_UNINIT:
-            self._imap = self._full ^ self._inodes_mask
+            imap = self._full ^ self._inodes_mask
         else:
-            raw = await self.device.read(lay.inode_bitmap * bs, bs)
-            self._imap = int.from_bytes(raw, "little")
-        self.free_blocks = lay.nblocks - (self._bmap & self._blocks_mask).bit_count()
-        self.free_inodes = lay.inodes_per_group - (self._imap & self._inodes_mask).bit_count()
+            imap = int.from_bytes(await self.device.read(lay.inode_bitmap * bs, bs), "little")
+        self._bmap = bytearray(bmap.to_bytes(bs, "little"))
+        self._imap = bytearray(imap.to_bytes(bs, "little"))
+        self._bbusy = bytearray((bmap | self._bnever).to_bytes(bs, "little"))
+        self._ibusy = bytearray((imap | self._inever).to_bytes(bs, "little"))
+        self._bhint = self._ihint = 0
+        self.free_blocks = lay.nblocks - (bmap & self._blocks_mask).bit_count()
+        self.free_inodes = lay.inodes_per_group - (imap & self._inodes_mask).bit_count()
         self.loaded = True
 
     def drop_cache(self) -> None:
@@ -215,10 +270,9 @@ class BlockGroup:
         """Write back the dirty inode-table blocks and bitmaps; report and return the counts."""
         await self._write_itable()
         await self._write_bitmaps()
-        counts = self.counts()
         if self._on_counts is not None:
-            self._on_counts(counts)
-        return counts
+            self._on_counts(self.layout.index, self.free_blocks, self.free_inodes, self.used_dirs)
+        return self.counts()
 
     async def _write_itable(self) -> None:
         """Write the dirty inode-table blocks, adjacent ones in one device write. A block
@@ -240,21 +294,19 @@ class BlockGroup:
     async def _write_bitmaps(self) -> None:
         bs = self.layout.block_size
         if self._bmap_dirty:
-            await self.device.write(
-                self.layout.block_bitmap * bs, self._bmap.to_bytes(bs, "little")
-            )
+            await self.device.write(self.layout.block_bitmap * bs, bytes(self._bmap))
             self._bmap_dirty = False
         if self._imap_dirty:
-            await self.device.write(
-                self.layout.inode_bitmap * bs, self._imap.to_bytes(bs, "little")
-            )
+            await self.device.write(self.layout.inode_bitmap * bs, bytes(self._imap))
             self._imap_dirty = False
 
-    def _snapshot(self) -> tuple[int, ...] | None:
+    def _snapshot(self) -> tuple[Any, ...] | None:
         """What ``_changed`` restores if the write-through fails (nothing without it)."""
-        return _undo_state(self) if self.write_through else None
+        if not self.write_through:
+            return None
+        return tuple(bytearray(v) if type(v) is bytearray else v for v in _undo_state(self))
 
-    async def _changed(self, before: tuple[int, ...] | None) -> None:
+    async def _changed(self, before: tuple[Any, ...] | None) -> None:
         """Persist a mutation (write-through) and report it; if the write fails, undo the
         mutation in memory so the caller's error leaves nothing half-allocated."""
         if before is not None:
@@ -265,7 +317,7 @@ class BlockGroup:
                     setattr(self, name, value)
                 raise
         if self._on_counts is not None:
-            self._on_counts(self.counts())
+            self._on_counts(self.layout.index, self.free_blocks, self.free_inodes, self.used_dirs)
 
     def counts(self) -> GroupCounts:
         return GroupCounts(self.layout.index, self.free_blocks, self.free_inodes, self.used_dirs)
@@ -296,12 +348,12 @@ class BlockGroup:
 
     async def alloc_inode(self, is_dir: bool) -> int | None:
         self._check_writable()
-        before = self._snapshot()
-        free = self._full ^ (self._imap | self._inever)
-        if not free:
+        idx = self._find_free(self._ibusy, 0, inodes=True)
+        if idx is None:
             return None
-        idx = _lowest_bit(free)
-        self._imap |= 1 << idx
+        before = self._snapshot()
+        self._imap[idx >> 3] |= 1 << (idx & 7)
+        self._ibusy[idx >> 3] |= 1 << (idx & 7)
         self._imap_dirty = True
         self.free_inodes -= 1
         if is_dir:
@@ -312,12 +364,16 @@ class BlockGroup:
     async def free_inode(self, ino: int, is_dir: bool) -> None:
         self._check_writable()
         idx = self._inode_index(ino)
-        if (1 << idx) & self._inever:
+        byte, bit = idx >> 3, 1 << (idx & 7)
+        if self._inever_raw[byte] & bit:
             raise self._fs_error("free-reserved-inode", f"freeing reserved inode {ino}", ino=ino)
-        if not (self._imap >> idx) & 1:
+        if not self._imap[byte] & bit:
             raise self._fs_error("inode-double-free", f"inode {ino} freed twice", ino=ino)
         before = self._snapshot()
-        self._imap &= ~(1 << idx)
+        self._imap[byte] &= ~bit
+        self._ibusy[byte] &= ~bit
+        if byte < self._ihint:
+            self._ihint = byte
         self._imap_dirty = True
         self.free_inodes += 1
         if is_dir:
@@ -339,7 +395,7 @@ class BlockGroup:
         per_block = self.layout.block_size // self.layout.inode_size
         first = idx - idx % per_block
         others = ((1 << per_block) - 1) & ~(1 << (idx - first))
-        return not (self._imap >> first) & others
+        return not _get_bits(self._imap, first, per_block) & others
 
     async def _itable_block(self, block: int, fresh: bool = False) -> bytearray:
         """The cached inode-table block ``block``, read on a miss. ``fresh``: nothing in
@@ -406,43 +462,82 @@ class BlockGroup:
 
     # -- blocks ------------------------------------------------------------------------------
 
-    def _free_view(self) -> int:
-        return self._full ^ (self._bmap | self._bnever)
+    def _find_free(self, busy: bytearray, pos: int, *, inodes: bool) -> int | None:
+        """The lowest clear bit of ``busy`` at index >= ``pos``, else the lowest clear bit
+        overall (wrapping), else None. Full bytes are skipped by a C scan that starts at the
+        bitmap's hint when ``pos`` lies before it (everything before the hint is in use)."""
+        hint = self._ihint if inodes else self._bhint
+        i = pos >> 3
+        if i > hint or (i == hint and pos & 7):
+            b = busy[i] | ((1 << (pos & 7)) - 1)  # bits before pos in its byte: not wanted
+            if b != 0xFF:
+                return (i << 3) + _lowest_zero(b)
+            m = _NOT_FULL.search(busy, i + 1)
+            if m is not None:
+                return (m.start() << 3) + _lowest_zero(busy[m.start()])
+            # Wrap: from the hint up to and including pos's byte (its bits before pos).
+            m = _NOT_FULL.search(busy, hint, i + 1)
+        else:
+            m = _NOT_FULL.search(busy, hint)
+        if m is None:
+            return None
+        # Every byte from the hint up to the one found was scanned and is full.
+        j = m.start()
+        if inodes:
+            self._ihint = j
+        else:
+            self._bhint = j
+        return (j << 3) + _lowest_zero(busy[j])
+
+    def _search_runs(self, rel_goal: int, count: int) -> tuple[int, int]:
+        """(start, n) of the first run of ``count`` free blocks from ``rel_goal`` on
+        (wrapping), else of the longest free run; the group has a free block."""
+        free = self._full ^ int.from_bytes(self._bbusy, "little")
+        start = _first_at_or_after(_run_starts(free, count), rel_goal)
+        if start is not None:
+            return start, count
+        # No run holds all of it: the longest run (binary search on its length).
+        lo, hi = 1, count - 1  # a run of length lo exists; none of length count
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if _run_starts(free, mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        start = _first_at_or_after(_run_starts(free, lo), rel_goal)
+        assert start is not None
+        return start, lo
 
     async def alloc_blocks(self, goal: int, count: int) -> tuple[int, int] | None:
         self._check_writable()
         if count < 1:
             raise OSError(errno.EINVAL, f"allocation of {count} blocks")
         lay = self.layout
-        free = self._free_view()
-        if not free:
-            return None
-        before = self._snapshot()
+        busy = self._bbusy
         rel_goal = goal - lay.first_block
         if not 0 <= rel_goal < lay.nblocks:
             rel_goal = 0
         count = min(count, lay.nblocks)
-        if (free >> rel_goal) & 1:
+        if not busy[rel_goal >> 3] >> (rel_goal & 7) & 1:
             # Goal free: extend from it (contiguous with whatever the caller has there).
             start = rel_goal
-            used_after = ((self._full ^ free) | (1 << self._nbits)) >> start
-            n = min(count, _lowest_bit(used_after))
+            n = min(count, self._nbits - start)
+            used = _get_bits(busy, start, n)
+            if used:
+                n = _lowest_bit(used)
         else:
-            start = _first_at_or_after(_run_starts(free, count), rel_goal)
-            n = count
+            # The first free bit from the goal (wrapping): it answers a single block (a
+            # small file's first block), and a longer request when the whole run is free
+            # there (a new file in a group filled from its start), without the run search.
+            start = self._find_free(busy, rel_goal, inodes=False)
             if start is None:
-                # No run holds all of it: the longest run (binary search on its length).
-                lo, hi = 1, count - 1  # a run of length lo exists; none of length count
-                while lo < hi:
-                    mid = (lo + hi + 1) // 2
-                    if _run_starts(free, mid):
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                n = lo
-                start = _first_at_or_after(_run_starts(free, n), rel_goal)
-                assert start is not None
-        self._bmap |= ((1 << n) - 1) << start
+                return None
+            n = count
+            if count > 1 and (start + count > self._nbits or _get_bits(busy, start, count)):
+                start, n = self._search_runs(rel_goal, count)
+        before = self._snapshot()
+        _set_bits(self._bmap, start, n, True)
+        _set_bits(busy, start, n, True)
         self._bmap_dirty = True
         self.free_blocks -= n
         await self._changed(before)
@@ -458,17 +553,19 @@ class BlockGroup:
                 f"freeing blocks {start}+{count} outside the group",
                 block=start,
             )
-        mask = ((1 << count) - 1) << rel
-        if mask & self._bnever:
+        if _get_bits(self._bnever_raw, rel, count):
             raise self._fs_error(
                 "free-metadata", f"freeing metadata blocks in {start}+{count}", block=start
             )
-        if self._bmap & mask != mask:
+        if _get_bits(self._bmap, rel, count) != (1 << count) - 1:
             raise self._fs_error(
                 "block-double-free", f"blocks in {start}+{count} freed twice", block=start
             )
         before = self._snapshot()
-        self._bmap &= ~mask
+        _set_bits(self._bmap, rel, count, False)
+        _set_bits(self._bbusy, rel, count, False)
+        if rel >> 3 < self._bhint:
+            self._bhint = rel >> 3
         self._bmap_dirty = True
         self.free_blocks += count
         await self._changed(before)
@@ -477,10 +574,11 @@ class BlockGroup:
 
     def block_in_use(self, block: int) -> bool:
         rel = block - self.layout.first_block
-        return bool((self._bmap >> rel) & 1)
+        return bool(self._bmap[rel >> 3] >> (rel & 7) & 1)
 
     def inode_in_use(self, ino: int) -> bool:
-        return bool((self._imap >> self._inode_index(ino)) & 1)
+        idx = self._inode_index(ino)
+        return bool(self._imap[idx >> 3] >> (idx & 7) & 1)
 
 
 class BlockGroupActor(Actor):
@@ -497,7 +595,7 @@ class BlockGroupActor(Actor):
     ``superblock`` (an ActorRef, optional) receives ``ReportError`` casts for on-disk
     inconsistencies. The counts are not sent as messages: the volume gives the
     ``BlockGroup`` an ``on_counts`` function that records them in the superblock's state
-    directly (see ``SuperblockState.group_counts_changed``), so an allocation or a free
+    directly (see ``SuperblockState.set_group_counts``), so an allocation or a free
     costs no second actor turn.
     """
 

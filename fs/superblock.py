@@ -5,7 +5,7 @@ through ``chanos.fs.superblock_protocol``.
 
 Who is authoritative for what:
 - per-group free-block / free-inode / used-directory counts belong to the group actors;
-  each change is recorded here by ``group_counts_changed`` (absolute values), which the
+  each change is recorded here by ``set_group_counts`` (absolute values), which the
   volume hands each group as a plain function: the group calls it synchronously in its
   own turn, with no message. That is safe because every actor runs on the one trio
   thread and the update has no await, and it is cheap: a message per allocation and per
@@ -135,11 +135,12 @@ class SuperblockState:
         return self._counts
 
     def set_group_counts(self, g: int, free_blocks: int, free_inodes: int, used_dirs: int) -> None:
+        """Group ``g``'s new counts (absolute): the ``on_counts`` hook of ``BlockGroup``."""
         d = self.descs[g]
-        if (d.free_blocks_count, d.free_inodes_count, d.used_dirs_count) == (
-            free_blocks,
-            free_inodes,
-            used_dirs,
+        if (
+            d.free_blocks_count == free_blocks
+            and d.free_inodes_count == free_inodes
+            and d.used_dirs_count == used_dirs
         ):
             return
         self._free_blocks += free_blocks - d.free_blocks_count
@@ -150,12 +151,6 @@ class SuperblockState:
         self._counts = None
         self._dirty_groups.add(g)
         self._sb_dirty = True
-
-    def group_counts_changed(self, counts: GroupCounts) -> None:
-        """A group's new counts (the ``on_counts`` hook of ``BlockGroup``)."""
-        self.set_group_counts(
-            counts.group, counts.free_blocks, counts.free_inodes, counts.used_dirs
-        )
 
     def free_blocks(self) -> int:
         return self._free_blocks

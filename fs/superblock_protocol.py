@@ -3,7 +3,7 @@
 The superblock actor owns the on-disk superblock and the group descriptor table: global
 free counts, mount state, the orphan-list head, statfs figures and the read-only flag.
 Block-group actors record their counters in its state directly, without a message (see
-``SuperblockState.group_counts_changed``); every message here is a call except
+``SuperblockState.set_group_counts``); every message here is a call except
 ``ReportError``.
 """
 

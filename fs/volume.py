@@ -415,7 +415,7 @@ async def mount(
             read_only=read_only,
             write_through=write_through,
             itable_cache_bytes=itable_cache,
-            on_counts=st.group_counts_changed,
+            on_counts=st.set_group_counts,
         )
         refs.append(
             await supervisor.start(

@@ -128,11 +128,11 @@ async def test_load_counts_match_dumpe2fs(img1k: Path) -> None:
 async def test_inode_alloc_free(img1k: Path) -> None:
     g, dev, gd = await open_group(img1k, 0, write_through=True)
     reported = []
-    g._on_counts = reported.append
+    g._on_counts = lambda *counts: reported.append(counts)
     ino = await g.alloc_inode(is_dir=True)
     assert ino == 12  # first non-reserved inode; 11 is lost+found
     assert g.free_inodes == gd["free_inodes"] - 1 and g.used_dirs == gd["dirs"] + 1
-    assert reported[-1].free_inodes == g.free_inodes
+    assert reported[-1] == (0, g.free_blocks, g.free_inodes, g.used_dirs)
     ino2 = await g.alloc_inode(is_dir=False)
     assert ino2 == 13
     await g.free_inode(ino, is_dir=True)
@@ -141,7 +141,7 @@ async def test_inode_alloc_free(img1k: Path) -> None:
     assert await g.alloc_inode(is_dir=False) == 12
     # Double free is an fs error, and changes nothing.
     await g.free_inode(13, is_dir=False)
-    before = (g.free_inodes, g.used_dirs, g._imap)
+    before = (g.free_inodes, g.used_dirs, bytes(g._imap))
     with pytest.raises(OSError) as ei:
         await g.free_inode(13, is_dir=False)
     assert ei.value.errno == errno.EUCLEAN
@@ -192,7 +192,7 @@ async def test_block_free_errors_change_nothing(img1k: Path) -> None:
     g, dev, _ = await open_group(img1k, 1)
     start, n = await g.alloc_blocks(10000, 4)
     await g.free_blocks_run(start, n)
-    before = (g.free_blocks, g._bmap)
+    before = (g.free_blocks, bytes(g._bmap))
     for s, c in [(start, n), (start - 1, 2), (8192, 1), (16380, 10), (3, 1), (start, 0)]:
         with pytest.raises(OSError) as ei:
             await g.free_blocks_run(s, c)
@@ -366,6 +366,23 @@ class MemIO:
         self.data[offset : offset + len(data)] = data
 
 
+def _small_layout(first: int, nblocks: int, protected: tuple[tuple[int, int], ...]) -> GroupLayout:
+    """A 1 KiB-block group of ``nblocks`` blocks and 64 inodes over a ``MemIO``."""
+    return GroupLayout(
+        index=0,
+        first_block=first,
+        nblocks=nblocks,
+        block_bitmap=1,
+        inode_bitmap=2,
+        inode_table=3,
+        block_size=1024,
+        inodes_per_group=64,
+        inode_size=128,
+        first_ino=11,
+        protected=protected,
+    )
+
+
 def _reference_choice(free: set[int], nblocks: int, goal: int, count: int) -> tuple[int, int]:
     """The allocation policy, spelled out block by block."""
 
@@ -400,19 +417,7 @@ def test_block_allocation_matches_reference_model(ops, used) -> None:
     protected = ((5010, 3), (5500, 20))
     prot = {b - first for s, n in protected for b in range(s, s + n)}
     used = used - prot
-    lay = GroupLayout(
-        index=0,
-        first_block=first,
-        nblocks=nblocks,
-        block_bitmap=1,
-        inode_bitmap=2,
-        inode_table=3,
-        block_size=bs,
-        inodes_per_group=64,
-        inode_size=128,
-        first_ino=11,
-        protected=protected,
-    )
+    lay = _small_layout(first, nblocks, protected)
     io = MemIO(16 * bs)
     bitmap = 0
     for b in used | prot:
@@ -447,5 +452,65 @@ def test_block_allocation_matches_reference_model(ops, used) -> None:
         await g.sync()
         on_disk = int.from_bytes(io.data[bs : 2 * bs], "little")
         assert {b for b in range(nblocks) if not (on_disk >> b) & 1} == free
+
+    trio.run(run)
+
+
+@given(
+    ops=st.lists(st.tuples(st.booleans(), st.integers(0, 3), st.integers(1, 12)), max_size=150),
+    used=st.sets(st.integers(0, 299), max_size=120),
+)
+@settings(max_examples=100, deadline=None)
+def test_allocation_from_the_group_start_matches_reference_model(ops, used) -> None:
+    """Allocations aimed at the group's start (a new file's first blocks, the lowest free
+    inode) go through the first-free hints: random frees below the hint and allocations
+    that fill the group keep both bitmaps exactly as the policy says."""
+    bs, first, nblocks = 1024, 5000, 300
+    lay = _small_layout(first, nblocks, ((first, 9),))
+    prot = set(range(9))
+    used = used - prot
+    io = MemIO(16 * bs)
+    bitmap = sum(1 << b for b in used | prot) | ((1 << (8 * bs)) - 1) ^ ((1 << nblocks) - 1)
+    io.data[bs : 2 * bs] = bitmap.to_bytes(bs, "little")
+    io.data[2 * bs : 3 * bs] = (((1 << (8 * bs)) - 1) ^ ((1 << 64) - 1) | 0x3FF).to_bytes(
+        bs, "little"
+    )
+
+    async def run() -> None:
+        g = BlockGroup(lay, io, used_dirs=0)
+        await g.load()
+        free = set(range(nblocks)) - used - prot
+        free_inos = set(range(11, 65))
+        mine: list[tuple[int, int]] = []
+        inos: list[int] = []
+        for is_alloc, goal, count in ops:
+            if is_alloc or not mine:
+                got = await g.alloc_blocks(first + goal, count)
+                ino = await g.alloc_inode(is_dir=False)
+                assert ino == (min(free_inos) if free_inos else None)
+                if ino is not None:
+                    free_inos.discard(ino)
+                    inos.append(ino)
+                if not free:
+                    assert got is None
+                    continue
+                assert got is not None
+                assert (got[0] - first, got[1]) == _reference_choice(free, nblocks, goal, count)
+                free -= set(range(got[0] - first, got[0] - first + got[1]))
+                mine.append(got)
+            else:
+                start, n = mine.pop(count % len(mine))
+                await g.free_blocks_run(start, n)
+                free |= set(range(start - first, start - first + n))
+                if inos:
+                    ino = inos.pop(count % len(inos))
+                    await g.free_inode(ino, is_dir=False)
+                    free_inos.add(ino)
+            assert (g.free_blocks, g.free_inodes) == (len(free), len(free_inos))
+        await g.sync()
+        on_disk = int.from_bytes(io.data[bs : 2 * bs], "little")
+        assert {b for b in range(nblocks) if not (on_disk >> b) & 1} == free
+        on_disk = int.from_bytes(io.data[2 * bs : 3 * bs], "little")
+        assert {i + 1 for i in range(64) if not (on_disk >> i) & 1} == free_inos
 
     trio.run(run)

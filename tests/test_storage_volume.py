@@ -259,9 +259,7 @@ async def open_all(img: Path) -> tuple[FileDev, object, list[BlockGroup]]:
             lay,
             dev,
             used_dirs=d.used_dirs_count,
-            on_counts=lambda k: st.set_group_counts(
-                k.group, k.free_blocks, k.free_inodes, k.used_dirs
-            ),
+            on_counts=st.set_group_counts,
         )
         await g.load()
         groups.append(g)
