@@ -301,21 +301,23 @@ class BlockGroup:
             self._imap_dirty = False
 
     def _snapshot(self) -> tuple[Any, ...] | None:
-        """What ``_changed`` restores if the write-through fails (nothing without it)."""
+        """What ``_persist`` restores if the write-through fails (nothing without it)."""
         if not self.write_through:
             return None
         return tuple(bytearray(v) if type(v) is bytearray else v for v in _undo_state(self))
 
-    async def _changed(self, before: tuple[Any, ...] | None) -> None:
-        """Persist a mutation (write-through) and report it; if the write fails, undo the
-        mutation in memory so the caller's error leaves nothing half-allocated."""
-        if before is not None:
-            try:
-                await self._write_bitmaps()
-            except Exception:
-                for name, value in zip(_UNDO_FIELDS, before, strict=True):
-                    setattr(self, name, value)
-                raise
+    async def _persist(self, before: tuple[Any, ...]) -> None:
+        """Write a mutation through; if the write fails, undo the mutation in memory so the
+        caller's error leaves nothing half-allocated."""
+        try:
+            await self._write_bitmaps()
+        except Exception:
+            for name, value in zip(_UNDO_FIELDS, before, strict=True):
+                setattr(self, name, value)
+            raise
+
+    def _report(self) -> None:
+        """Hand the new counts to the superblock state (a plain call: no await, no message)."""
         if self._on_counts is not None:
             self._on_counts(self.layout.index, self.free_blocks, self.free_inodes, self.used_dirs)
 
@@ -358,7 +360,9 @@ class BlockGroup:
         self.free_inodes -= 1
         if is_dir:
             self.used_dirs += 1
-        await self._changed(before)
+        if before is not None:
+            await self._persist(before)
+        self._report()
         return self.layout.first_ino_of_group + idx
 
     async def free_inode(self, ino: int, is_dir: bool) -> None:
@@ -381,7 +385,9 @@ class BlockGroup:
                 self._fs_error("used-dirs-underflow", "directory count underflow", ino=ino)
             else:
                 self.used_dirs -= 1
-        await self._changed(before)
+        if before is not None:
+            await self._persist(before)
+        self._report()
 
     def _inode_place(self, ino: int) -> tuple[int, int]:
         """(absolute inode-table block, byte offset inside it) of inode ``ino``."""
@@ -438,16 +444,19 @@ class BlockGroup:
                 errno.EINVAL,
                 f"inode record of {len(raw)} bytes (inode size {self.layout.inode_size})",
             )
-        block, off = self._inode_place(ino)
+        idx = self._inode_index(ino)
+        byte = idx * self.layout.inode_size
+        bs = self.layout.block_size
+        block, off = self.layout.inode_table + byte // bs, byte % bs
         # A whole record for the only inode in use in its block (a new inode in an
         # untouched block, in a create loop once every block's worth of inodes): the
         # block's other records are free, so it is not read from the device.
-        fresh = (
-            block not in self._itable
-            and len(raw) == self.layout.inode_size
-            and self._alone_in_block(self._inode_index(ino))
-        )
-        buf = await self._itable_block(block, fresh)
+        buf = self._itable.get(block)
+        if buf is None:
+            fresh = len(raw) == self.layout.inode_size and self._alone_in_block(idx)
+            buf = await self._itable_block(block, fresh)
+        else:
+            self._itable.move_to_end(block)  # a hit, without the coroutine of a miss
         buf[off : off + len(raw)] = raw
         if not self.write_through:
             self._itable_dirty.add(block)  # written back (Sync, eviction, stop)
@@ -540,7 +549,9 @@ class BlockGroup:
         _set_bits(busy, start, n, True)
         self._bmap_dirty = True
         self.free_blocks -= n
-        await self._changed(before)
+        if before is not None:
+            await self._persist(before)
+        self._report()
         return lay.first_block + start, n
 
     async def free_blocks_run(self, start: int, count: int) -> None:
@@ -568,7 +579,9 @@ class BlockGroup:
             self._bhint = rel >> 3
         self._bmap_dirty = True
         self.free_blocks += count
-        await self._changed(before)
+        if before is not None:
+            await self._persist(before)
+        self._report()
 
     # -- introspection for tests and fsck-like checks -----------------------------------------
 
