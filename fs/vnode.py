@@ -39,6 +39,7 @@ import logging
 import os
 import random
 import stat
+import struct
 import time
 from typing import Any
 
@@ -71,9 +72,19 @@ from chanos.fs.format.inode import (
     Inode,
     file_type_from_mode,
 )
+from chanos.fs.format.xattr import MAGIC as XATTR_MAGIC
+from chanos.fs.format.xattr import split_name
 from chanos.fs.orphan_protocol import AddOrphan, RemoveOrphan, SetOrphanNext
 from chanos.fs.vnode_table import call_vnode
-from chanos.fs.vnode_table_protocol import Hold, IsHeld, OpenCount, Pin, Unpin
+from chanos.fs.vnode_table_protocol import (
+    NEEDS_PIN,
+    Hold,
+    IsHeld,
+    OpenCount,
+    Pin,
+    Unpin,
+    Unpinned,
+)
 from chanos.fs.xattrs import Xattrs
 from chanos.personality import Actor, call, cast
 from chanos.personality.syscalls import (
@@ -111,6 +122,8 @@ from chanos.personality.syscalls import (
 )
 
 log = logging.getLogger(__name__)
+
+_U32 = struct.Struct("<I")
 
 # Flags a new inode inherits from its directory (ext4's EXT4_FL_INHERITED) and the masks
 # ext4_mask_flags applies by file type.
@@ -349,6 +362,18 @@ class VnodeActor(Actor):
     # ----- dispatch -------------------------------------------------------------------------
 
     async def handle(self, msg: Any) -> Any:
+        if type(msg) is Unpinned:
+            # Sent without a pin (the kernel's fast path): this vnode counts as idle, so
+            # the table may be retiring it and waiting for this turn. Anything that would
+            # ask the table first goes back to the kernel, which sends it pinned.
+            inode = self.inode
+            if (
+                self.restarted
+                or inode is None
+                or (inode.links_count == 0 and self.opens == 0 and not self.held)
+            ):
+                return NEEDS_PIN
+            msg = msg.msg
         # WriteBack comes from the vnode table's own turn, and SetOrphanNext is a cast that
         # may run while the table's turn retires this vnode (waiting for it): neither may
         # ask the table anything. SetOrphanNext needs only the record in hand; with none
@@ -433,6 +458,11 @@ class VnodeActor(Actor):
                 inode = self._live()
                 if name.startswith(b"user.") and not (inode.is_reg or inode.is_dir):
                     raise OSError(errno.ENODATA, "no user attributes on this file type")
+                if self._xattrs is None and _no_xattr_area(inode):
+                    # Nothing stored (the common case: a write(2) asks security.capability
+                    # first): answered without building the attribute store.
+                    split_name(name)  # an invalid name fails as the store would fail it
+                    raise OSError(errno.ENODATA, f"no attribute {name!r}")
                 return (await self._xattr_store()).get(name)
             case ListXattr():
                 return (await self._xattr_store()).names()
@@ -1147,21 +1177,35 @@ class VnodeActor(Actor):
         await self._save()
 
 
+def _no_xattr_area(inode: Inode) -> bool:
+    """Whether ``inode`` stores no extended attribute: no xattr block and no in-inode
+    area (the area's magic absent)."""
+    if inode.file_acl_lo or inode.file_acl_high:
+        return False
+    tail = inode.tail
+    return len(tail) < 8 or _U32.unpack_from(tail)[0] != XATTR_MAGIC
+
+
 def attr_of(ino: int, inode: Inode, block_size: int, huge_file: bool) -> Attr:
     """stat(2) attributes of an inode record."""
-    rdev = os.makedev(*inode.rdev) if inode.is_device else 0
+    mode = inode.mode
+    fmt = mode & 0o170000
+    rdev = os.makedev(*inode.rdev) if fmt == stat.S_IFCHR or fmt == stat.S_IFBLK else 0
+    atime, mtime, ctime, crtime = inode.stat_times()
+    # Positional, in Attr's field order (ino, mode, nlink, uid, gid, rdev, size, blocks,
+    # blksize, atime, mtime, ctime, crtime): every GETATTR and LOOKUP builds one.
     return Attr(
-        ino=ino,
-        mode=inode.mode,
-        nlink=inode.links_count,
-        uid=inode.uid,
-        gid=inode.gid,
-        rdev=rdev,
-        size=inode.size,
-        blocks=inode.get_blocks(huge_file, block_size),
-        blksize=block_size,
-        atime_ns=inode.atime_ns,
-        mtime_ns=inode.mtime_ns,
-        ctime_ns=inode.ctime_ns,
-        crtime_ns=inode.crtime_ns,
+        ino,
+        mode,
+        inode.links_count,
+        inode.uid_lo | inode.uid_high << 16,
+        inode.gid_lo | inode.gid_high << 16,
+        rdev,
+        inode.size_lo | inode.size_high << 32,
+        inode.get_blocks(huge_file, block_size),
+        block_size,
+        atime,
+        mtime,
+        ctime,
+        crtime,
     )

@@ -11,6 +11,10 @@ handle, ``OpenCount`` after a crash restart and ``IsHeld`` when it finds its ino
 unlinked on disk. ``Pin`` answers with the vnode's ``ActorRef``; the casts (``Unpin``,
 ``Closed``, ``Referenced``, ``Forget``, ``Crashed``) answer nothing; the rest answer as
 each class says. Unmount and sync use ``WriteBackAll``, ``TakeHeld`` and ``RetireAll``.
+
+``Unpinned`` is not for the table: it wraps a request the kernel sends to a live vnode
+without a pin (see ``LiveVnodes`` in chanos.fs.vnode_table); ``NEEDS_PIN`` is the reply of
+a vnode that cannot serve it so.
 """
 
 from __future__ import annotations
@@ -32,6 +36,26 @@ class Pin:
     ino: int
     fresh: Any = None
     live_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Unpinned:
+    """To a vnode: serve ``msg`` (a GetAttr, Lookup, xattr read, SetAttr, ...) without a
+    pin, or answer ``NEEDS_PIN`` when serving it could ask the vnode table anything (a
+    vnode restarted after a crash, or one whose inode is unlinked or not loaded): the
+    table may be retiring an unpinned vnode and waiting for it."""
+
+    msg: Any
+
+
+class _NeedsPin:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEEDS_PIN"
+
+
+NEEDS_PIN: Any = _NeedsPin()
 
 
 @dataclass(frozen=True, slots=True)

@@ -300,3 +300,57 @@ def test_any_inode_bytes_round_trip(raw: bytes, extra_isize: int) -> None:
     raw = raw[:128] + extra_isize.to_bytes(2, "little") + raw[130:]
     assert Inode.parse(raw).build() == raw
     assert Inode.parse(raw[:128]).build() == raw[:128]
+
+
+# --- reading without decoding -------------------------------------------------------------
+
+
+def test_stat_times_match_the_properties() -> None:
+    from chanos.fs.format.inode import Inode
+
+    for size, extra in ((128, 0), (256, 0), (256, 16), (256, 20), (256, 32)):
+        ino = Inode.new(inode_size=size, extra_isize=extra, mode=0o100644, links_count=1)
+        ino.atime_ns = 1_700_000_000_123_456_789
+        ino.mtime_ns = -5_000_000_001
+        ino.ctime_ns = (1 << 33) * 1_000_000_000 + 7
+        if ino.has_extra("crtime"):
+            ino.crtime_ns = 1_600_000_000_000_000_001
+        again = Inode.parse(ino.build())
+        assert again.stat_times() == (
+            again.atime_ns,
+            again.mtime_ns,
+            again.ctime_ns,
+            again.crtime_ns,
+        )
+
+
+def test_in_use_without_xattrs() -> None:
+    from chanos.fs.format.inode import Inode, in_use_without_xattrs
+
+    plain = Inode.new(mode=0o100644, links_count=1)
+    assert in_use_without_xattrs(plain.build())
+    assert in_use_without_xattrs(Inode.new(128, 0, mode=0o100644, links_count=1).build())
+    # Free, unlinked: the vnode decides.
+    assert not in_use_without_xattrs(Inode.new(links_count=1).build())
+    assert not in_use_without_xattrs(Inode.new(mode=0o100644).build())
+    # An xattr block, low or high half of the number.
+    with_block = plain.copy()
+    with_block.file_acl = 1234
+    assert not in_use_without_xattrs(with_block.build())
+    with_block.file_acl = 1 << 40
+    assert not in_use_without_xattrs(with_block.build())
+    # An in-inode xattr area (its magic right after the extra fields).
+    with_area = plain.copy()
+    with_area.tail = (0xEA020000).to_bytes(4, "little") + with_area.tail[4:]
+    assert not in_use_without_xattrs(with_area.build())
+    # Malformed i_extra_isize, or a record too short: not "certainly none".
+    bad = bytearray(plain.build())
+    bad[128:130] = (6).to_bytes(2, "little")
+    assert not in_use_without_xattrs(bytes(bad))
+    bad[128:130] = (200).to_bytes(2, "little")
+    assert not in_use_without_xattrs(bytes(bad))
+    assert not in_use_without_xattrs(b"\x01" * 64)
+    # An extra area that fills the record leaves no room for attributes.
+    full = bytearray(plain.build())
+    full[128:130] = (128).to_bytes(2, "little")
+    assert in_use_without_xattrs(bytes(full))

@@ -670,12 +670,15 @@ async def test_read_only_mount_refuses_changes(image):
 def _crash_next_getattr(monkeypatch) -> set[int]:
     """Vnodes crash (RuntimeError) on the next GetAttr for an inode added to the set."""
     from chanos.fs import vnode as vnode_mod
+    from chanos.fs.vnode_table_protocol import Unpinned
 
     real_handle = vnode_mod.VnodeActor.handle
     crash_next: set[int] = set()
 
     async def flaky_handle(self, msg):
-        if self.ino in crash_next and isinstance(msg, GetAttr):
+        # A GetAttr to a live vnode comes wrapped (sent without a pin).
+        asked = msg.msg if isinstance(msg, Unpinned) else msg
+        if self.ino in crash_next and isinstance(asked, GetAttr):
             crash_next.discard(self.ino)
             raise RuntimeError("injected crash")
         return await real_handle(self, msg)

@@ -162,6 +162,42 @@ def decode_device(i_block: bytes) -> tuple[int, int]:
     return (w1 & 0xFFF00) >> 8, (w1 & 0xFF) | ((w1 >> 12) & 0xFFF00)
 
 
+# --- reading a record without decoding it ---------------------------------------------
+
+_IN_INODE_XATTR_MAGIC = 0xEA020000  # the in-inode xattr area's header (see xattr.py)
+
+
+def in_use_without_xattrs(raw: bytes | bytearray | memoryview) -> bool:
+    """Whether the inode record ``raw`` is in use (a mode, at least one link) and has no
+    extended attribute at all: no xattr block (``i_file_acl``) and no in-inode xattr area
+    (no magic after ``128 + i_extra_isize``).
+
+    False for anything else, a malformed record included: the caller then asks the
+    inode's vnode. Reads four fields with ``struct.unpack_from`` instead of decoding the
+    record (``ls -l`` asks every file for two attributes that almost none has).
+    """
+    size = len(raw)
+    if size < GOOD_OLD_INODE_SIZE:
+        return False
+    if not _U16.unpack_from(raw, 0x00)[0] or not _U16.unpack_from(raw, 0x1A)[0]:
+        return False
+    if _U32.unpack_from(raw, 0x68)[0] or _U16.unpack_from(raw, 0x76)[0]:
+        return False  # an xattr block
+    if size == GOOD_OLD_INODE_SIZE:
+        return True
+    extra = _U16.unpack_from(raw, GOOD_OLD_INODE_SIZE)[0]
+    at = GOOD_OLD_INODE_SIZE + extra
+    if extra & 3 or at > size:
+        return False  # malformed: the vnode reports it
+    if at + 4 > size:
+        return True  # no room for an in-inode area
+    return _U32.unpack_from(raw, at)[0] != _IN_INODE_XATTR_MAGIC
+
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+
+
 # --- the record -------------------------------------------------------------------------
 
 INODE_BASE_STRUCT = Struct(
@@ -212,6 +248,11 @@ _EXTRA_END = {
     "version_hi": 28,
     "projid": 32,
 }
+_ATIME_X = _EXTRA_END["atime_extra"]
+_MTIME_X = _EXTRA_END["mtime_extra"]
+_CTIME_X = _EXTRA_END["ctime_extra"]
+_CRTIME = _EXTRA_END["crtime"]
+_CRTIME_X = _EXTRA_END["crtime_extra"]
 _BASE_NAMES = field_names(INODE_BASE_STRUCT)
 _EXTRA_NAMES = field_names(INODE_EXTRA_STRUCT)
 assert INODE_BASE_STRUCT.sizeof() == GOOD_OLD_INODE_SIZE
@@ -569,6 +610,19 @@ class Inode(Record):
             self._set_time("crtime", ns)
 
     # --- devices -----------------------------------------------------------------
+
+    def stat_times(self) -> tuple[int, int, int, int]:
+        """(atime, mtime, ctime, crtime) in nanoseconds, as the four ``*_ns`` properties
+        give them, in one call: every GETATTR and LOOKUP reply carries all four."""
+        n = self.extra_isize if self.inode_size > GOOD_OLD_INODE_SIZE else 0
+        return (
+            decode_time(self.atime, self.atime_extra if n >= _ATIME_X else None),
+            decode_time(self.mtime, self.mtime_extra if n >= _MTIME_X else None),
+            decode_time(self.ctime, self.ctime_extra if n >= _CTIME_X else None),
+            decode_time(self.crtime, self.crtime_extra if n >= _CRTIME_X else None)
+            if n >= _CRTIME
+            else 0,
+        )
 
     @property
     def rdev(self) -> tuple[int, int]:
