@@ -324,21 +324,7 @@ class Kernel:
     async def syscall(self, msg: Any) -> Any:
         """Serve one system-call message -> its reply; errors as OSError(errno)."""
         match msg:
-            case Read(handle) | FSync(handle) | FSyncDir(handle):
-                return await self._to_handle(handle, msg)
-            case ReadDir(handle):
-                entries = await self._to_handle(handle, msg)
-                # readdirplus: each counted entry is a lookup reference, like an Entry.
-                counted = tuple(d.inode for d in entries if d.counted)
-                if counted:
-                    cast(self.table, Referenced(counted))
-                return entries
-            case Write(handle) | Flush(handle):
-                if type(msg) is Write:
-                    self._writable()
-                return await self._to_handle(handle, msg)
-            case Release(handle) | ReleaseDir(handle):
-                return await self._release(handle, msg)
+            # The commonest requests first (ls -l, stat, cp): a case is an isinstance test.
             case GetXattr(ino, name):
                 # A live vnode is asked without a pin; for one that is not, the record may
                 # show there is no attribute at all without starting it.
@@ -368,6 +354,21 @@ class Kernel:
                         await tell(self.table, Referenced((reply.inode,)))
                         return reply
                 return await self._to_inode(parent, msg, looked_up=True)
+            case Read(handle) | FSync(handle) | FSyncDir(handle):
+                return await self._to_handle(handle, msg)
+            case ReadDir(handle):
+                entries = await self._to_handle(handle, msg)
+                # readdirplus: each counted entry is a lookup reference, like an Entry.
+                counted = tuple(d.inode for d in entries if d.counted)
+                if counted:
+                    cast(self.table, Referenced(counted))
+                return entries
+            case Write(handle) | Flush(handle):
+                if type(msg) is Write:
+                    self._writable()
+                return await self._to_handle(handle, msg)
+            case Release(handle) | ReleaseDir(handle):
+                return await self._release(handle, msg)
             case MkNod(parent, name) | MkDir(parent, name) | Symlink(parent, name):
                 self._writable()
                 _check_new_name(name)
