@@ -85,7 +85,7 @@ class Sync:
 
 @dataclass(frozen=True, slots=True)
 class GroupCounts:
-    """One group's descriptor counters (a reply, and the payload reported to the superblock)."""
+    """One group's descriptor counters (the reply to GetCounts, Sync and GetGroupCounts)."""
 
     group: int
     free_blocks: int

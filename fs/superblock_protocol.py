@@ -19,7 +19,7 @@ class StatFs:
 
 @dataclass(frozen=True, slots=True)
 class GetGroupCounts:
-    """-> tuple[GroupCounts, ...], one per group, as last reported (allocation policy input)."""
+    """-> tuple[GroupCounts, ...], one per group, exact (allocation policy input)."""
 
 
 @dataclass(frozen=True, slots=True)
