@@ -354,3 +354,45 @@ def test_in_use_without_xattrs() -> None:
     full = bytearray(plain.build())
     full[128:130] = (128).to_bytes(2, "little")
     assert in_use_without_xattrs(bytes(full))
+
+
+def test_stat_view_matches_the_parsed_inode() -> None:
+    import random
+
+    from chanos.fs.format._record import CorruptError
+    from chanos.fs.format.inode import Inode, stat_view
+
+    rng = random.Random(7)
+    for size, extra in ((128, 0), (256, 0), (256, 4), (256, 16), (256, 20), (256, 32), (512, 32)):
+        for _ in range(50):
+            raw = bytearray(rng.randbytes(size))
+            if size > 128:
+                raw[128:130] = extra.to_bytes(2, "little")
+            i = Inode.parse(bytes(raw))
+            assert stat_view(bytes(raw)) == (
+                i.mode,
+                i.links_count,
+                i.uid,
+                i.gid,
+                i.size,
+                i.blocks_lo,
+                i.blocks_high,
+                i.flags,
+                *i.stat_times(),
+                i.generation,
+            )
+            assert stat_view(memoryview(bytes(raw))) == stat_view(bytes(raw))
+    bad = bytearray(256)
+    bad[128:130] = (6).to_bytes(2, "little")
+    for record in (bytes(bad), bytes(200), bytes(64)):
+        try:
+            Inode.parse(record)
+        except CorruptError:
+            pass
+        else:  # pragma: no cover - the fixtures are corrupt by construction
+            raise AssertionError("expected a corrupt record")
+        try:
+            stat_view(record)
+        except CorruptError:
+            continue
+        raise AssertionError("stat_view accepted a record Inode.parse refuses")

@@ -196,6 +196,50 @@ def in_use_without_xattrs(raw: bytes | bytearray | memoryview) -> bool:
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
+# What stat(2) needs, at 0x00: mode uid_lo size_lo atime ctime mtime (dtime) gid_lo links
+# blocks_lo flags; at 0x64: generation (file_acl_lo) size_high (obso_faddr) blocks_high
+# (file_acl_high) uid_high gid_high; at 0x80: extra_isize (checksum_hi) ctime_extra
+# mtime_extra atime_extra crtime crtime_extra.
+_STAT_LO = struct.Struct("<HHIIII4xHHII")
+_STAT_HI = struct.Struct("<I4xI4xH2xHH")
+_STAT_EXTRA = struct.Struct("<H2xIIIII")
+
+
+def stat_view(
+    raw: bytes | bytearray | memoryview,
+) -> tuple[int, int, int, int, int, int, int, int, int, int, int, int, int]:
+    """What stat(2) and a LOOKUP reply need from an inode record, without building an
+    ``Inode``: (mode, links_count, uid, gid, size, blocks_lo, blocks_high, flags,
+    atime_ns, mtime_ns, ctime_ns, crtime_ns, generation), each as the ``Inode`` property
+    of that name gives it. Raises CorruptError where ``Inode.parse`` does."""
+    size = len(raw)
+    if size < GOOD_OLD_INODE_SIZE or size & (size - 1):
+        raise CorruptError(f"inode record of {size} bytes")
+    mode, uid_lo, size_lo, atime, ctime, mtime, gid_lo, links, blocks_lo, flags = (
+        _STAT_LO.unpack_from(raw, 0)
+    )
+    generation, size_hi, blocks_hi, uid_hi, gid_hi = _STAT_HI.unpack_from(raw, 0x64)
+    n = 0
+    if size > GOOD_OLD_INODE_SIZE:
+        # A record over 128 bytes is at least 256 (a power of two): room for all of it.
+        n, ctime_x, mtime_x, atime_x, crtime, crtime_x = _STAT_EXTRA.unpack_from(raw, 128)
+        if n & 3 or GOOD_OLD_INODE_SIZE + n > size:
+            raise CorruptError(f"bad i_extra_isize {n}")
+    return (
+        mode,
+        links,
+        uid_lo | uid_hi << 16,
+        gid_lo | gid_hi << 16,
+        size_lo | size_hi << 32,
+        blocks_lo,
+        blocks_hi,
+        flags,
+        decode_time(atime, atime_x if n >= _ATIME_X else None),
+        decode_time(mtime, mtime_x if n >= _MTIME_X else None),
+        decode_time(ctime, ctime_x if n >= _CTIME_X else None),
+        decode_time(crtime, crtime_x if n >= _CRTIME_X else None) if n >= _CRTIME else 0,
+        generation,
+    )
 
 
 # --- the record -------------------------------------------------------------------------
