@@ -13,8 +13,9 @@ whom to ask, as FFS and ext4 do:
 any number of vnode actors may use one instance at once: every decision is made from
 replies of the group actors and from the per-group counts, which a mounted volume offers
 as a plain read of the superblock state (``Volume.group_counts_hook``; exact, since the
-groups update it in their own turns) and which are otherwise asked of the superblock. It implements the BlockAllocator interface
-(``allocate`` / ``free``) that the file-data layer consumes.
+groups update it in their own turns) and which are otherwise asked of the superblock. It
+implements the BlockAllocator interface (``allocate`` / ``free``) that the file-data layer
+consumes.
 """
 
 from __future__ import annotations
