@@ -11,17 +11,14 @@ whom to ask, as FFS and ext4 do:
 
 ``Allocator`` holds no mutable state (only the volume's geometry and actor addresses), so
 any number of vnode actors may use one instance at once: every decision is made from
-replies of the group actors and from the per-group counts, which a mounted volume offers
-as a plain read of the superblock state (``Volume.group_counts_hook``; exact, since the
-groups update it in their own turns) and which are otherwise asked of the superblock. It
-implements the BlockAllocator interface (``allocate`` / ``free``) that the file-data layer
-consumes.
+replies of the group and superblock actors. It implements the BlockAllocator interface
+(``allocate`` / ``free``) that the file-data layer consumes.
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from chanos.fs.group_protocol import AllocBlocks, AllocInode, FreeBlocks, FreeInode, GroupCounts
@@ -50,7 +47,6 @@ class _VolumeLike(Protocol):
     geometry: _Geometry
     groups: Sequence[Any]
     superblock: Any
-    group_counts_hook: Callable[[], tuple[GroupCounts, ...]] | None
 
 
 class Allocator:
@@ -61,7 +57,6 @@ class Allocator:
         self.geo = volume.geometry
         self.groups = volume.groups
         self.superblock = volume.superblock
-        self._counts_hook = getattr(volume, "group_counts_hook", None)
         self.group_of_block = self.geo.group_of_block
         self.group_of_inode = self.geo.group_of_inode
         self.group_first_block = self.geo.group_first_block
@@ -73,10 +68,6 @@ class Allocator:
         return self.group_first_block(self.group_of_inode(ino))
 
     async def group_counts(self) -> tuple[GroupCounts, ...]:
-        """Every group's exact counts: read from the superblock state when the volume
-        offers it (the groups keep it exact in their own turns), else asked for."""
-        if self._counts_hook is not None:
-            return self._counts_hook()
         return await call(self.superblock, GetGroupCounts())
 
     # -- inodes ------------------------------------------------------------------------------

@@ -47,8 +47,9 @@ from chanos.fs.group_protocol import (
     Sync,
     WriteInode,
 )
-from chanos.fs.superblock_protocol import ReportError
-from chanos.personality import Actor, cast
+from chanos.fs.superblock_protocol import GroupCountsChanged, ReportError
+from chanos.personality import Actor, CallError, call, cast
+from chanos.personality.actor import caller_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ class BlockGroup:
             raise
 
     def _report(self) -> None:
-        """Hand the new counts to the superblock state (a plain call: no await, no message)."""
+        """Hand the new counts to ``on_counts`` (the group's actor, which sends them on)."""
         if self._on_counts is not None:
             self._on_counts(self.layout.index, self.free_blocks, self.free_inodes, self.used_dirs)
 
@@ -605,18 +606,46 @@ class BlockGroupActor(Actor):
     state is validated before its first field changes and is undone if its write-through
     fails, so a crash cannot leave the state half-changed.
 
-    ``superblock`` (an ActorRef, optional) receives ``ReportError`` casts for on-disk
-    inconsistencies. The counts are not sent as messages: the volume gives the
-    ``BlockGroup`` an ``on_counts`` function that records them in the superblock's state
-    directly (see ``SuperblockState.set_group_counts``), so an allocation or a free
-    costs no second actor turn.
+    ``superblock`` (an ActorRef, optional) receives ``GroupCountsChanged`` at the end of
+    every turn that changed the counts (see ``_report``) and ``ReportError`` casts for
+    on-disk inconsistencies.
     """
 
     def __init__(self, group: BlockGroup, *, superblock: Any = None) -> None:
         self.group = group
         self.superblock = superblock
+        # The counts to report at the end of the current turn (see ``_report``).
+        self._counts: tuple[int, int, int, int] | None = None
         if superblock is not None:
+            group._on_counts = self._counts_changed
             group._on_error = _error_reporter(superblock)
+
+    def _counts_changed(self, group: int, free_blocks: int, free_inodes: int, used: int) -> None:
+        self._counts = (group, free_blocks, free_inodes, used)
+
+    async def _report(self) -> None:
+        """Send the counts a turn changed to the superblock actor.
+
+        Called, not cast, when the superblock is idle and this turn is not cancelled: a
+        cast to an idle actor spawns a task to run its turn, several times the cost of the
+        inline call. The call cannot close a cycle (the superblock actor never calls a
+        group); the counts are absolute, so a report that has to be cast instead changes
+        nothing but the cost. The superblock's state is its own: the counts reach it only
+        in a message, never by a write from this actor's turn.
+        """
+        counts = self._counts
+        if counts is None:
+            return
+        self._counts = None
+        sb = self.superblock
+        msg = GroupCountsChanged(*counts)
+        if sb.idle and not caller_cancelled():
+            try:
+                await call(sb, msg)
+            except CallError as exc:
+                log.error("superblock failed on the counts of group %d: %r", counts[0], exc)
+        else:
+            cast(sb, msg)
 
     async def started(self) -> None:
         g = self.group
@@ -625,6 +654,7 @@ class BlockGroupActor(Actor):
         else:
             await g.load()
         await g.sync()  # write back anything pending; report the exact counts
+        await self._report()
 
     async def handle(self, msg: object) -> Any:
         g = self.group
@@ -634,9 +664,13 @@ class BlockGroupActor(Actor):
             case WriteInode(ino, raw):
                 return await g.write_inode(ino, raw)
             case AllocBlocks(goal, count):
-                return await g.alloc_blocks(goal, count)
+                run = await g.alloc_blocks(goal, count)
+                await self._report()
+                return run
             case FreeBlocks(start, count):
-                return await g.free_blocks_run(start, count)
+                freed = await g.free_blocks_run(start, count)
+                await self._report()
+                return freed
             case AllocInode(is_dir, raw):
                 ino = await g.alloc_inode(is_dir)
                 if ino is not None and raw:
@@ -645,15 +679,20 @@ class BlockGroupActor(Actor):
                     except BaseException:
                         await g.free_inode(ino, is_dir)
                         raise
+                await self._report()
                 return ino
             case FreeInode(ino, is_dir, raw):
                 if raw:
                     await g.write_inode(ino, raw)
-                return await g.free_inode(ino, is_dir)
+                freed = await g.free_inode(ino, is_dir)
+                await self._report()
+                return freed
             case GetCounts():
                 return g.counts()
             case Sync():
-                return await g.sync()
+                counts = await g.sync()
+                await self._report()
+                return counts
             case _:
                 raise OSError(errno.ENOSYS, f"block group: unknown message {type(msg).__name__}")
 

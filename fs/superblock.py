@@ -5,13 +5,10 @@ through ``chanos.fs.superblock_protocol``.
 
 Who is authoritative for what:
 - per-group free-block / free-inode / used-directory counts belong to the group actors;
-  each change is recorded here by ``set_group_counts`` (absolute values), which the
-  volume hands each group as a plain function: the group calls it synchronously in its
-  own turn, with no message. That is safe because every actor runs on the one trio
-  thread and the update has no await, and it is cheap: a message per allocation and per
-  free was a quarter of a block allocation's cost. The descriptor table and the global
-  free counts (always the sums of the per-group counts, as the kernel keeps them) are
-  therefore exact at every moment, for StatFs, GetGroupCounts and Sync alike.
+  they send ``GroupCountsChanged`` (absolute values) at the end of each turn that
+  changed them, and this actor copies them into its descriptor table. The global free
+  counts in the superblock are always the sums of the per-group counts, as the kernel
+  keeps them.
 - everything else in the superblock and the descriptors (locations, flags, features) is
   read at mount and only written back, never changed, except: ``s_state`` (not clean
   while mounted read-write; the mount-time state restored at unmount, plus ERROR_FS when
@@ -44,6 +41,7 @@ from chanos.fs.group_protocol import GroupCounts
 from chanos.fs.superblock_protocol import (
     GetGroupCounts,
     GetLastOrphan,
+    GroupCountsChanged,
     IsReadOnly,
     ReportError,
     SetLastOrphan,
@@ -135,7 +133,7 @@ class SuperblockState:
         return self._counts
 
     def set_group_counts(self, g: int, free_blocks: int, free_inodes: int, used_dirs: int) -> None:
-        """Group ``g``'s new counts (absolute): the ``on_counts`` hook of ``BlockGroup``."""
+        """Group ``g``'s new counts (absolute), as its actor reported them."""
         d = self.descs[g]
         if (
             d.free_blocks_count == free_blocks
@@ -316,6 +314,9 @@ class SuperblockActor(Actor):
     async def handle(self, msg: object) -> Any:
         st = self.state
         match msg:
+            case GroupCountsChanged(group, free_blocks, free_inodes, used_dirs):
+                st.set_group_counts(group, free_blocks, free_inodes, used_dirs)
+                return None
             case GetGroupCounts():
                 return st.group_counts()
             case StatFs():

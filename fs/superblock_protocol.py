@@ -2,14 +2,24 @@
 
 The superblock actor owns the on-disk superblock and the group descriptor table: global
 free counts, mount state, the orphan-list head, statfs figures and the read-only flag.
-Block-group actors record their counters in its state directly, without a message (see
-``SuperblockState.set_group_counts``); every message here is a call except
+Block-group actors report their counters to it with ``GroupCountsChanged`` (a call when
+the superblock is idle, else a cast); every other message is a call except
 ``ReportError``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCountsChanged:
+    """From a group actor: its exact current counters (absolute values, idempotent)."""
+
+    group: int
+    free_blocks: int
+    free_inodes: int
+    used_dirs: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -307,15 +307,11 @@ class Volume:
         groups: Sequence[Any],
         read_only: bool,
         set_last_orphan: Any = None,
-        group_counts: Any = None,
     ) -> None:
         self.device = device
         # The superblock state's setter of s_last_orphan (no await inside), for the orphan
         # list to call from its own turn without a message; None: send SetLastOrphan.
         self.set_last_orphan_hook = set_last_orphan
-        # The superblock state's exact per-group counts (a plain function), for the
-        # allocator's policy without a GetGroupCounts message; None: send the message.
-        self.group_counts_hook = group_counts
         self.geometry = checked.geometry
         self.sb = checked.sb  # the superblock as read at mount (for hash seed, flags, ...)
         self.read_only = read_only
@@ -423,7 +419,6 @@ async def mount(
             read_only=read_only,
             write_through=write_through,
             itable_cache_bytes=itable_cache,
-            on_counts=st.set_group_counts,
         )
         refs.append(
             await supervisor.start(
@@ -434,9 +429,7 @@ async def mount(
                 )
             )
         )
-    return Volume(
-        device, checked, sb_ref, refs, read_only, st.set_last_orphan, group_counts=st.group_counts
-    )
+    return Volume(device, checked, sb_ref, refs, read_only, st.set_last_orphan)
 
 
 def _group_factory(group: BlockGroup, sb_ref: Any) -> Any:
