@@ -265,3 +265,15 @@ def test_corrupt_records_rejected(patch, why) -> None:
     good = D.new_dir_block(1024, 12, 2)
     with pytest.raises(CorruptError, match="out of range"):
         list(D.records(good, max_inode=10))
+
+
+def test_insert_never_splits_a_live_record_below_the_minimum_rec_len():
+    # A live record with name_len 0 (corrupt, yet readable) in a 20-byte slot: keeping
+    # only its 8 header bytes would leave a record every reader rejects.
+    block = bytearray(1024)
+    block[0:8] = (1).to_bytes(4, "little") + (20).to_bytes(2, "little") + b"\0\0"
+    block[24:26] = (1004).to_bytes(2, "little")  # then a free record of the rest
+    off = D.insert(block, 5, b"new", 1)
+    assert off == 20  # the free record, not the 12 bytes after the first one's header
+    assert D.find(block, b"new") is not None
+    assert [r.rec_len for r in D.records(block)] == [20, 1004]

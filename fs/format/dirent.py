@@ -267,7 +267,7 @@ def _slot(block: bytes | bytearray | memoryview, need: int) -> tuple[int, int, i
     if size >= 65536:  # rec_len encoding of huge blocks: the general path
         for off, ino, rl, nl, ft in _headers(block):
             if ino:
-                used = (nl + 11) & ~3
+                used = max((nl + 11) & ~3, MIN_REC_LEN)
                 if rl - used >= need:
                     return off, rl, used
             elif rl >= need and not _is_csum_tail(off, ino, rl, nl, ft, size):
@@ -287,8 +287,10 @@ def _slot(block: bytes | bytearray | memoryview, need: int) -> tuple[int, int, i
         if off + rl > size:
             raise CorruptError(f"directory entry overruns block at offset {off}")
         if ino:
-            if rl - used >= need:
-                return off, rl, used
+            # A live record keeps at least the smallest valid rec_len, even one whose
+            # name_len is 0 (corrupt, but readable: splitting it to 8 bytes would not be).
+            if rl - max(used, MIN_REC_LEN) >= need:
+                return off, rl, max(used, MIN_REC_LEN)
         elif rl >= need and not _is_csum_tail(off, ino, rl, nl, ft, size):
             return off, rl, 0
         off += rl
