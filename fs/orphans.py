@@ -14,9 +14,6 @@ an inode's record belongs to its vnode actor, so
   lookup references on the inode calls ``AddOrphan(ino)``; the
   reply is the inode that follows it (the old head), which the vnode stores in its
   ``i_dtime`` and writes with its inode; the actor then points ``s_last_orphan`` at it;
-  (with ``set_head``, the superblock state's own setter, called in this actor's turn
-  with no message: it only records the head and marks the superblock dirty, and the
-  chain reaches the disk at a sync, head and inode records together);
 * a vnode that frees an orphan (last release, ``Forgotten``, or ``Reclaim`` at mount) calls
   ``RemoveOrphan(ino)``. Unlinking from the head only moves ``s_last_orphan``; unlinking
   from the middle makes the predecessor skip it, by casting ``SetOrphanNext(next)`` to the
@@ -64,12 +61,9 @@ class OrphanList(Actor):
     predecessor's vnode with ``SetOrphanNext``).
     """
 
-    def __init__(self, superblock: ActorRef, table: ActorRef, set_head: Any = None) -> None:
+    def __init__(self, superblock: ActorRef, table: ActorRef) -> None:
         self._sb = superblock
         self._table = table
-        # ``async set_head(ino)`` that never blocks (SuperblockState.set_last_orphan), or
-        # None: SetLastOrphan to the superblock actor.
-        self._set_head = set_head
         # Head first. Orphans are few (open-but-unlinked files), so a list is right.
         self._chain: list[int] = []
 
@@ -81,7 +75,7 @@ class OrphanList(Actor):
                     return self._chain[i + 1] if i + 1 < len(self._chain) else 0
                 nxt = self._chain[0] if self._chain else 0
                 self._chain.insert(0, ino)
-                await self._head(ino)
+                await call(self._sb, SetLastOrphan(ino))
                 return nxt
             case RemoveOrphan(ino):
                 if ino not in self._chain:
@@ -90,7 +84,7 @@ class OrphanList(Actor):
                 nxt = self._chain[i + 1] if i + 1 < len(self._chain) else 0
                 del self._chain[i]
                 if i == 0:
-                    await self._head(nxt)
+                    await call(self._sb, SetLastOrphan(nxt))
                 else:
                     await _tell_vnode(self._table, self._chain[i - 1], SetOrphanNext(nxt))
                 return None
@@ -101,13 +95,6 @@ class OrphanList(Actor):
                 return tuple(self._chain)
             case _:
                 raise TypeError(f"orphan list: unknown message {msg!r}")
-
-    async def _head(self, ino: int) -> None:
-        """Point ``s_last_orphan`` at ``ino``."""
-        if self._set_head is not None:
-            await self._set_head(ino)
-        else:
-            await call(self._sb, SetLastOrphan(ino))
 
 
 async def _tell_vnode(table: ActorRef, ino: int, msg: Any) -> None:

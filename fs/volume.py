@@ -306,12 +306,8 @@ class Volume:
         superblock: Any,
         groups: Sequence[Any],
         read_only: bool,
-        set_last_orphan: Any = None,
     ) -> None:
         self.device = device
-        # The superblock state's setter of s_last_orphan (no await inside), for the orphan
-        # list to call from its own turn without a message; None: send SetLastOrphan.
-        self.set_last_orphan_hook = set_last_orphan
         self.geometry = checked.geometry
         self.sb = checked.sb  # the superblock as read at mount (for hash seed, flags, ...)
         self.read_only = read_only
@@ -429,7 +425,7 @@ async def mount(
                 )
             )
         )
-    return Volume(device, checked, sb_ref, refs, read_only, st.set_last_orphan)
+    return Volume(device, checked, sb_ref, refs, read_only)
 
 
 def _group_factory(group: BlockGroup, sb_ref: Any) -> Any:

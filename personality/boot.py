@@ -593,11 +593,7 @@ async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterato
             orphans = await sup.start(
                 ChildSpec(
                     name="orphans",
-                    factory=lambda: OrphanList(
-                        volume.superblock,
-                        table,
-                        getattr(volume, "set_last_orphan_hook", None),
-                    ),
+                    factory=lambda: OrphanList(volume.superblock, table),
                     restart=PERMANENT,
                 )
             )

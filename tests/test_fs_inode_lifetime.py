@@ -210,39 +210,3 @@ async def test_orphans_relinked_under_retirement_pressure_without_a_cycle(image,
     bad = [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
     assert not bad, bad
     assert_fsck_clean(image)
-
-
-async def test_orphan_head_set_while_the_superblock_is_written_reaches_the_next_sync(image):
-    # The orphan list sets s_last_orphan in the superblock state from its own turn (no
-    # message), at any moment: a head set while a superblock write is in flight is not
-    # lost, the next sync writes it and the chain on disk is complete.
-    import trio
-    from chanos.fs.superblock import SUPERBLOCK_OFFSET
-
-    async with boot(image, MountOptions()) as k:
-        st = k.volume.set_last_orphan_hook.__self__
-        real = st.device
-        entered, gate = trio.Event(), trio.Event()
-
-        class HeldSuperblockWrite:
-            def __getattr__(self, name):
-                return getattr(real, name)
-
-            async def write(self, offset, data):
-                if offset == SUPERBLOCK_OFFSET and not gate.is_set():
-                    entered.set()
-                    await gate.wait()
-                return await real.write(offset, data)
-
-        ino = await k_write_file(k, ROOT_INO, b"f", b"x" * 5000)  # one lookup (Create)
-        st.device = HeldSuperblockWrite()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(st.write_superblock)
-            await entered.wait()
-            await k.syscall(Unlink(ROOT_INO, b"f"))  # kept for the reference: an orphan
-            gate.set()
-        st.device = real
-        assert await _synced_orphan(k, image) == ino
-        await k.syscall(Forget(ino, 1))
-        assert await _synced_orphan(k, image) == 0
-    assert_fsck_clean(image)
