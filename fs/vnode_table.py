@@ -37,21 +37,20 @@ them on the on-disk orphan list, freed by the next mount.
 
 The fast path: requests to a live vnode without a pin
 -----------------------------------------------------
-Pin + request + Unpin is three messages where the request alone is one. The table keeps
-its live vnodes in a ``LiveVnodes`` object the kernel may read between the table's turns
-(trio runs one task at a time and the read is synchronous): ``LiveVnodes.ref_for(ino)``
-gives a live vnode's address (and marks it recently used), and the kernel sends it the
-request wrapped in ``Unpinned``. That is safe for a request that never asks the table,
-because of how retirement is ordered: the table removes the slot *before* it sends the
-vnode anything, so every unpinned request was queued (or is running) before the
-``WriteBack`` of the retirement, and mailboxes are first in, first out; ``stop()`` then
-waits for the end of a running turn. The one gap, a forgotten vnode stopped without a
-``WriteBack`` while an unpinned request waits behind another turn, answers that request
-``ActorDied`` without running it: the kernel then takes the pinned path. A vnode asked
-``Unpinned`` whose request could call the table (restarted after a crash and not yet told
-its open count, or its inode unlinked or not loaded) answers ``NEEDS_PIN`` at once, and
-the kernel takes the pinned path: an unpinned vnode counts as idle, and the table may be
-waiting for it.
+Pin + request + Unpin is three messages where the request alone is one. The kernel
+remembers the addresses it was given (Pin replies, handles) and sends a request that never
+asks the table straight to the remembered address, wrapped in ``Unpinned``. No state is
+shared with the table; what makes it safe is how retirement is ordered. The table stops
+a vnode in its own turn and starts a new one for the same inode only after the old one
+has stopped, so a remembered address that still reaches a running actor reaches the only
+vnode of its inode. A request that runs before the stop (even after the retirement's
+``WriteBack``) is served, and what it changed is written back by the vnode's
+``stopped()``; one still queued at the stop, or sent after it, gets ``ActorDied``
+without running, and the kernel sends it again, pinned. A vnode asked ``Unpinned`` whose
+request could call the table (restarted after a crash and not yet told its open count,
+or its inode unlinked or not loaded) answers ``NEEDS_PIN`` at once, and the kernel takes
+the pinned path: an unpinned vnode counts as idle, and the table may be waiting for it.
+An unpinned request does not refresh the vnode's place in the LRU order.
 
 Retirement is ``WriteBack()`` then ``stop()``, awaited inside the table's turn. That is
 safe from deadlock because an idle vnode is, by definition, not serving a request that
@@ -239,28 +238,6 @@ class _Slot:
         return self.pins == 0 and self.opened == 0 and not self.adopted
 
 
-class LiveVnodes:
-    """The table's live vnodes by inode number, least recently used first.
-
-    Written only by the table actor (in its turns); read by the kernel between them for
-    the fast path (see the module docstring). Outlives a restart of the table: the new
-    instance empties it and refills it with the vnodes it adopts.
-    """
-
-    __slots__ = ("slots",)
-
-    def __init__(self) -> None:
-        self.slots: OrderedDict[int, _Slot] = OrderedDict()
-
-    def ref_for(self, ino: int) -> ActorRef | None:
-        """The address of ``ino``'s live vnode (now the most recently used), or None."""
-        slot = self.slots.get(ino)
-        if slot is None:
-            return None
-        self.slots.move_to_end(ino)
-        return slot.ref
-
-
 class VnodeTable(Actor):
     """The table actor. ``start_vnode(ino) -> ActorRef`` starts a vnode actor for ``ino``
     (under the vnode supervisor); boot supplies it, see ``supervised_starter``."""
@@ -270,17 +247,14 @@ class VnodeTable(Actor):
         start_vnode: Callable[[int], Any],
         max_vnodes: int = DEFAULT_MAX_VNODES,
         running: Callable[[], list[Any]] | None = None,
-        live: LiveVnodes | None = None,
     ) -> None:
         if max_vnodes < 1:
             raise ValueError("max_vnodes must be at least 1")
         self._start_vnode = start_vnode
         self._running = running
         self._max = max_vnodes
-        # Live vnodes, least recently used first (move_to_end on every Pin and on every
-        # fast-path request). Shared with the kernel through ``live`` (read only there).
-        self._live: OrderedDict[int, _Slot] = live.slots if live is not None else OrderedDict()
-        self._live.clear()
+        # Live vnodes, least recently used first (move_to_end on every Pin).
+        self._live: OrderedDict[int, _Slot] = OrderedDict()
         # Lookup references held by the host kernel, by inode (live or not).
         self._lookups: dict[int, int] = {}
         # Unlinked inodes with nothing open, kept allocated until their lookup count

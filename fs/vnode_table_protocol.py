@@ -12,9 +12,9 @@ unlinked on disk. ``Pin`` answers with the vnode's ``ActorRef``; the casts (``Un
 ``Closed``, ``Referenced``, ``Forget``, ``Crashed``) answer nothing; the rest answer as
 each class says. Unmount and sync use ``WriteBackAll``, ``TakeHeld`` and ``RetireAll``.
 
-``Unpinned`` is not for the table: it wraps a request the kernel sends to a live vnode
-without a pin (see ``LiveVnodes`` in chanos.fs.vnode_table); ``NEEDS_PIN`` is the reply of
-a vnode that cannot serve it so.
+``Unpinned`` is not for the table: it wraps a request the kernel sends to a vnode without
+a pin (see "The fast path" in chanos.fs.vnode_table); ``NEEDS_PIN`` is the reply of a
+vnode that cannot serve it so.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ and the superblock are synced and marked clean, and the driver is flushed.
 * messages naming an inode (GetAttr, Open, xattrs, ...) and messages naming a parent
   directory (Lookup, MkDir, Unlink, ...) go to that inode's vnode, found through the vnode
   table and pinned for the duration of the call; GetAttr, GetXattr, ListXattr, ReadLink,
-  Lookup and SetAttr go to a live vnode without a pin (one message instead of three; see
-  "The fast path" in chanos.fs.vnode_table);
+  Lookup and SetAttr go without a pin to a vnode whose address the kernel remembers (one
+  message instead of three; see "The fast path" in chanos.fs.vnode_table);
 * messages carrying a Handle (Read, Write, ReadDir, ...) go straight to ``handle.vnode``:
   the address travelled in the handle, no table lookup;
 * lookup references: every Entry reply (Lookup, MkNod, MkDir, Symlink, Link, Create) and
@@ -56,7 +56,6 @@ from chanos.fs.superblock_protocol import StatFs as SbStatFs
 from chanos.fs.vnode_protocol import AddLink, CreateOpen, InsertEntry, RemoveEntry
 from chanos.fs.vnode_table import (
     DEFAULT_MAX_VNODES,
-    LiveVnodes,
     VnodeTable,
     forget,
     free_held,
@@ -197,12 +196,13 @@ class Kernel:
         rename: ActorRef,
         superblock: ActorRef,
         options: MountOptions,
-        live: LiveVnodes | None = None,
     ) -> None:
         self.volume = volume
         self.table = table
-        # The table's live vnodes, for requests sent without a pin (``_unpinned``).
-        self.live = live if live is not None else LiveVnodes()
+        # Vnode addresses the table gave out, by inode, oldest first, for requests sent
+        # without a pin (``_unpinned``); a stale one answers ActorDied and is dropped.
+        self._refs: dict[int, ActorRef] = {}
+        self._refs_max = max(options.max_vnodes, 1)
         self.rename = rename
         self.superblock = superblock
         self.options = options
@@ -222,6 +222,7 @@ class Kernel:
         """
         table = self.table
         ref = await call(table, Pin(ino))
+        self._remember(ino, ref)
         entry_ino = 0
         try:
             if absent:
@@ -251,17 +252,27 @@ class Kernel:
             await tell(self.table, Unpin(ino))
 
     async def _unpinned(self, ino: int, ref: ActorRef, msg: Any) -> Any:
-        """Send ``msg`` to ``ino``'s live vnode ``ref`` without a pin (one message instead
+        """Send ``msg`` to ``ino``'s vnode at ``ref`` without a pin (one message instead
         of three; see chanos.fs.vnode_table, "The fast path"). Only for requests whose
         handling never asks the vnode table (the vnode checks its own state and answers
         NEEDS_PIN otherwise). -> the reply, or NEEDS_PIN: send it pinned."""
         try:
             return await call(ref, Unpinned(msg))
         except ActorDied:
-            # Stopped (retired) with the request still queued: it did not run.
+            # Retired (stopped before the request ran): forget the address.
+            if self._refs.get(ino) is ref:
+                del self._refs[ino]
             return NEEDS_PIN
         except CallError as exc:
             raise self._crashed(ino, ref, msg, exc) from exc
+
+    def _remember(self, ino: int, ref: ActorRef) -> None:
+        """Keep ``ino``'s vnode address for unpinned requests (at most ``max_vnodes``
+        addresses, the oldest dropped first)."""
+        refs = self._refs
+        if ino not in refs and len(refs) >= self._refs_max:
+            del refs[next(iter(refs))]
+        refs[ino] = ref
 
     def _crashed(self, ino: int, ref: ActorRef, msg: Any, exc: CallError) -> OSError:
         """Tell the table ``ino``'s vnode ``ref`` crashed serving ``msg``; the EIO to raise."""
@@ -279,6 +290,7 @@ class Kernel:
         """Open through ``ino``'s vnode; the handle pins the vnode until released."""
         table = self.table
         ref = await call(table, Pin(ino))
+        self._remember(ino, ref)
         opened = 0
         try:
             handle = await call(ref, msg)
@@ -296,6 +308,7 @@ class Kernel:
         and the new vnode's pin (taken by the parent) becomes the handle's."""
         table = self.table
         ref = await call(table, Pin(parent))
+        self._remember(parent, ref)
         entry_ino = 0
         try:
             handle, entry = await call(ref, msg)
@@ -306,6 +319,7 @@ class Kernel:
             await tell(table, Unpin(parent, 0, entry_ino))
         handle = replace(handle, fh=next(self._fh))
         self._handles[handle.fh] = (handle, False)
+        self._remember(entry_ino, handle.vnode)
         await tell(table, Unpin(entry_ino, 1))
         return handle, entry
 
@@ -326,9 +340,9 @@ class Kernel:
         match msg:
             # The commonest requests first (ls -l, stat, cp): a case is an isinstance test.
             case GetXattr(ino, name):
-                # A live vnode is asked without a pin; for one that is not, the record may
-                # show there is no attribute at all without starting it.
-                ref = self.live.ref_for(ino)
+                # A vnode whose address is known is asked without a pin; otherwise the
+                # record may show there is no attribute at all without starting one.
+                ref = self._refs.get(ino)
                 if ref is not None:
                     reply = await self._unpinned(ino, ref, msg)
                     if reply is not NEEDS_PIN:
@@ -337,7 +351,7 @@ class Kernel:
                     raise OSError(errno.ENODATA, f"no attribute {name!r}")
                 return await self._to_inode(ino, msg)
             case GetAttr(ino) | ReadLink(ino) | ListXattr(ino):
-                ref = self.live.ref_for(ino)
+                ref = self._refs.get(ino)
                 if ref is not None:
                     reply = await self._unpinned(ino, ref, msg)
                     if reply is not NEEDS_PIN:
@@ -345,7 +359,7 @@ class Kernel:
                 return await self._to_inode(ino, msg)
             case Lookup(parent, name):
                 _check_name(name)
-                ref = self.live.ref_for(parent)
+                ref = self._refs.get(parent)
                 if ref is not None:
                     reply = await self._unpinned(parent, ref, msg)
                     if reply is not NEEDS_PIN:
@@ -389,7 +403,7 @@ class Kernel:
                 self._writable()
                 if handle is not None:
                     return await self._to_handle(handle, msg)
-                ref = self.live.ref_for(ino)
+                ref = self._refs.get(ino)
                 if ref is not None:
                     reply = await self._unpinned(ino, ref, msg)
                     if reply is not NEEDS_PIN:
@@ -430,7 +444,7 @@ class Kernel:
                 raise OSError(errno.ENOSYS, f"unknown system call {type(msg).__name__}")
 
     async def _no_xattrs(self, ino: int, name: bytes) -> bool:
-        """Whether ``ino``, whose vnode is not live, certainly has no attribute ``name``.
+        """Whether ``ino`` (no vnode address known) certainly has no attribute ``name``.
 
         ``ls -l`` asks every file for security.selinux and system.posix_acl_access, and
         almost no file has either: the answer is read from the inode record in its group
@@ -577,7 +591,6 @@ async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterato
 
                 return VnodeActor(ino, holder["ctx"])
 
-            live = LiveVnodes()
             table = await sup.start(
                 ChildSpec(
                     name="vnode-table",
@@ -585,7 +598,6 @@ async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterato
                         supervised_starter(vnodes, make_vnode),
                         options.max_vnodes,
                         running=lambda: vnodes.children,
-                        live=live,
                     ),
                     restart=PERMANENT,
                 )
@@ -607,7 +619,6 @@ async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterato
                 rename=rename,
                 superblock=volume.superblock,
                 options=options,
-                live=live,
             )
             if options.cleanup_orphans and not read_only:
                 geo = volume.geometry
