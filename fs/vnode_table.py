@@ -21,8 +21,11 @@ An address handed out must stay valid while it is used, so every user pins the v
 host kernel holds (``Forget``) does not keep a vnode alive, because a vnode keeps no state
 that is not written back on retirement. The bound is therefore soft: when more vnodes
 than ``max_vnodes`` are pinned at once, the table runs above the bound until pins drop.
-A vnode whose lookup count drops to zero by ``Forget`` is retired as soon as it is idle
-(the host kernel has forgotten it), even below the bound.
+A vnode whose lookup count drops to zero by ``Forget`` moves to the cold end of the LRU
+order (the host kernel has forgotten it, so it goes first when room is needed) but is not
+retired there and then: the host kernel forgets in bursts, and retiring thousands of
+vnodes inside the Forgets holds up every lookup behind them. A vnode whose held inode was
+freed by its ``Forgotten`` retires as soon as it is idle.
 
 Unlinked inodes still referenced
 --------------------------------
@@ -345,14 +348,23 @@ class VnodeTable(Actor):
                     self._lookups[ino] = left
                     return None
                 self._lookups.pop(ino, None)
+                freed = False
                 if ino in self._held:
                     self._held.discard(ino)
                     if take:
                         return await self._pin_new(ino)
                     await self._forgotten(ino)
+                    freed = True
                 slot = self._live.get(ino)
                 if slot is not None and slot.idle:
-                    await self._retire(ino, slot)
+                    if freed:
+                        await self._retire(ino, slot)
+                    else:
+                        # First in line when room is needed, but not retired now: that is
+                        # a write-back and a stop each, and the host kernel forgets in
+                        # bursts (memory pressure, drop_caches) that lookups would queue
+                        # behind. Looked up again, it is still here.
+                        self._live.move_to_end(ino, last=False)
                 return None
             case Crashed(ino, ref):
                 slot = self._live.get(ino)

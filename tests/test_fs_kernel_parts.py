@@ -24,6 +24,7 @@ from chanos.fs.vnode_table_protocol import (
     Closed,
     Forget,
     GetStats,
+    Hold,
     Pin,
     Referenced,
     RetireAll,
@@ -257,11 +258,15 @@ async def test_table_never_retires_pinned_or_open_vnodes():
         await call(table, RetireAll())
 
 
-async def test_forget_retires_idle_vnode_at_zero_lookups():
+async def test_forgotten_vnode_is_first_to_retire_when_room_is_needed():
     disk = new_disk()
     f = disk.mkfile(2, b"f")
+    others = [disk.mkfile(2, b"g%d" % i) for i in range(3)]
     async with open_supervisor(name="t") as sup:
-        table, _ = await start_kernel_parts(sup, disk, max_vnodes=100)
+        table, _ = await start_kernel_parts(sup, disk, max_vnodes=4)
+        for g in others:  # used before f: f is the most recently used
+            await call(table, Pin(g))
+            await call(table, Unpin(g))
         await call(table, Pin(f))
         await call(table, Unpin(f, looked_up=f))
         await call(table, Pin(f))
@@ -269,7 +274,12 @@ async def test_forget_retires_idle_vnode_at_zero_lookups():
         await call(table, Forget(f, 1))
         assert f in disk.live  # one lookup left
         await call(table, Forget(f, 1))
+        assert f in disk.live and disk.writebacks == []  # not retired in the Forget
+        g = disk.mkfile(2, b"new")
+        await call(table, Pin(g))  # the table is full: one vnode must go
+        await call(table, Unpin(g))
         assert f not in disk.live and disk.writebacks == [f]
+        assert all(o in disk.live for o in others)
 
 
 async def test_readdir_references_count_like_lookups():
@@ -284,7 +294,7 @@ async def test_readdir_references_count_like_lookups():
             await call(table, Forget(f, 1))
             assert f in disk.live
         await call(table, Forget(f, 1))
-        assert f not in disk.live and disk.writebacks == [f]
+        assert not await call(table, Hold(f))  # no reference left (Hold needs one)
 
 
 async def test_crashed_vnode_gives_eio_and_is_restarted():
