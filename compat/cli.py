@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from chanos.compat.mounts import mounts
 from chanos.compat.options import MountConfig, OptionError, parse_options
 from chanos.compat.readahead import set_read_ahead
 
@@ -79,29 +80,9 @@ def parse_size(text: str) -> int:
     return n << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[unit]
 
 
-def _unescape_mountinfo(s: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
-
-
-def mounts() -> list[tuple[str, str, str]]:
-    """(mount point, fs type, source) of every mount, from /proc/self/mountinfo."""
-    out = []
-    try:
-        text = Path("/proc/self/mountinfo").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        left, _, right = line.partition(" - ")
-        f = left.split()
-        r = right.split()
-        if len(f) >= 5 and len(r) >= 2:
-            out.append((_unescape_mountinfo(f[4]), r[0], _unescape_mountinfo(r[1])))
-    return out
-
-
 def chanos_mounts_of(image: str) -> list[str]:
     """Mount points where chanos serves ``image``."""
-    return [m for m, t, src in mounts() if t == "fuse.chanos" and src == image]
+    return [m.point for m in mounts() if m.fstype == "fuse.chanos" and m.source == image]
 
 
 def lock_image(image: str, read_only: bool, shared: bool = False) -> int:
@@ -226,7 +207,7 @@ def _check_mount_args(image: str, mountpoint: str) -> None:
         raise Fail(f"mount point {mountpoint} does not exist")
     if not os.path.isdir(mountpoint):
         raise Fail(f"mount point {mountpoint} is not a directory")
-    if any(m == mountpoint for m, _, _ in mounts()) or os.path.ismount(mountpoint):
+    if any(m.point == mountpoint for m in mounts()) or os.path.ismount(mountpoint):
         raise Fail(f"{mountpoint} is already a mount point")
     if not os.path.exists("/dev/fuse"):
         raise Fail("/dev/fuse does not exist: the fuse kernel module is not loaded (modprobe fuse)")
@@ -507,7 +488,7 @@ def _stop_trace(path: str | None) -> None:
 
 def cmd_umount(a: argparse.Namespace) -> int:
     mountpoint = os.path.realpath(a.mountpoint)
-    found = [(t, src) for m, t, src in mounts() if m == mountpoint]
+    found = [(m.fstype, m.source) for m in mounts() if m.point == mountpoint]
     if not found:
         raise Fail(f"{mountpoint}: not mounted")
     fstype, image = found[-1]

@@ -13,26 +13,24 @@ from __future__ import annotations
 import logging
 import os
 
+from chanos.compat.mounts import MOUNTINFO, mounts
+
 log = logging.getLogger(__name__)
 
 SYSFS_BDI = "/sys/class/bdi"
 
 
-def mount_device(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+def mount_device(mountpoint: str, mountinfo: str = MOUNTINFO) -> str | None:
     """``MAJ:MIN`` of the file system mounted last on ``mountpoint``, or None.
 
     ``mountpoint`` must be canonical (``os.path.realpath`` taken before mounting): once
     mounted, resolving it or stat(2) on it is a request to the daemon that calls this
     before it serves any. Hence mountinfo, not stat.
     """
-    target = mountpoint
     found = None
-    with open(mountinfo) as f:
-        for line in f:
-            fields = line.split()
-            # The mount point is octal-escaped in mountinfo (a space is \040).
-            if len(fields) > 4 and _unescape(fields[4]) == target:
-                found = fields[2]
+    for m in mounts(mountinfo):
+        if m.point == mountpoint:
+            found = m.device  # the last one: a later mount hides the earlier
     return found
 
 
@@ -55,7 +53,3 @@ def set_read_ahead(mountpoint: str, kib: int, sysfs: str = SYSFS_BDI) -> bool:
         return False
     log.debug("read-ahead of %s (%s) set to %d KiB", mountpoint, dev, kib)
     return True
-
-
-def _unescape(field: str) -> str:
-    return field.encode().decode("unicode_escape") if "\\" in field else field
