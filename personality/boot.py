@@ -251,6 +251,20 @@ class Kernel:
         finally:
             await tell(self.table, Unpin(ino))
 
+    async def _to_vnode(self, ino: int, msg: Any, *, looked_up: bool = False) -> Any:
+        """A request that never asks the vnode table: unpinned to ``ino``'s vnode when its
+        address is known and the vnode can take it that way, else pinned (``_to_inode``).
+        ``looked_up``: count an Entry reply as a lookup reference."""
+        ref = self._refs.get(ino)
+        if ref is not None:
+            reply = await self._unpinned(ino, ref, msg)
+            if reply is not NEEDS_PIN:
+                if looked_up:
+                    # Counted before the host kernel can send the Forget that gives it back.
+                    await tell(self.table, Referenced((reply.inode,)))
+                return reply
+        return await self._to_inode(ino, msg, looked_up=looked_up)
+
     async def _unpinned(self, ino: int, ref: ActorRef, msg: Any) -> Any:
         """Send ``msg`` to ``ino``'s vnode at ``ref`` without a pin (one message instead
         of three; see chanos.fs.vnode_table, "The fast path"). Only for requests whose
@@ -342,32 +356,14 @@ class Kernel:
             case GetXattr(ino, name):
                 # A vnode whose address is known is asked without a pin; otherwise the
                 # record may show there is no attribute at all without starting one.
-                ref = self._refs.get(ino)
-                if ref is not None:
-                    reply = await self._unpinned(ino, ref, msg)
-                    if reply is not NEEDS_PIN:
-                        return reply
-                elif await self._no_xattrs(ino, name):
+                if ino not in self._refs and await self._no_xattrs(ino, name):
                     raise OSError(errno.ENODATA, f"no attribute {name!r}")
-                return await self._to_inode(ino, msg)
+                return await self._to_vnode(ino, msg)
             case GetAttr(ino) | ReadLink(ino) | ListXattr(ino):
-                ref = self._refs.get(ino)
-                if ref is not None:
-                    reply = await self._unpinned(ino, ref, msg)
-                    if reply is not NEEDS_PIN:
-                        return reply
-                return await self._to_inode(ino, msg)
+                return await self._to_vnode(ino, msg)
             case Lookup(parent, name):
                 _check_name(name)
-                ref = self._refs.get(parent)
-                if ref is not None:
-                    reply = await self._unpinned(parent, ref, msg)
-                    if reply is not NEEDS_PIN:
-                        # The Entry is a lookup reference, counted before the host can
-                        # send the Forget that gives it back.
-                        await tell(self.table, Referenced((reply.inode,)))
-                        return reply
-                return await self._to_inode(parent, msg, looked_up=True)
+                return await self._to_vnode(parent, msg, looked_up=True)
             case Read(handle) | FSync(handle) | FSyncDir(handle):
                 return await self._to_handle(handle, msg)
             case ReadDir(handle):
@@ -403,12 +399,7 @@ class Kernel:
                 self._writable()
                 if handle is not None:
                     return await self._to_handle(handle, msg)
-                ref = self._refs.get(ino)
-                if ref is not None:
-                    reply = await self._unpinned(ino, ref, msg)
-                    if reply is not NEEDS_PIN:
-                        return reply
-                return await self._to_inode(ino, msg)
+                return await self._to_vnode(ino, msg)
             case Open(ino, flags):
                 if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
                     self._writable()
