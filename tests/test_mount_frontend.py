@@ -97,6 +97,19 @@ def drop_caches() -> None:
         pytest.skip("needs root to drop the dentry and inode caches")
 
 
+def all_references_given_back(fake: FakeMount) -> dict:
+    """Drop the host's caches; every reference the host kernel took has been forgotten,
+    and exactly what the fake kernel handed out was given back to it (it asserts on
+    over-forgetting). -> the daemon's counters."""
+    drop_caches()
+    time.sleep(0.3)
+    snap = fake.snapshot()
+    assert snap["frontend_lookups"] == {}
+    assert snap["kernel_lookups"] == {}
+    assert snap["unexpected_errors"] == 0
+    return snap
+
+
 def test_lookup_references_are_returned_exactly(fake):
     m = fake.mnt
     (m / "d").mkdir()
@@ -113,14 +126,7 @@ def test_lookup_references_are_returned_exactly(fake):
             os.stat(m / "d" / n)
     snap = fake.snapshot()
     assert snap["frontend_lookups"], "the host kernel holds references while cached"
-    drop_caches()
-    time.sleep(0.3)
-    snap = fake.snapshot()
-    # Every reference the host kernel took has been forgotten, and exactly what the
-    # fake kernel handed out was given back to it (it asserts on over-forgetting).
-    assert snap["frontend_lookups"] == {}
-    assert snap["kernel_lookups"] == {}
-    assert snap["unexpected_errors"] == 0
+    snap = all_references_given_back(fake)
     assert snap["calls"]["Forget"] > 0
 
 
@@ -138,12 +144,7 @@ def test_readdir_read_ahead_references_are_given_back(fake):
         with os.scandir(m / "big") as it:
             next(it)
     assert sorted(os.listdir(m / "big")) == names
-    drop_caches()
-    time.sleep(0.3)
-    snap = fake.snapshot()
-    assert snap["frontend_lookups"] == {}
-    assert snap["kernel_lookups"] == {}
-    assert snap["unexpected_errors"] == 0
+    all_references_given_back(fake)
 
 
 def test_readdir_continues_across_batches_and_fetches_missing_attrs(fake):
