@@ -156,7 +156,7 @@ class ImageFileDriver(BlockDriver):
 
     async def do_read(self, offset: int, length: int) -> memoryview:
         end = offset + length
-        if self.queue or self.outstanding:
+        if self.queue or self.outstanding:  # a read elsewhere scans nothing (bounds first)
             cached = self._written(offset, end)
             if cached is not None:
                 return cached
@@ -191,9 +191,10 @@ class ImageFileDriver(BlockDriver):
         what it has just written all the time (the partial last block of an appended
         file, a directory or inode-table block): this answers those without waiting for
         the write-out to reach the file."""
-        for w in reversed(self.queue):
-            if w is not None and offset < w.offset + len(w.data) and end > w.offset:
-                return _slice(w, offset, end)
+        if self.queue and offset < self.queue_hi and end > self.queue_lo:
+            for w in reversed(self.queue):
+                if w is not None and offset < w.offset + len(w.data) and end > w.offset:
+                    return _slice(w, offset, end)
         for op in reversed(self.outstanding):
             if offset < op.hi and end > op.lo:
                 for _, w in reversed(op.queue):
