@@ -287,11 +287,9 @@ class VnodeTable(Actor):
 
     async def handle(self, msg: Any) -> Any:
         match msg:
-            case Pin(ino, fresh, live_only):
+            case Pin(ino, fresh):
                 slot = self._live.get(ino)
                 if slot is None:
-                    if live_only:
-                        return None
                     await self._make_room()
                     if fresh is None:
                         ref = await self._start_vnode(ino)

@@ -30,12 +30,10 @@ class Pin:
     ``fresh``: the inode's current record (an ``Inode``), for a vnode started by this
     Pin to begin with instead of reading it; only a directory creating the inode sends
     it, in the turn that made the record (see ``vnode_protocol.CreateOpen``). Ignored
-    when the vnode is live already. ``live_only``: start nothing; -> None (and no pin)
-    when the vnode is not live."""
+    when the vnode is live already."""
 
     ino: int
     fresh: Any = None
-    live_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
