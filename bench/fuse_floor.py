@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What one FUSE request costs: chanos, an empty pyfuse3 file system, fuse2fs, in one run.
 
-    bench/fuse_floor.py [--requests N] [--targets null,chanos,fuse2fs]
+    bench/fuse_floor.py [--requests N] [--targets null,null-wait,chanos,fuse2fs]
 
 Every target answers the same request N times: getxattr(2) of an attribute the file does
 not have. The host kernel caches no xattr answers, so each call is exactly one GETXATTR
@@ -10,9 +10,12 @@ daemon's CPU time per request, with ratios against fuse2fs.
 
 ``null`` is a pyfuse3 file system that answers from memory with nothing behind it (this
 script serves it with ``--serve-null MOUNTPOINT``): the least any pyfuse3 daemon under trio
-pays per request. Rows of ``bench/fs_compare.py`` whose workloads are many small requests
-(creates, unlinks, ls -lR, untar) are bounded by it: chanos's cost per request is this
-floor plus its own work. Needs root for fuse2fs (``-o fakeroot`` is not needed as root).
+pays per request with pyfuse3's own request loop. ``null-wait`` is the same file system
+waiting for requests as ``chanos mount`` does (``chanos.compat.request_wait``: hand-over
+between workers and a busy poll before sleeping). Rows of ``bench/fs_compare.py`` whose
+workloads are many small requests (creates, unlinks, ls -lR, untar) are bounded by the
+second: chanos's cost per request is that floor plus its own work. Needs root for
+fuse2fs (``-o fakeroot`` is not needed as root).
 """
 
 from __future__ import annotations
@@ -32,12 +35,17 @@ CHANOS = str(Path(sys.executable).parent / "chanos")
 NAME = "user.absent"
 
 
-def serve_null(mountpoint: str) -> None:
-    """An empty file system: a root directory holding one empty file, ``f``."""
+def serve_null(mountpoint: str, busy_poll: float | None) -> None:
+    """An empty file system: a root directory holding one empty file, ``f``.
+
+    With ``busy_poll`` (seconds) it waits for requests as ``chanos mount`` does
+    (``chanos.compat.request_wait``), else with pyfuse3's own loop.
+    """
     import stat
 
     import pyfuse3
     import trio
+    from chanos.compat import request_wait
 
     class Null(pyfuse3.Operations):
         def _attrs(self, ino: int) -> pyfuse3.EntryAttributes:
@@ -61,7 +69,10 @@ def serve_null(mountpoint: str) -> None:
             raise pyfuse3.FUSEError(errno.ENODATA)
 
     async def main() -> None:
+        before = request_wait.fuse_fds()
         pyfuse3.init(Null(), mountpoint, {"fsname=null", "default_permissions"})
+        if busy_poll is not None:
+            request_wait.install(request_wait.fuse_fd(before), busy_poll)
         try:
             await pyfuse3.main(min_tasks=1, max_tasks=8)
         finally:
@@ -108,6 +119,8 @@ def run_target(kind: str, work: Path, master: Path, n: int) -> tuple[float, floa
     mnt.mkdir()
     if kind == "null":
         cmd = [sys.executable, __file__, "--serve-null", str(mnt)]
+    elif kind == "null-wait":
+        cmd = [sys.executable, __file__, "--serve-null", str(mnt), "--busy-poll", "default"]
     elif kind == "chanos":
         image = work / "chanos.img"
         shutil.copyfile(master, image)
@@ -125,7 +138,7 @@ def run_target(kind: str, work: Path, master: Path, n: int) -> tuple[float, floa
                 raise RuntimeError(f"{kind} did not mount: {err.strip()}")
             time.sleep(0.05)
         f = mnt / "f"
-        if kind != "null":
+        if not kind.startswith("null"):
             f.write_bytes(b"")
         return measure(f, proc.pid, n)
     finally:
@@ -139,11 +152,15 @@ def run_target(kind: str, work: Path, master: Path, n: int) -> tuple[float, floa
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=20000)
-    ap.add_argument("--targets", default="null,chanos,fuse2fs")
+    ap.add_argument("--targets", default="null,null-wait,chanos,fuse2fs")
     ap.add_argument("--serve-null", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
+    ap.add_argument("--busy-poll", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.serve_null:
-        serve_null(a.serve_null)
+        from chanos.compat.options import MountConfig
+
+        busy_poll = MountConfig().busy_poll if a.busy_poll == "default" else None
+        serve_null(a.serve_null, busy_poll)
         return 0
     targets = a.targets.split(",")
     with tempfile.TemporaryDirectory(prefix="chanos-floor-") as tmp:

@@ -367,7 +367,7 @@ def mount_options_for(config: MountConfig):  # -> MountOptions
 async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
     import pyfuse3
     import trio
-    from chanos.compat import memory
+    from chanos.compat import memory, request_wait
     from chanos.compat.fuse_ops import ChanosOperations, FrontEndConfig
     from chanos.personality.boot import boot
 
@@ -390,10 +390,13 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
                 ),
             )
             canonical = os.path.realpath(mountpoint)  # resolved while nothing is mounted
+            fds_before = request_wait.fuse_fds()
             try:
                 pyfuse3.init(ops, mountpoint, config.fuse_options(_fsname(image)))
             except RuntimeError:
                 raise Fail(f"cannot mount on {mountpoint} (libfuse refused; see above)") from None
+            fd = request_wait.fuse_fd(fds_before)
+            uninstall = request_wait.install(fd, config.busy_poll) if fd is not None else None
             state["mounted"] = True
             log.info("serving %s on %s", image, mountpoint)
             ready()
@@ -408,6 +411,8 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
                     await pyfuse3.main(min_tasks=1, max_tasks=config.max_workers)
                     nursery.cancel_scope.cancel()
             finally:
+                if uninstall is not None:
+                    uninstall()
                 # After umount(8) the session has already ended and this only frees it;
                 # after an error it makes sure no dead mount is left behind.
                 pyfuse3.close(unmount=True)

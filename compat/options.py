@@ -4,7 +4,8 @@ Three kinds of options arrive in one comma-separated list (from the command line
 mount(8)/mount.fuse3, or from an /etc/fstab line):
 
 * chanos's own: ``uid=``, ``gid=``, ``umask=``, ``max_vnodes=``, ``max_workers=``,
-  ``write_cache=``, ``read_ahead=``, ``io_size=``, ``malloc_arenas=``, ``malloc_mmap_threshold=``,
+  ``write_cache=``, ``read_ahead=``, ``io_size=``, ``busy_poll=``, ``malloc_arenas=``,
+  ``malloc_mmap_threshold=``,
   ``malloc_trim_threshold=`` (sizes take K/M/G suffixes), ``malloc_trim_interval=``,
   ``log_level=``,
   ``log=FILE``, ``trace=FILE``, ``writeback``/``nowriteback``, ``entry_timeout=``,
@@ -126,6 +127,9 @@ class MountConfig:
     read_ahead: int = 1 << 20
     # The preferred I/O size stat reports (see FrontEndConfig.io_size); 0: the block size.
     io_size: int = 1 << 20
+    # How long (seconds) the front end polls /dev/fuse for the next request before it
+    # sleeps (see chanos.compat.request_wait); 0 never polls.
+    busy_poll: float = 50e-6
     # glibc malloc (see chanos.compat.memory): arenas, and the fixed thresholds above which
     # blocks are mmapped / free heap top is given back. Fixed thresholds keep 1 MiB
     # request payloads out of the heap, where freed holes would keep the RSS up.
@@ -225,6 +229,11 @@ def _apply(c: MountConfig, opt: str) -> None:
             if n and (n & (n - 1) or not 512 <= n <= 64 << 20):
                 raise OptionError("option io_size= must be 0 or a power of two, 512 to 64M")
             c.io_size = n
+        case "busy_poll":
+            n = _int(name, value)
+            if not 0 <= n <= 10_000:
+                raise OptionError("option busy_poll= must be between 0 and 10000 (microseconds)")
+            c.busy_poll = n / 1e6
         case "read_ahead":
             n = _size(name, value)
             if n > 64 << 20:

@@ -1,0 +1,116 @@
+"""The front end's request wait: one reader at a time, hand-over, polling, shutdown.
+
+A socket pair stands in for ``/dev/fuse``: the wait only needs a descriptor that becomes
+readable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import trio
+import trio.testing
+from chanos.compat import request_wait
+from chanos.compat.request_wait import IdlePoll, RequestWait
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+async def _worker(wait: RequestWait, sock: socket.socket, got: list, inside: list) -> None:
+    """One pyfuse3 worker: wait for the turn, read one request, serve it elsewhere."""
+    while await wait.wait_readable():
+        inside.append(1)
+        assert len(inside) == 1, "two readers at once"
+        data = sock.recv(1)
+        inside.pop()
+        if not data:
+            return
+        got.append(data)
+        await trio.sleep(0)  # serving the request lets the other workers take turns
+
+
+@pytest.mark.parametrize("busy_poll", [0.0, 200e-6])
+async def test_workers_share_the_reader_turn_and_every_request_is_read_once(pair, busy_poll):
+    a, b = pair
+    wait = RequestWait(a.fileno())
+    if busy_poll:
+        trio.lowlevel.add_instrument(IdlePoll(a.fileno(), busy_poll))
+    got: list[bytes] = []
+    inside: list[int] = []
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(_worker, wait, a, got, inside)
+        for i in range(200):
+            b.send(bytes([i % 250 + 1]))
+            if i % 7 == 0:
+                await trio.sleep(0.001)  # some arrive while every worker sleeps
+        await trio.sleep(0.05)
+        assert sorted(got) == sorted(bytes([i % 250 + 1]) for i in range(200))
+        b.shutdown(socket.SHUT_WR)  # end of session: each worker reads b"" and stops
+    assert len(got) == 200
+
+
+async def test_closing_the_descriptor_ends_every_waiting_worker(pair):
+    a, _ = pair
+    wait = RequestWait(a.fileno())
+    ended: list[bool] = []
+
+    async def worker() -> None:
+        ended.append(await wait.wait_readable())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(worker)
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.notify_closing(a.fileno())  # what pyfuse3.terminate() does
+    assert ended == [False, False, False]
+
+
+async def test_a_queued_request_is_taken_without_sleeping(pair):
+    a, b = pair
+    b.send(b"x")
+    wait = RequestWait(a.fileno())
+    with trio.move_on_after(5) as scope:
+        assert await wait.wait_readable()
+    assert not scope.cancelled_caught
+
+
+async def test_the_idle_poll_stops_for_a_threads_result(pair):
+    """A poll of ten seconds must not hold up a task waiting for a thread."""
+    a, _ = pair
+    trio.lowlevel.add_instrument(IdlePoll(a.fileno(), 10.0))
+    t0 = trio.current_time()
+    await trio.to_thread.run_sync(lambda: None)
+    assert trio.current_time() - t0 < 5
+
+
+async def test_idle_poll_returns_once_the_descriptor_is_readable(pair):
+    a, b = pair
+    poll = IdlePoll(a.fileno(), 10.0)
+    b.send(b"x")
+    t0 = trio.current_time()
+    poll.before_io_wait(10.0)
+    assert trio.current_time() - t0 < 5
+    poll.before_io_wait(0)  # runnable tasks: returns without polling
+
+
+def test_fuse_fd_is_the_new_dev_fuse_descriptor(tmp_path):
+    before = request_wait.fuse_fds()
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+    except OSError:
+        pytest.skip("no /dev/fuse")
+    try:
+        assert request_wait.fuse_fd(before) == fd
+        assert request_wait.fuse_fd(request_wait.fuse_fds()) is None
+    finally:
+        os.close(fd)
