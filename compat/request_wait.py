@@ -1,25 +1,31 @@
-"""How the front end waits for the next FUSE request: one reader at a time, and a
-brief busy poll before the daemon sleeps.
+"""How the front end waits for the next FUSE request: polling briefly before sleeping,
+with one worker at a time asleep on the descriptor.
 
 pyfuse3's session loop runs several worker tasks; each waits until ``/dev/fuse`` is
 readable, reads one request and serves it. pyfuse3 makes that wait with a ``trio.Lock``
 and ``trio.lowlevel.wait_readable``. Measured on an empty pyfuse3 file system
 (``bench/fuse_floor.py``), a round trip then costs about 80 µs, more than twice fuse2fs's
 whole request, and most of it is not serving: the lock's checkpoint is a scheduler pass,
-and the daemon sleeps in ``epoll_wait`` between two requests, so each request pays a
-wake-up of the daemon's CPU (in a virtual machine, an interrupt to a halted virtual CPU)
-and a context switch.
+every wait re-arms the descriptor in epoll and parks the task, the next worker has to be
+woken to take over the watch, and the daemon sleeps in ``epoll_wait`` between two
+requests, so each request pays a wake-up of the daemon's CPU (in a virtual machine, an
+interrupt to a halted virtual CPU) and a context switch.
 
-* :class:`RequestWait` replaces pyfuse3's wait (:func:`install`): the reader's turn is
-  handed from worker to worker without a checkpoint, and a request already queued is
-  taken at once.
-* :class:`IdlePoll` is a trio instrument: when the run loop has nothing left to run and
-  is about to sleep, it first polls ``/dev/fuse`` for up to ``busy_poll`` seconds. A
-  program issuing system calls back to back sends its next request a few microseconds
-  after the last answer, so the daemon is still awake to take it. This is the trade the
-  host kernel makes with ``net.core.busy_poll`` for sockets: a bounded amount of CPU for
-  a shorter round trip. It runs only when no task is runnable, stops at the next timer,
-  and stops once a thread hands the run loop a result (such as the image driver's).
+* :class:`RequestWait` replaces pyfuse3's wait (:func:`install`). A worker takes a
+  queued request at once. Otherwise, when nothing else in the daemon can run, it polls
+  the descriptor for up to ``busy_poll`` seconds: a program issuing system calls back to
+  back sends its next request a few microseconds after the last answer, so the worker
+  that answered takes the next request itself, without the run loop, epoll or another
+  worker. This is the trade the host kernel makes with ``net.core.busy_poll`` for
+  sockets: a bounded amount of CPU for a shorter round trip. One worker sleeps in epoll
+  on the descriptor all along, so a request arriving while the others are blocked (on
+  the image, say) is still taken; the rest park.
+* :class:`IdlePoll` is a trio instrument with the same poll for the moment the whole run
+  loop is about to sleep with only that sleeper watching.
+
+A poll stops at the next timer, and once a thread hands the run loop a result (such as
+the image driver's). It starts only when no task is runnable; tasks in the run loop's
+current batch are not visible to it and may wait up to one poll.
 
 ``_wait_fuse_readable`` is not public pyfuse3 API. :func:`install` checks that it is
 there and leaves pyfuse3's own wait in place when it is not; the idle poll works either
@@ -44,50 +50,98 @@ _POLLS_PER_LOOK = 4
 _MAX_WITHOUT_CHECKPOINT = 0.001
 
 
-class RequestWait:
-    """The single reader of ``/dev/fuse`` among pyfuse3's workers (see the module)."""
+_ENDED = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
-    def __init__(self, fd: int) -> None:
+
+def _spin(poll: Callable[[int], list], limit: float) -> bool:
+    """Poll for up to ``limit`` seconds: True as soon as the descriptor is ready.
+
+    Gives up as soon as a thread has handed the run loop a result: the task waiting for
+    it should not wait for the poll. (The thread only gets the GIL between two polls, so
+    it may wait a few of them.)
+    """
+    stats = trio.lowlevel.current_statistics
+    end = time.perf_counter() + limit
+    while True:
+        for _ in range(_POLLS_PER_LOOK):
+            if poll(0):
+                return True
+        if stats().run_sync_soon_queue_size or time.perf_counter() >= end:
+            return False
+
+
+class RequestWait:
+    """How pyfuse3's workers wait for ``/dev/fuse`` (see the module).
+
+    A worker takes a queued request at once. Otherwise, if nothing else in the daemon is
+    runnable, it polls for up to ``busy_poll`` seconds; then it becomes the one worker
+    that sleeps in trio's epoll on the descriptor, or, if another already does, parks
+    until that one wakes. The sleeper stays registered while other workers take requests
+    by polling, so a worker whose request blocks (on the image, say) never leaves the
+    descriptor unwatched.
+    """
+
+    def __init__(self, fd: int, busy_poll: float = 0.0) -> None:
         self.fd = fd
+        self.busy_poll = busy_poll
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
-        self._reading = False  # a worker holds the reader's turn
-        self._waiting = trio.lowlevel.ParkingLot()
-        self._closed = False
+        self._sleeping = False  # a worker waits in trio.lowlevel.wait_readable
+        self._idle = trio.lowlevel.ParkingLot()  # the other waiting workers
+        self._ended = False
         self._last_checkpoint = 0.0
 
     async def wait_readable(self) -> bool:
-        """Wait until a request can be read: True, or False when the session is over."""
-        if self._reading:
-            await self._waiting.park()  # the turn is handed over, see _pass_turn
-        else:
-            self._reading = True
-        try:
-            if self._closed:
-                return False
-            if self._poll.poll(0):
+        """Wait until a request can be read: True, or False when the session is over.
+
+        pyfuse3 reads right after a True, before anything else runs, so the request seen
+        here is still there for that read.
+        """
+        while not self._ended:
+            ready = self._poll.poll(0)
+            if ready:
+                if ready[0][1] & _ENDED:
+                    # Unmounted or aborted: every worker reads once more, gets the end
+                    # of the session from libfuse, and stops.
+                    self._idle.unpark_all()
+                    return True
                 # Requests served back to back might never let the run loop look at
                 # its other tasks if no handler blocked: give them a turn now and then.
                 now = time.perf_counter()
-                if now - self._last_checkpoint > _MAX_WITHOUT_CHECKPOINT:
-                    self._last_checkpoint = now
-                    await trio.lowlevel.checkpoint()
-                return True
-            await trio.lowlevel.wait_readable(self.fd)
-            self._last_checkpoint = time.perf_counter()
-            return True
-        except trio.ClosedResourceError:
-            # pyfuse3.terminate(): this worker and every one after it stops.
-            self._closed = True
-            return False
-        finally:
-            self._pass_turn()
+                if now - self._last_checkpoint <= _MAX_WITHOUT_CHECKPOINT:
+                    return True
+                self._last_checkpoint = now
+                await trio.lowlevel.checkpoint()
+                continue  # look again: another worker may have taken it meanwhile
+            if self._nothing_else_to_run() and _spin(self._poll.poll, self.busy_poll):
+                continue
+            if self._sleeping:
+                await self._idle.park()
+                continue
+            self._sleeping = True
+            try:
+                await trio.lowlevel.wait_readable(self.fd)
+            except trio.ClosedResourceError:
+                # pyfuse3.terminate(): this worker and every one after it stops.
+                self._ended = True
+                self._idle.unpark_all()
+            finally:
+                self._sleeping = False
+                self._last_checkpoint = time.perf_counter()
+            # The request that woke this worker is its own; another worker takes over
+            # the watch in case this one's request blocks.
+            self._idle.unpark()
+        return False
 
-    def _pass_turn(self) -> None:
-        if self._waiting:
-            self._waiting.unpark()
-        else:
-            self._reading = False
+    def _nothing_else_to_run(self) -> bool:
+        # Tasks in the current batch of the run loop are not counted: they may wait up
+        # to one poll (busy_poll), as they would behind one more request.
+        if self.busy_poll <= 0:
+            return False
+        stats = trio.lowlevel.current_statistics()
+        return not (stats.tasks_runnable or stats.run_sync_soon_queue_size) and (
+            stats.seconds_to_next_deadline > self.busy_poll
+        )
 
 
 class IdlePoll(trio.abc.Instrument):
@@ -101,19 +155,8 @@ class IdlePoll(trio.abc.Instrument):
     def before_io_wait(self, timeout: float) -> None:
         # timeout is 0 when tasks are runnable (the loop only looks for events then),
         # else the time to the next timer.
-        if timeout <= 0:
-            return
-        poll = self._poll.poll
-        stats = trio.lowlevel.current_statistics
-        end = time.perf_counter() + min(self.busy_poll, timeout)
-        while True:
-            for _ in range(_POLLS_PER_LOOK):
-                if poll(0):
-                    return
-            # A thread's result waits for this poll to end: stop at once. (The thread
-            # only gets the GIL between two polls, so it may wait a few of them.)
-            if stats().run_sync_soon_queue_size or time.perf_counter() >= end:
-                return
+        if timeout > 0:
+            _spin(self._poll.poll, min(self.busy_poll, timeout))
 
 
 def fuse_fd(before: set[int]) -> int | None:
@@ -153,7 +196,7 @@ def install(fd: int, busy_poll: float) -> Callable[[], None]:
     if original is None:
         log.warning("this pyfuse3 has no _wait_fuse_readable; its own request wait is used")
     else:
-        pyfuse3._wait_fuse_readable = RequestWait(fd).wait_readable
+        pyfuse3._wait_fuse_readable = RequestWait(fd, busy_poll).wait_readable
 
     def uninstall() -> None:
         if original is not None:

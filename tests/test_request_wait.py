@@ -55,7 +55,7 @@ async def test_workers_share_the_reader_turn_and_every_request_is_read_once(pair
                 await trio.sleep(0.001)  # some arrive while every worker sleeps
         await trio.sleep(0.05)
         assert sorted(got) == sorted(bytes([i % 250 + 1]) for i in range(200))
-        b.shutdown(socket.SHUT_WR)  # end of session: each worker reads b"" and stops
+        b.shutdown(socket.SHUT_RDWR)  # hang-up, as an unmount: each worker reads b
     assert len(got) == 200
 
 
