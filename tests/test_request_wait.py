@@ -114,3 +114,28 @@ def test_fuse_fd_is_the_new_dev_fuse_descriptor(tmp_path):
         assert request_wait.fuse_fd(request_wait.fuse_fds()) is None
     finally:
         os.close(fd)
+
+
+async def test_idle_workers_wake_last_in_first_out_so_few_buffers_stay_in_use():
+    from chanos.compat.request_wait import _Stack
+
+    stack = _Stack()
+    woken: list[int] = []
+
+    async def worker(i: int) -> None:
+        await stack.wait()
+        woken.append(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(worker, i)
+            await trio.testing.wait_all_tasks_blocked()
+        stack.wake_one()
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == [3]
+        stack.wake_one()
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == [3, 2]
+        nursery.cancel_scope.cancel()  # a cancelled waiter leaves the stack
+    stack.wake_all()
+    assert woken == [3, 2]
