@@ -227,6 +227,11 @@ class VnodeActor(Actor):
         # Set by the starter for a vnode a directory starts as it creates the inode: the
         # record just made, used instead of reading it (see ``vp.CreateOpen``).
         self.fresh: Inode | None = None
+        # The record as this vnode last read or wrote it: the vnode is the only writer of
+        # its inode's record while it lives, so a save that would write the same bytes
+        # is skipped (a write-back at sync or retirement of an unchanged inode, a chown
+        # or utimes to the values it has). None: unknown, the next save writes.
+        self._written: bytes | None = None
 
     # ----- life cycle -----------------------------------------------------------------------
 
@@ -259,9 +264,11 @@ class VnodeActor(Actor):
         self.inode = None
         self._data = self._dir = self._xattrs = None
         self.load_error = None
+        self._written = None
         try:
             raw = await self.vol.read_inode(self.ino)
             self.inode = Inode.parse(raw)
+            self._written = bytes(raw)
         except OSError as e:
             self.load_error = e
         except Exception as e:  # a corrupt record: this inode answers EIO, nothing else
@@ -355,7 +362,12 @@ class VnodeActor(Actor):
             inode.set_blocks(blocks * (self.bs // 512), self.huge_file, self.bs)
         if self._dir is not None:
             inode.size = self._dir.size
-        await self.vol.write_inode(self.ino, inode.build())
+        raw = inode.build()
+        if raw == self._written:
+            return
+        self._written = None  # unknown until the group actor has it
+        await self.vol.write_inode(self.ino, raw)
+        self._written = raw
 
     def _attr(self, inode: Inode | None = None, ino: int | None = None) -> Attr:
         inode = inode or self.inode
@@ -1183,6 +1195,7 @@ class VnodeActor(Actor):
         inode.size = 0
         inode.set_blocks(0, self.huge_file, self.bs)
         inode.dtime = int(time.time()) & 0xFFFFFFFF
+        self._written = None
         await self.vol.allocator.free_inode(self.ino, is_dir, inode.build())
         self.held = False
         self.inode = None

@@ -414,3 +414,36 @@ async def test_running_out_of_blocks_leaves_image_consistent(ext4_image):
         assert ei.value.errno == errno.ENOSPC
         assert (await k.syscall(StatFs())).f_bfree == 0
     assert_fsck_clean(img)
+
+
+async def test_unchanged_inode_is_not_written_again_and_changes_still_are(image):
+    from chanos.personality import trace
+
+    sent: list[str] = []
+
+    def hook(ev) -> None:
+        if ev.kind == "send" and ev.msg == "WriteInode":
+            sent.append(ev.msg)
+
+    async with boot(image, LOW) as k:
+        inos = [await _create(k, ROOT_INO, b"f%d" % i, b"x" * 5000) for i in range(6)]
+        trace.enable(record=False, hooks=[hook])
+        try:
+            await k.sync()  # every live vnode is written back: all are unchanged
+            for ino in inos:  # six files, three live vnodes: retired and started again
+                assert (await k.syscall(GetAttr(ino))).size == 5000
+            await k.sync()
+            assert sent == []
+            await k.syscall(SetAttr(inos[0], mode=0o600))
+            assert sent == ["WriteInode"]
+            # A vnode retired since (written back or not) and started again: its change
+            # is written too.
+            await k.syscall(SetAttr(inos[5], mode=0o640))
+            assert len(sent) == 2
+        finally:
+            trace.disable()
+    async with boot(image, LOW) as k:
+        assert stat.S_IMODE((await k.syscall(GetAttr(inos[0]))).mode) == 0o600
+        assert stat.S_IMODE((await k.syscall(GetAttr(inos[5]))).mode) == 0o640
+        assert (await k.syscall(GetAttr(inos[3]))).size == 5000
+    assert_fsck_clean(image)
