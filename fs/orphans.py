@@ -10,15 +10,20 @@ frees everything on the list before anything else happens.
 chanos.fs.orphan_protocol). It never writes an inode itself:
 an inode's record belongs to its vnode actor, so
 
-* a vnode whose last link goes while a handle is open or the host kernel still holds
-  lookup references on the inode calls ``AddOrphan(ino)``; the
-  reply is the inode that follows it (the old head), which the vnode stores in its
-  ``i_dtime`` and writes with its inode; the actor then points ``s_last_orphan`` at it;
+* a vnode whose inode has lost its last link while a handle is open or the host kernel
+  still holds lookup references on it calls ``AddOrphan(ino)`` when it writes the inode
+  back (sync, or its retirement), not at the unlink: ``s_last_orphan`` reaches the disk
+  only with the superblock, at sync, after every vnode's write-back, so the list on disk
+  is as complete as before, and an inode freed before that (an unlinked file the host
+  kernel forgets at once) never joins it. The reply is the inode that follows it (the
+  old head), which the vnode stores in its ``i_dtime`` and writes with its inode; the
+  actor then points ``s_last_orphan`` at it;
 * a vnode that frees an orphan (last release, ``Forgotten``, or ``Reclaim`` at mount) calls
   ``RemoveOrphan(ino)``. Unlinking from the head only moves ``s_last_orphan``; unlinking
   from the middle makes the predecessor skip it, by casting ``SetOrphanNext(next)`` to the
-  predecessor's vnode (a cast, so an orphan list busy with one vnode never waits on
-  another). A vnode must accept ``SetOrphanNext`` at any time while it is on the list.
+  predecessor's vnode through the vnode table (``Deliver``, also a cast). The list never
+  waits on a vnode or the table, since vnodes call it from turns the table waits for. A
+  vnode must accept ``SetOrphanNext`` at any time while it is on the list.
 
 ``cleanup_orphans`` runs at mount, before the kernel serves anything: it walks the chain
 left on disk, sends ``Reclaim()`` to each orphan's vnode (which frees its blocks and the
@@ -37,7 +42,7 @@ from chanos.fs.orphan_protocol import AddOrphan, ListOrphans, LoadChain, RemoveO
 from chanos.fs.superblock_protocol import GetLastOrphan, SetLastOrphan
 from chanos.fs.vnode_protocol import Reclaim
 from chanos.fs.vnode_table import call_vnode
-from chanos.fs.vnode_table_protocol import Pin, Unpin
+from chanos.fs.vnode_table_protocol import Deliver
 from chanos.personality import Actor, ActorRef, call, cast
 
 log = logging.getLogger(__name__)
@@ -86,7 +91,10 @@ class OrphanList(Actor):
                 if i == 0:
                     await call(self._sb, SetLastOrphan(nxt))
                 else:
-                    await _tell_vnode(self._table, self._chain[i - 1], SetOrphanNext(nxt))
+                    # Through the table, which starts the predecessor if it was retired
+                    # (the vnode ignores the message if it has been freed since). A cast:
+                    # vnodes call this actor from turns the table waits for.
+                    cast(self._table, Deliver(self._chain[i - 1], SetOrphanNext(nxt)))
                 return None
             case LoadChain(chain):
                 self._chain = list(chain)
@@ -95,17 +103,6 @@ class OrphanList(Actor):
                 return tuple(self._chain)
             case _:
                 raise TypeError(f"orphan list: unknown message {msg!r}")
-
-
-async def _tell_vnode(table: ActorRef, ino: int, msg: Any) -> None:
-    """Cast ``msg`` to ``ino``'s vnode (an orphan: open, or kept for the host kernel's
-    lookup references, and then possibly retired: the Pin starts it again). The pin only
-    bridges the address lookup; the vnode ignores the cast if it has been freed since."""
-    ref = await call(table, Pin(ino))
-    try:
-        cast(ref, msg)
-    finally:
-        cast(table, Unpin(ino))
 
 
 # ---------------------------------------------------------------------------------------

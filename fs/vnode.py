@@ -256,8 +256,18 @@ class VnodeActor(Actor):
         i = self.inode
         if i is None or self.ctx.read_only or i.mode == 0:
             return
-        if i.links_count == 0 and self.opens == 0 and not self.held:
-            return
+        if i.links_count == 0:
+            if self.opens == 0 and not self.held:
+                return
+            if not self.on_orphan_list:
+                # Held for the host kernel's references only (an open inode joined the
+                # list at its unlink): it joins at its first write-back, at sync (which
+                # writes every vnode back before the superblock) or when this vnode goes,
+                # not at the unlink: the host kernel forgets an unlinked file at once, so
+                # nearly all such inodes are freed first and never touch the list. Until
+                # then no program can reach the inode; a crash leaves it for e2fsck.
+                i.dtime = await call(self.ctx.orphans, AddOrphan(self.ino))
+                self.on_orphan_list = True
         await self._save()
 
     async def _load(self) -> None:
@@ -1149,10 +1159,13 @@ class VnodeActor(Actor):
         inode.ctime_ns = _now()
         if inode.links_count == 0:
             if self.opens == 0:
+                # Held for the host kernel's references at most: see _write_back.
                 await self._free_unless_referenced()
                 if self.inode is None:
                     return 0
-            if not self.on_orphan_list:
+            elif not self.on_orphan_list:
+                # Open: on the orphan list at once, as ext4 does, so a sync of any file
+                # (it writes the superblock) keeps a crash from leaking it.
                 inode.dtime = await call(self.ctx.orphans, AddOrphan(self.ino))
                 self.on_orphan_list = True
         await self._save()
@@ -1160,17 +1173,11 @@ class VnodeActor(Actor):
 
     async def _free_unless_referenced(self) -> None:
         """Links 0, nothing open: free the inode now, unless the host kernel still holds
-        lookup references on it; then keep it, on the orphan list, until the table sends
-        Forgotten. The caller saves a kept inode."""
+        lookup references on it; then keep it until the table sends Forgotten. The caller
+        saves a kept inode."""
         self.held = await call(self.ctx.table, Hold(self.ino))
         if not self.held:
             await self._free()
-            return
-        inode = self.inode
-        assert inode is not None
-        if not self.on_orphan_list:
-            inode.dtime = await call(self.ctx.orphans, AddOrphan(self.ino))
-            self.on_orphan_list = True
 
     async def _free(self) -> None:
         """Give back the blocks, the xattr block and the inode (links 0, nothing open)."""

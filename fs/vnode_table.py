@@ -90,6 +90,7 @@ from chanos.fs.vnode_protocol import Forgotten, WriteBack
 from chanos.fs.vnode_table_protocol import (
     Closed,
     Crashed,
+    Deliver,
     Forget,
     GetStats,
     Hold,
@@ -288,21 +289,14 @@ class VnodeTable(Actor):
     async def handle(self, msg: Any) -> Any:
         match msg:
             case Pin(ino, fresh):
-                slot = self._live.get(ino)
-                if slot is None:
-                    await self._make_room()
-                    if fresh is None:
-                        ref = await self._start_vnode(ino)
-                    else:
-                        ref = await self._start_vnode(ino, fresh)
-                    slot = _Slot(ref)
-                    self._live[ino] = slot
-                    self._started += 1
-                    self._peak = max(self._peak, len(self._live))
-                else:
-                    self._live.move_to_end(ino)
+                slot = await self._slot(ino, fresh)
                 slot.pins += 1
                 return slot.ref
+            case Deliver(ino, delivered):
+                # Queued in the vnode's mailbox, the message keeps it from being retired
+                # (only an idle vnode is) until it has been served.
+                cast((await self._slot(ino)).ref, delivered)
+                return None
             case Unpin(ino, opened, looked_up):
                 slot = self._live.get(ino)
                 if slot is not None:
@@ -395,6 +389,23 @@ class VnodeTable(Actor):
                 )
             case _:
                 raise TypeError(f"vnode table: unknown message {msg!r}")
+
+    async def _slot(self, ino: int, fresh: Any = None) -> _Slot:
+        """The slot of ``ino``'s vnode, started if needed (moved to the LRU's warm end)."""
+        slot = self._live.get(ino)
+        if slot is None:
+            await self._make_room()
+            if fresh is None:
+                ref = await self._start_vnode(ino)
+            else:
+                ref = await self._start_vnode(ino, fresh)
+            slot = _Slot(ref)
+            self._live[ino] = slot
+            self._started += 1
+            self._peak = max(self._peak, len(self._live))
+        else:
+            self._live.move_to_end(ino)
+        return slot
 
     async def _make_room(self, incoming: int = 1) -> None:
         """Retire idle vnodes, least recently used first, until ``incoming`` more fit."""

@@ -9,7 +9,7 @@ orphan list and vnodes send these, mostly through the helpers ``call_vnode`` and
 in chanos.fs.vnode_table; a vnode asks ``Hold`` when its inode loses its last link and
 handle, ``OpenCount`` after a crash restart and ``IsHeld`` when it finds its inode
 unlinked on disk. ``Pin`` answers with the vnode's ``ActorRef``; the casts (``Unpin``,
-``Closed``, ``Referenced``, ``Forget``, ``Crashed``) answer nothing; the rest answer as
+``Closed``, ``Referenced``, ``Forget``, ``Crashed``, ``Deliver``) answer nothing; the rest answer as
 each class says. Unmount and sync use ``WriteBackAll``, ``TakeHeld`` and ``RetireAll``.
 
 ``Unpinned`` is not for the table: it wraps a request the kernel sends to a vnode without
@@ -34,6 +34,17 @@ class Pin:
 
     ino: int
     fresh: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Cast: cast ``msg`` to ``ino``'s vnode, starting it if needed.
+
+    For an actor that must never wait on the table (the orphan list: vnodes call it from
+    turns the table waits for, such as their write-back when retired)."""
+
+    ino: int
+    msg: Any
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,9 @@ kernel has forgotten it (lookup count zero), or until unmount.
 
 Until then its number is not reused, late requests for it (a SETATTR flushing cached
 times after an unlink) answer as Linux does (nlink 0), and it sits on the on-disk orphan
-list, so a crash leaves it for the next mount's orphan cleanup.
+list, so a crash leaves it for the next mount's orphan cleanup: an open one from its
+unlink, one held only for the host kernel's references from its first write-back (sync,
+or its vnode's retirement).
 """
 
 from __future__ import annotations
@@ -209,4 +211,39 @@ async def test_orphans_relinked_under_retirement_pressure_without_a_cycle(image,
         assert await _synced_orphan(k, image) == 0
     bad = [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
     assert not bad, bad
+    assert_fsck_clean(image)
+
+
+async def test_orphan_list_untouched_by_an_unlink_forgotten_before_any_write_back(image):
+    from chanos.personality import trace
+
+    sent: list[str] = []
+
+    def hook(ev) -> None:
+        if ev.kind == "send" and ev.msg in ("AddOrphan", "RemoveOrphan", "SetLastOrphan"):
+            sent.append(ev.msg)
+
+    async with boot(image, MountOptions()) as k:
+        free0 = (await k.syscall(StatFs())).f_ffree
+        gone = await k_write_file(k, ROOT_INO, b"gone", b"g" * 5000)  # one lookup
+        h, e = await k.syscall(Create(ROOT_INO, b"open", 0o644, os.O_RDWR | os.O_CREAT))
+        trace.enable(record=False, hooks=[hook])
+        try:
+            # Held only for the host kernel, forgotten before any write-back: freed
+            # without ever joining the list.
+            await k.syscall(Unlink(ROOT_INO, b"gone"))
+            await k.syscall(Forget(gone, 1))
+            assert sent == []
+            # Open: on the list at its unlink.
+            await k.syscall(Unlink(ROOT_INO, b"open"))
+            assert sent == ["AddOrphan", "SetLastOrphan"]
+        finally:
+            trace.disable()
+        assert await _synced_orphan(k, image) == e.inode
+        await k.syscall(Release(h))
+        await k.syscall(Forget(e.inode, 1))
+        assert await _synced_orphan(k, image) == 0
+        assert (await k.syscall(StatFs())).f_ffree == free0
+        with Errno(errno.ENOENT):
+            await k.syscall(GetAttr(gone))
     assert_fsck_clean(image)
