@@ -240,6 +240,10 @@ class VnodeActor(Actor):
         if fresh is not None:
             self.fresh = None
             self.inode = fresh
+            # The directory wrote exactly this record last, in the turn that made it (see
+            # _create), and changed nothing after: a vnode retired unchanged (a file only
+            # created) then writes nothing back.
+            self._written = fresh.build()
             return
         await self._load()
 
@@ -981,6 +985,8 @@ class VnodeActor(Actor):
             self._inc_dir_links(parent)
         parent.mtime_ns = parent.ctime_ns = now
         await self._save()
+        # ``child`` is now the record as written; CreateOpen starts the vnode from it, which
+        # relies on that (VnodeActor.started): change nothing in it past the write above.
         return Entry(ino, child.generation, attr_of(ino, child, self.bs, self.huge_file)), child
 
     async def _undo_create(
