@@ -40,25 +40,26 @@ them on the on-disk orphan list, freed by the next mount.
 
 The fast path: requests to a live vnode without a pin
 -----------------------------------------------------
-Pin + request + Unpin is three messages where the request alone is one. The kernel
-remembers the addresses it was given (Pin replies, handles) and sends a request that never
-asks the table straight to the remembered address, wrapped in ``Unpinned``. No state is
-shared with the table; what makes it safe is how retirement is ordered. The table stops
-a vnode in its own turn and starts a new one for the same inode only after the old one
-has stopped, so a remembered address that still reaches a running actor reaches the only
-vnode of its inode. A request that runs before the stop (even after the retirement's
-``WriteBack``) is served, and what it changed is written back by the vnode's
-``stopped()``; one still queued at the stop, or sent after it, gets ``ActorDied``
-without running, and the kernel sends it again, pinned. A vnode asked ``Unpinned`` whose
-request could call the table (restarted after a crash and not yet told its open count,
-or its inode unlinked or not loaded) answers ``NEEDS_PIN`` at once, and the kernel takes
-the pinned path: an unpinned vnode counts as idle, and the table may be waiting for it.
-An unpinned request does not refresh the vnode's place in the LRU order.
 
-Retirement is ``WriteBack()`` then ``stop()``, awaited inside the table's turn. That is
-safe from deadlock because an idle vnode is, by definition, not serving a request that
-could be waiting on the table; and it guarantees a new actor for the same inode never
-starts before the old one has written its state back.
+Pin + request + Unpin is three messages where the request alone is one. The kernel
+remembers the addresses it was given (Pin replies, handles) and sends a request that
+never asks the table straight to the remembered address, wrapped in ``Unpinned``. No
+state is shared with the table; what makes it safe is how retirement is ordered. The
+table stops a vnode in its own turn and starts a new one for the same inode only after
+the old one has stopped, so a remembered address that still reaches a running actor
+reaches the only vnode of its inode. A request that runs before the stop is served, and
+what it changed is written back by the vnode's ``stopped()``; one still queued at the
+stop, or sent after it, gets ``ActorDied`` without running, and the kernel sends it
+again, pinned. A vnode asked ``Unpinned`` whose request could call the table (restarted
+after a crash and not yet told its open count, or its inode unlinked or not loaded)
+answers ``NEEDS_PIN`` at once, and the kernel takes the pinned path: an unpinned vnode
+counts as idle, and the table may be waiting for it. An unpinned request does not
+refresh the vnode's place in the LRU order.
+
+Retirement is ``stop()`` (the vnode writes itself back in ``stopped()``), awaited inside
+the table's turn. That is safe from deadlock because an idle vnode is, by definition, not
+serving a request that could be waiting on the table; and it guarantees a new actor for
+the same inode never starts before the old one has written its state back.
 
 Sync is different: it must write back every live vnode, busy ones included, and a busy
 vnode's turn may itself be waiting for the table (a directory pinning its child). So the
@@ -74,7 +75,7 @@ are open on the inode, which decides when an unlinked inode is freed; the table 
 them too (handle pins), so ``supervised_starter`` marks a restarted instance
 (``restarted = True``) and the vnode asks ``OpenCount`` before its first request. That
 request comes from a pin or handle holder, so the vnode is not idle and the table is not
-waiting on it: no cycle. (WriteBack, which the table's own turns send, does not ask.)
+waiting on it: no cycle. (WriteBack, which sync sends, and stopped() do not ask.)
 """
 
 from __future__ import annotations
@@ -143,9 +144,8 @@ async def tell(table: ActorRef, msg: Any) -> None:
     idle and the caller is not cancelled, and casts otherwise: a call that a cancellation
     stops before its turn starts would lose the message, and a cast to a busy table only
     queues it. The call cannot close a cycle: the table's turns wait only for idle vnodes
-    (``WriteBack`` and ``stop`` when retiring), which serve no request and do not call the
-    table. A crash of the table on the message is logged; its supervisor restarts it, as
-    for a cast.
+    (``stop`` when retiring), which serve no request and do not call the table. A crash
+    of the table on the message is logged; its supervisor restarts it, as for a cast.
     """
     if table.idle and not caller_cancelled():
         try:
@@ -452,19 +452,9 @@ class VnodeTable(Actor):
         await self._stop(ino, slot)
         self._retired += 1
 
-    async def _write_back(self, ino: int, slot: _Slot) -> None:
-        try:
-            await call(slot.ref, WriteBack())
-        except CallError as exc:
-            # A crash while writing back loses only what the crash lost; the actor is
-            # restarted from disk. Report it and go on with the others.
-            log.error("vnode %d failed writing back: %r", ino, exc)
-
     async def _stop(self, ino: int, slot: _Slot) -> None:
-        if not slot.forgotten:
-            # A forgotten vnode has (almost always) freed its inode: nothing to write,
-            # and its stopped() runs the same write-back anyway, without a message.
-            await self._write_back(ino, slot)
+        # The vnode writes itself back in stopped(), which also covers a request served
+        # unpinned up to the stop; a failure there is logged by the actor runtime.
         try:
             await slot.ref.stop()
         except CallError as exc:

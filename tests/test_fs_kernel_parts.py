@@ -84,8 +84,9 @@ def new_disk() -> FakeDisk:
 
 
 class FakeVnode(Actor):
-    """A vnode stand-in. Its ctime change is held in memory until WriteBack, so a
-    retirement that forgot to write back would be visible in the disk."""
+    """A vnode stand-in. Its ctime change is held in memory until WriteBack (sync) or
+    its stop (retirement), as a real vnode writes itself back in ``stopped()``; a
+    retirement that lost it would be visible in the disk."""
 
     def __init__(self, ino: int, disk: FakeDisk) -> None:
         self.ino = ino
@@ -100,8 +101,15 @@ class FakeVnode(Actor):
         self.disk.live.add(self.ino)
 
     async def stopped(self) -> None:
+        self._write_back()
         self.disk.stopped.append(self.ino)
         self.disk.live.discard(self.ino)
+
+    def _write_back(self) -> None:
+        node = self.disk.nodes.get(self.ino)
+        if node is not None and self.dirty_ctime is not None:
+            node.ctime = self.dirty_ctime
+            self.dirty_ctime = None
 
     def _dir(self) -> Node:
         node = self.disk.nodes[self.ino]
@@ -160,9 +168,7 @@ class FakeVnode(Actor):
                 return None
             case vp.WriteBack():
                 self.disk.writebacks.append(self.ino)
-                if self.dirty_ctime is not None:
-                    node.ctime = self.dirty_ctime
-                    self.dirty_ctime = None
+                self._write_back()
                 return None
             case vp.Reclaim():
                 self.disk.reclaimed.append(self.ino)
@@ -274,11 +280,11 @@ async def test_forgotten_vnode_is_first_to_retire_when_room_is_needed():
         await call(table, Forget(f, 1))
         assert f in disk.live  # one lookup left
         await call(table, Forget(f, 1))
-        assert f in disk.live and disk.writebacks == []  # not retired in the Forget
+        assert f in disk.live and disk.stopped == []  # not retired in the Forget
         g = disk.mkfile(2, b"new")
         await call(table, Pin(g))  # the table is full: one vnode must go
         await call(table, Unpin(g))
-        assert f not in disk.live and disk.writebacks == [f]
+        assert f not in disk.live and disk.stopped == [f]
         assert all(o in disk.live for o in others)
 
 
