@@ -21,6 +21,7 @@ fuse2fs (``-o fakeroot`` is not needed as root).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import shutil
@@ -71,10 +72,15 @@ def serve_null(mountpoint: str, busy_poll: float | None) -> None:
     async def main() -> None:
         before = request_wait.fuse_fds()
         pyfuse3.init(Null(), mountpoint, {"fsname=null", "default_permissions"})
-        if busy_poll is not None:
-            request_wait.install(request_wait.fuse_fd(before), busy_poll)
+        fd = request_wait.fuse_fd(before)
+        waiting = (
+            request_wait.installed(fd, busy_poll)
+            if busy_poll is not None and fd is not None
+            else contextlib.nullcontext()
+        )
         try:
-            await pyfuse3.main(min_tasks=1, max_tasks=8)
+            with waiting:
+                await pyfuse3.main(min_tasks=1, max_tasks=8)
         finally:
             pyfuse3.close()
 

@@ -32,7 +32,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from chanos.compat.mounts import mounts
@@ -396,23 +396,34 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
             except RuntimeError:
                 raise Fail(f"cannot mount on {mountpoint} (libfuse refused; see above)") from None
             fd = request_wait.fuse_fd(fds_before)
-            uninstall = request_wait.install(fd, config.busy_poll) if fd is not None else None
+            waiting = (
+                request_wait.installed(fd, config.busy_poll)
+                if fd is not None
+                else contextlib.nullcontext()
+            )
             state["mounted"] = True
             log.info("serving %s on %s", image, mountpoint)
             ready()
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_unmount_on_signal, mountpoint)
-                    if config.read_ahead:
-                        kib = max(4, config.read_ahead >> 10)
-                        nursery.start_soon(_set_read_ahead_after_init, ops, canonical, kib)
-                    if config.malloc_trim_interval > 0:
-                        nursery.start_soon(memory.trim_periodically, config.malloc_trim_interval)
-                    await pyfuse3.main(min_tasks=1, max_tasks=config.max_workers)
-                    nursery.cancel_scope.cancel()
+                with waiting as wait:
+
+                    def stop_serving() -> None:
+                        pyfuse3.terminate()
+                        if wait is not None:
+                            wait.end()
+
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_unmount_on_signal, mountpoint, stop_serving)
+                        if config.read_ahead:
+                            kib = max(4, config.read_ahead >> 10)
+                            nursery.start_soon(_set_read_ahead_after_init, ops, canonical, kib)
+                        if config.malloc_trim_interval > 0:
+                            nursery.start_soon(
+                                memory.trim_periodically, config.malloc_trim_interval
+                            )
+                        await pyfuse3.main(min_tasks=1, max_tasks=config.max_workers)
+                        nursery.cancel_scope.cancel()
             finally:
-                if uninstall is not None:
-                    uninstall()
                 # After umount(8) the session has already ended and this only frees it;
                 # after an error it makes sure no dead mount is left behind.
                 pyfuse3.close(unmount=True)
@@ -435,7 +446,7 @@ async def _set_read_ahead_after_init(ops, mountpoint: str, kib: int) -> None:
     set_read_ahead(mountpoint, kib)
 
 
-async def _unmount_on_signal(mountpoint: str) -> None:
+async def _unmount_on_signal(mountpoint: str, stop_serving: Callable[[], None]) -> None:
     """SIGTERM/SIGINT/SIGHUP: unmount through the host kernel while still serving.
 
     The unmount makes the host kernel write back its dirty pages, which needs this daemon
@@ -444,7 +455,6 @@ async def _unmount_on_signal(mountpoint: str) -> None:
     is closed). A second signal stops serving at once (dirty kernel pages are lost, what
     the file system already has is still written back).
     """
-    import pyfuse3
     import trio
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -453,7 +463,7 @@ async def _unmount_on_signal(mountpoint: str) -> None:
             n += 1
             if n > 1:
                 log.warning("signal %d again: stopping without waiting", signum)
-                pyfuse3.terminate()
+                stop_serving()
                 return
             log.info("signal %d: unmounting %s", signum, mountpoint)
             tool = shutil.which("fusermount3") or "fusermount3"

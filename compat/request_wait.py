@@ -11,7 +11,7 @@ woken to take over the watch, and the daemon sleeps in ``epoll_wait`` between tw
 requests, so each request pays a wake-up of the daemon's CPU (in a virtual machine, an
 interrupt to a halted virtual CPU) and a context switch.
 
-* :class:`RequestWait` replaces pyfuse3's wait (:func:`install`). A worker takes a
+* :class:`RequestWait` replaces pyfuse3's wait (:func:`installed`). A worker takes a
   queued request at once. Otherwise, when nothing else in the daemon can run, it polls
   the descriptor for up to ``busy_poll`` seconds: a program issuing system calls back to
   back sends its next request a few microseconds after the last answer, so the worker
@@ -28,7 +28,7 @@ only when no task is runnable and no ``trio.to_thread`` call (the image driver's
 is in progress; tasks in the run loop's current batch are not visible to it and may wait
 up to one poll.
 
-``_wait_fuse_readable`` is not public pyfuse3 API. :func:`install` checks that it is
+``_wait_fuse_readable`` is not public pyfuse3 API. :func:`installed` checks that it is
 there and leaves pyfuse3's own wait in place when it is not; the idle poll works either
 way.
 """
@@ -39,7 +39,8 @@ import logging
 import os
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import trio
 
@@ -149,9 +150,11 @@ class RequestWait:
             ready = self._poll.poll(0)
             if ready:
                 if ready[0][1] & _ENDED:
-                    # Unmounted or aborted: every worker reads once more, gets the end
-                    # of the session from libfuse, and stops.
-                    self._idle.wake_all()
+                    # Unmounted or aborted: this worker reads once more and gets the end
+                    # of the session from libfuse; every other one stops without reading
+                    # (a read after the session ended can fail, ECONNABORTED, and
+                    # pyfuse3 would raise it), as pyfuse3's own wait stops them.
+                    self.end()
                     return True
                 # Requests served back to back might never let the run loop look at
                 # its other tasks if no handler blocked: give them a turn now and then.
@@ -180,6 +183,13 @@ class RequestWait:
             # the watch in case this one's request blocks.
             self._idle.wake_one()
         return False
+
+    def end(self) -> None:
+        """Stop serving: every waiting worker returns False, and so does every later
+        wait. For ``pyfuse3.terminate()``, which only wakes a worker asleep on the
+        descriptor, and there may be none at that moment."""
+        self._ended = True
+        self._idle.wake_all()
 
     def _nothing_else_to_run(self) -> bool:
         # Tasks in the current batch of the run loop are not counted: they may wait up
@@ -228,12 +238,14 @@ def fuse_fds() -> set[int]:
     return found
 
 
-def install(fd: int, busy_poll: float) -> Callable[[], None]:
-    """Serve pyfuse3's session on ``fd`` with :class:`RequestWait` and :class:`IdlePoll`;
-    returns the function that puts pyfuse3's wait back and removes the poll.
+@contextmanager
+def installed(fd: int, busy_poll: float) -> Iterator[RequestWait | None]:
+    """Serve pyfuse3's session on ``fd`` with :class:`RequestWait` and :class:`IdlePoll`
+    inside the block; yields the wait (None if this pyfuse3 has no hook for it).
 
-    Call after ``pyfuse3.init`` and inside the trio run that calls ``pyfuse3.main``.
-    ``busy_poll`` is in seconds; 0 installs no :class:`IdlePoll`.
+    Enter after ``pyfuse3.init``, inside the trio run that calls ``pyfuse3.main``.
+    ``busy_poll`` is in seconds; 0 installs no :class:`IdlePoll`. On leaving, pyfuse3's
+    own wait is put back and the poll removed.
     """
     import pyfuse3
 
@@ -241,15 +253,16 @@ def install(fd: int, busy_poll: float) -> Callable[[], None]:
     if idle is not None:
         trio.lowlevel.add_instrument(idle)
     original = getattr(pyfuse3, "_wait_fuse_readable", None)
+    wait = None
     if original is None:
         log.warning("this pyfuse3 has no _wait_fuse_readable; its own request wait is used")
     else:
-        pyfuse3._wait_fuse_readable = RequestWait(fd, busy_poll).wait_readable
-
-    def uninstall() -> None:
+        wait = RequestWait(fd, busy_poll)
+        pyfuse3._wait_fuse_readable = wait.wait_readable
+    try:
+        yield wait
+    finally:
         if original is not None:
             pyfuse3._wait_fuse_readable = original
         if idle is not None:
             trio.lowlevel.remove_instrument(idle)
-
-    return uninstall

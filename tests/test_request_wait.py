@@ -25,6 +25,9 @@ def pair():
     b.close()
 
 
+ends: list[int] = []
+
+
 async def _worker(wait: RequestWait, sock: socket.socket, got: list, inside: list) -> None:
     """One pyfuse3 worker: wait for the turn, read one request, serve it elsewhere."""
     while await wait.wait_readable():
@@ -33,6 +36,7 @@ async def _worker(wait: RequestWait, sock: socket.socket, got: list, inside: lis
         data = sock.recv(1)
         inside.pop()
         if not data:
+            ends.append(1)
             return
         got.append(data)
         await trio.sleep(0)  # serving the request lets the other workers take turns
@@ -41,6 +45,7 @@ async def _worker(wait: RequestWait, sock: socket.socket, got: list, inside: lis
 @pytest.mark.parametrize("busy_poll", [0.0, 200e-6])
 async def test_workers_share_the_reader_turn_and_every_request_is_read_once(pair, busy_poll):
     a, b = pair
+    ends.clear()
     wait = RequestWait(a.fileno())
     if busy_poll:
         trio.lowlevel.add_instrument(IdlePoll(a.fileno(), busy_poll))
@@ -55,8 +60,11 @@ async def test_workers_share_the_reader_turn_and_every_request_is_read_once(pair
                 await trio.sleep(0.001)  # some arrive while every worker sleeps
         await trio.sleep(0.05)
         assert sorted(got) == sorted(bytes([i % 250 + 1]) for i in range(200))
-        b.shutdown(socket.SHUT_RDWR)  # hang-up, as an unmount: each worker reads b
+        b.shutdown(socket.SHUT_RDWR)  # hang-up, as an unmount
     assert len(got) == 200
+    # One worker read the end of the session; the others stopped without reading (a
+    # read after the end can fail, and pyfuse3 would raise it).
+    assert ends == [1]
 
 
 async def test_closing_the_descriptor_ends_every_waiting_worker(pair):
@@ -139,3 +147,23 @@ async def test_idle_workers_wake_last_in_first_out_so_few_buffers_stay_in_use():
         nursery.cancel_scope.cancel()  # a cancelled waiter leaves the stack
     stack.wake_all()
     assert woken == [3, 2]
+
+
+async def test_end_stops_every_worker_parked_or_still_serving(pair):
+    """The second signal's stop: pyfuse3.terminate() reaches only a worker asleep on the
+    descriptor; end() must stop the parked ones and those that come back later."""
+    a, _ = pair
+    wait = RequestWait(a.fileno())
+    ended: list[bool] = []
+
+    async def worker() -> None:
+        ended.append(await wait.wait_readable())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):  # one sleeps on the descriptor, two park
+            nursery.start_soon(worker)
+        await trio.testing.wait_all_tasks_blocked()
+        wait.end()
+        trio.lowlevel.notify_closing(a.fileno())
+    assert ended == [False, False, False]
+    assert not await wait.wait_readable()  # a worker that was busy serving, coming back
