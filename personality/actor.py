@@ -265,8 +265,7 @@ class ActorRef:
                 return
             if st == IDLE:
                 cell.state = STOPPING
-                with trio.CancelScope(shield=True):
-                    await _finish_stop(cell, final=True)
+                await _shielded(_finish_stop(cell, final=True))
                 return
             if st == BUSY:
                 _request_marker(cell, _STOP)
@@ -286,8 +285,7 @@ class ActorRef:
         if cell.state != IDLE:
             return False
         cell.state = STOPPING
-        with trio.CancelScope(shield=True):
-            await _finish_stop(cell, final=True)
+        await _shielded(_finish_stop(cell, final=True))
         return True
 
 
@@ -393,6 +391,52 @@ if not _inline_supported():  # pragma: no cover - depends on the trio version
     log.warning("trio internals changed: actor calls use the portable (slower) path")
     call = _call_portable
     caller_cancelled = _caller_cancelled_portable
+
+
+async def _shielded(coro: Any) -> Any:
+    """Await ``coro`` immune to the caller's cancellation. It runs inline first: most
+    never block (a vnode's ``stopped()`` with nothing to write back), and those need no
+    cancel scope, which costs several microseconds to enter and leave. One that blocks
+    goes on under a shield placed as a blocked turn's is (``_shield_under``)."""
+    task = _current_task()
+    saved = task._cancel_status
+    try:
+        trap = coro.send(None)
+    except StopIteration as done:
+        return done.value
+    return await _drive_shielded(coro, trap, task, saved)
+
+
+@types.coroutine
+def _drive_shielded(coro: Any, trap: Any, task: Any, saved: Any) -> Any:
+    shield = _shield_under(task, saved)
+    try:
+        while True:
+            exc = None
+            try:
+                sent = yield trap
+            except BaseException as e:
+                exc = e
+            try:
+                trap = coro.send(sent) if exc is None else coro.throw(exc)
+            except StopIteration as done:
+                result = done.value
+                break
+    except BaseException as exc:
+        if shield.__exit__(type(exc), exc, exc.__traceback__):
+            return None
+        raise
+    shield.__exit__(None, None, None)
+    return result
+
+
+async def _shielded_portable(coro: Any) -> Any:
+    with trio.CancelScope(shield=True):
+        return await coro
+
+
+if not _inline_supported():  # pragma: no cover - depends on the trio version
+    _shielded = _shielded_portable
 
 
 @types.coroutine

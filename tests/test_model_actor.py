@@ -754,3 +754,42 @@ async def test_caller_cancelled_follows_the_effective_cancel_state():
             assert not caller_cancelled()  # a shielded turn delivers its calls
         assert caller_cancelled() == (trio.current_effective_deadline() == -float("inf"))
     assert not caller_cancelled()
+
+
+class SlowStop(Actor):
+    """stopped() blocks (as a vnode's write-back does when it has something to write)."""
+
+    def __init__(self, log: list[str], blocks: str) -> None:
+        self.log = log
+        self.blocks = blocks
+
+    async def handle(self, msg: Any) -> Any:
+        return msg
+
+    async def stopped(self) -> None:
+        self.log.append("stopping")
+        if self.blocks == "blocks":
+            await trio.sleep(0.01)
+            await trio.lowlevel.checkpoint()
+        elif self.blocks == "blocks in its own scope":
+            with trio.move_on_after(10) as own:
+                await trio.sleep(0.01)
+            assert not own.cancelled_caught
+        self.log.append("stopped")
+
+
+@pytest.mark.parametrize("blocks", ["never blocks", "blocks", "blocks in its own scope"])
+@pytest.mark.parametrize("how", ["stop", "retire"])
+async def test_stop_from_a_cancelled_caller_runs_stopped_to_the_end(blocks, how) -> None:
+    log: list[str] = []
+    async with open_supervisor() as sup:
+        ref = await sup.start(ChildSpec("s", lambda: SlowStop(log, blocks), TEMPORARY))
+        with trio.CancelScope() as cs:
+            cs.cancel()  # cancelled before the stop: the stop is shielded all the same
+            await (ref.stop() if how == "stop" else ref.retire())
+            log.append("back")  # the stop itself is no checkpoint
+            await trio.lowlevel.checkpoint()
+            log.append("not cancelled?")
+        assert cs.cancelled_caught
+        assert log == ["stopping", "stopped", "back"]
+        assert not ref.alive
