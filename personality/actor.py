@@ -408,20 +408,26 @@ async def _shielded(coro: Any) -> Any:
 
 
 @types.coroutine
+def _forward(coro: Any, trap: Any) -> Any:
+    """Drive ``coro``, blocked on ``trap``, to its end: each trap goes up to trio and its
+    answer (or exception) back down. Returns what ``coro`` returns, raises what it raises."""
+    while True:
+        exc = None
+        try:
+            sent = yield trap
+        except BaseException as e:
+            exc = e
+        try:
+            trap = coro.send(sent) if exc is None else coro.throw(exc)
+        except StopIteration as done:
+            return done.value
+
+
+@types.coroutine
 def _drive_shielded(coro: Any, trap: Any, task: Any, saved: Any) -> Any:
     shield = _shield_under(task, saved)
     try:
-        while True:
-            exc = None
-            try:
-                sent = yield trap
-            except BaseException as e:
-                exc = e
-            try:
-                trap = coro.send(sent) if exc is None else coro.throw(exc)
-            except StopIteration as done:
-                result = done.value
-                break
+        result = yield from _forward(coro, trap)
     except BaseException as exc:
         if shield.__exit__(type(exc), exc, exc.__traceback__):
             return None
@@ -444,17 +450,7 @@ def _finish_turn(cell: _Cell, coro: Any, trap: Any, task: Any, saved: Any) -> An
     """Drive a handler that blocked, inside a shield placed under its own cancel scopes."""
     shield = cell.turn_scope = _shield_under(task, saved)
     try:
-        while True:
-            exc = None
-            try:
-                sent = yield trap
-            except BaseException as e:
-                exc = e
-            try:
-                trap = coro.send(sent) if exc is None else coro.throw(exc)
-            except StopIteration as done:
-                result = done.value
-                break
+        result = yield from _forward(coro, trap)
     except BaseException as exc:
         cell.turn_scope = None
         if shield.cancel_called:
