@@ -166,6 +166,9 @@ def _time_granule_ns() -> int:
 
 
 # Writes this close together after the previous write's times leave them as they are.
+# Requests that never change the inode (no atime either: only Read and ReadDir move it).
+_READ_ONLY = frozenset((GetAttr, GetXattr, ListXattr, ReadLink, Lookup))
+
 TIME_GRANULE_NS = _time_granule_ns()
 
 
@@ -232,6 +235,9 @@ class VnodeActor(Actor):
         # is skipped (a write-back at sync or retirement of an unchanged inode, a chown
         # or utimes to the values it has). None: unknown, the next save writes.
         self._written: bytes | None = None
+        # False while only read-only requests (_READ_ONLY) ran since the record was last
+        # read or written: a write-back then has nothing to compare, not even a build.
+        self._changed = True
 
     # ----- life cycle -----------------------------------------------------------------------
 
@@ -244,6 +250,7 @@ class VnodeActor(Actor):
             # _create), and changed nothing after: a vnode retired unchanged (a file only
             # created) then writes nothing back.
             self._written = fresh.build()
+            self._changed = False
             return
         await self._load()
 
@@ -272,6 +279,9 @@ class VnodeActor(Actor):
                 # then no program can reach the inode; a crash leaves it for e2fsck.
                 i.dtime = await call(self.ctx.orphans, AddOrphan(self.ino))
                 self.on_orphan_list = True
+                self._changed = True
+        if not self._changed and self._written is not None:
+            return  # only read-only requests since it was last read or written
         await self._save()
 
     async def _load(self) -> None:
@@ -283,6 +293,7 @@ class VnodeActor(Actor):
             raw = await self.vol.read_inode(self.ino)
             self.inode = Inode.parse(raw)
             self._written = bytes(raw)
+            self._changed = False
         except OSError as e:
             self.load_error = e
         except Exception as e:  # a corrupt record: this inode answers EIO, nothing else
@@ -378,10 +389,12 @@ class VnodeActor(Actor):
             inode.size = self._dir.size
         raw = inode.build()
         if raw == self._written:
+            self._changed = False
             return
         self._written = None  # unknown until the group actor has it
         await self.vol.write_inode(self.ino, raw)
         self._written = raw
+        self._changed = False
 
     def _attr(self, inode: Inode | None = None, ino: int | None = None) -> Attr:
         inode = inode or self.inode
@@ -422,6 +435,8 @@ class VnodeActor(Actor):
                 # Unlinked on disk: freed, or kept for the host kernel's references by a
                 # vnode retired since. Only the table knows which.
                 self.held = await call(self.ctx.table, IsHeld(self.ino))
+        if type(msg) not in _READ_ONLY:
+            self._changed = True
         match msg:
             # --- attributes ---
             case GetAttr():
