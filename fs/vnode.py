@@ -232,8 +232,8 @@ class VnodeActor(Actor):
         self.fresh: Inode | None = None
         # The record as this vnode last read or wrote it: the vnode is the only writer of
         # its inode's record while it lives, so a save that would write the same bytes
-        # is skipped (a write-back at sync or retirement of an unchanged inode, a chown
-        # or utimes to the values it has). None: unknown, the next save writes.
+        # is skipped (a write-back at sync or retirement of an unchanged inode). None:
+        # unknown, the next save writes.
         self._written: bytes | None = None
         # False while only read-only requests (_READ_ONLY) ran since the record was last
         # read or written: a write-back then has nothing to compare, not even a build.

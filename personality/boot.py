@@ -576,10 +576,9 @@ async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterato
             # context, which needs both addresses: start the table with a late-bound
             # factory and fill it in once both exist.
             holder: dict[str, VnodeContext] = {}
+            from chanos.fs.vnode import VnodeActor  # once per mount, not per vnode started
 
             def make_vnode(ino: int) -> Any:
-                from chanos.fs.vnode import VnodeActor
-
                 return VnodeActor(ino, holder["ctx"])
 
             table = await sup.start(
