@@ -162,6 +162,13 @@ def _int(name: str, value: str, base: int = 10) -> int:
     return n
 
 
+def _int_between(name: str, value: str, lo: int, hi: int, unit: str = "") -> int:
+    n = _int(name, value)
+    if not lo <= n <= hi:
+        raise OptionError(f"option {name}= must be between {lo} and {hi}{unit}")
+    return n
+
+
 def _size(name: str, value: str) -> int:
     """Bytes, with an optional K/M/G suffix (powers of 1024)."""
     scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:].lower(), 1)
@@ -218,10 +225,7 @@ def _apply(c: MountConfig, opt: str) -> None:
                 raise OptionError("option max_vnodes= must be at least 16")
             c.max_vnodes = n
         case "max_workers":
-            n = _int(name, value)
-            if not 1 <= n <= 1000:
-                raise OptionError("option max_workers= must be between 1 and 1000")
-            c.max_workers = n
+            c.max_workers = _int_between(name, value, 1, 1000)
         case "write_cache":
             c.write_cache = _size(name, value)
         case "io_size":
@@ -230,20 +234,14 @@ def _apply(c: MountConfig, opt: str) -> None:
                 raise OptionError("option io_size= must be 0 or a power of two, 512 to 64M")
             c.io_size = n
         case "busy_poll":
-            n = _int(name, value)
-            if not 0 <= n <= 10_000:
-                raise OptionError("option busy_poll= must be between 0 and 10000 (microseconds)")
-            c.busy_poll = n / 1e6
+            c.busy_poll = _int_between(name, value, 0, 10_000, " (microseconds)") / 1e6
         case "read_ahead":
             n = _size(name, value)
             if n > 64 << 20:
                 raise OptionError("option read_ahead= must be at most 64M")
             c.read_ahead = n
         case "malloc_arenas":
-            n = _int(name, value)
-            if not 1 <= n <= 64:
-                raise OptionError("option malloc_arenas= must be between 1 and 64")
-            c.malloc_arenas = n
+            c.malloc_arenas = _int_between(name, value, 1, 64)
         case "malloc_mmap_threshold":
             n = _size(name, value)
             if not 4096 <= n <= 32 << 20:
