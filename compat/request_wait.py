@@ -173,9 +173,7 @@ class RequestWait:
             try:
                 await trio.lowlevel.wait_readable(self.fd)
             except trio.ClosedResourceError:
-                # pyfuse3.terminate(): this worker and every one after it stops.
-                self._ended = True
-                self._idle.wake_all()
+                self.end()  # pyfuse3.terminate(): this worker and every other one stops
             finally:
                 self._sleeping = False
                 self._last_checkpoint = time.perf_counter()
