@@ -10,14 +10,13 @@ frees everything on the list before anything else happens.
 chanos.fs.orphan_protocol). It never writes an inode itself:
 an inode's record belongs to its vnode actor, so
 
-* a vnode whose inode has lost its last link while a handle is open or the host kernel
-  still holds lookup references on it calls ``AddOrphan(ino)`` when it writes the inode
-  back (sync, or its retirement), not at the unlink: ``s_last_orphan`` reaches the disk
-  only with the superblock, at sync, after every vnode's write-back, so the list on disk
-  is as complete as before, and an inode freed before that (an unlinked file the host
-  kernel forgets at once) never joins it. The reply is the inode that follows it (the
-  old head), which the vnode stores in its ``i_dtime`` and writes with its inode; the
-  actor then points ``s_last_orphan`` at it;
+* a vnode whose inode has lost its last link while a handle is open calls
+  ``AddOrphan(ino)`` at the unlink; one whose inode only the host kernel's lookup
+  references keep calls it when it writes the inode back (sync, which writes every vnode
+  back before the superblock, or its retirement), so an inode the host kernel forgets
+  right after the unlink, as it does, never joins the list. The reply is the inode that
+  follows it (the old head), which the vnode stores in its ``i_dtime`` and writes with
+  its inode; the actor then points ``s_last_orphan`` at it;
 * a vnode that frees an orphan (last release, ``Forgotten``, or ``Reclaim`` at mount) calls
   ``RemoveOrphan(ino)``. Unlinking from the head only moves ``s_last_orphan``; unlinking
   from the middle makes the predecessor skip it, by casting ``SetOrphanNext(next)`` to the
