@@ -11,8 +11,8 @@ daemon's CPU time per request, with ratios against fuse2fs.
 ``null`` is a pyfuse3 file system that answers from memory with nothing behind it (this
 script serves it with ``--serve-null MOUNTPOINT``): the least any pyfuse3 daemon under trio
 pays per request with pyfuse3's own request loop. ``null-wait`` is the same file system
-waiting for requests as ``chanos mount`` does (``chanos.compat.request_wait``: hand-over
-between workers and a busy poll before sleeping). Rows of ``bench/fs_compare.py`` whose
+waiting for requests as ``chanos mount`` does (``chanos.compat.request_wait``: a busy
+poll before sleeping, one worker asleep on the descriptor). Rows of ``bench/fs_compare.py`` whose
 workloads are many small requests (creates, unlinks, ls -lR, untar) are bounded by the
 second: chanos's cost per request is that floor plus its own work. Needs root for
 fuse2fs (``-o fakeroot`` is not needed as root).
