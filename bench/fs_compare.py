@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -216,6 +217,7 @@ def main() -> int:
                 subprocess.run(["umount", "-l", str(t.mnt)], check=False)
             if t.proc is not None and t.proc.poll() is None:
                 t.proc.kill()
+        _clean_work(work, keep_results=a.out is None, targets=targets)
     base = "fuse2fs" if any(t.label == "fuse2fs" for t in targets) else targets[0].label
     table = subprocess.run(["bash", FSBENCH, "--merge", "--base", base, str(tsv)],
                            capture_output=True, text=True).stdout  # fmt: skip
@@ -226,10 +228,23 @@ def main() -> int:
         if v:
             print(f"- e2fsck -fn after the run, {label}: {v}")
     print(f"\nraw results: {tsv}")
-    if a.out is None:
-        for p in work.glob("*.img"):
-            p.unlink()
     return 0 if all(v in ("", "clean") for v in verdicts.values()) else 1
+
+
+def _clean_work(work: Path, keep_results: bool, targets: list[Target]) -> None:
+    """Remove the images (3 GiB each), the tarball and the mount points; the whole work
+    directory when the results went to --out. Nothing under a mount still attached."""
+    if any(is_mounted(t.mnt) for t in targets):
+        log(f"left {work} in place: a mount under it is still attached")
+        return
+    if not keep_results:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    for p in [*work.glob("*.img"), *work.glob("*.tar")]:
+        p.unlink(missing_ok=True)
+    for t in targets:
+        with contextlib.suppress(OSError):
+            t.mnt.rmdir()
 
 
 if __name__ == "__main__":
