@@ -1185,7 +1185,7 @@ class VnodeActor(Actor):
                 if self.inode is None:
                     return 0
             elif not self.on_orphan_list:
-                # Open: on the orphan list at once, as ext4 does, so a sync of any file
+                # Open: on the orphan list at once, as ext4 does, so an fsync of any file
                 # (it writes the superblock) keeps a crash from leaking it.
                 inode.dtime = await call(self.ctx.orphans, AddOrphan(self.ino))
                 self.on_orphan_list = True

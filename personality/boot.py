@@ -242,15 +242,6 @@ class Kernel:
         finally:
             await tell(table, Unpin(ino, 0, entry_ino))
 
-    async def _pinned(self, ino: int, ref: ActorRef, msg: Any) -> Any:
-        """Call ``ino``'s vnode ``ref``, already pinned for this request; then unpin."""
-        try:
-            return await call(ref, msg)
-        except CallError as exc:
-            raise self._crashed(ino, ref, msg, exc) from exc
-        finally:
-            await tell(self.table, Unpin(ino))
-
     async def _to_vnode(self, ino: int, msg: Any, *, looked_up: bool = False) -> Any:
         """A request that never asks the vnode table: unpinned to ``ino``'s vnode when its
         address is known and the vnode can take it that way, else pinned (``_to_inode``).
