@@ -11,8 +11,8 @@ Exit codes follow mount(8) for mount/umount (0 ok, 1 bad usage or options, 32 mo
 failure) and e2fsck for fsck (0 clean, 4 errors found, 8 could not check).
 
 The image file is locked (flock) for as long as a daemon serves it, so a second mount of
-the same image fails at once, and ``chanos fsck``/``chanos umount`` can wait for a daemon
-that is still writing back after the host kernel's unmount returned.
+the same image fails at once, and ``chanos fsck``/``chanos umount``/``chanos mount`` can
+wait for a daemon that is still writing back after the host kernel's unmount returned.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ EX_USAGE = 1
 EX_FAIL = 32  # mount(8): mount failure
 FSCK_ERRORS = 4
 FSCK_OPERATIONAL = 8
+# How long ``chanos mount`` waits for a daemon still writing the same image back.
+MOUNT_WAIT = 300.0
 
 # The feature set chanos reads and writes (see docs/architecture.md): mke2fs's ext4
 # defaults minus metadata_csum (and everything newer, e.g. orphan_file or
@@ -85,20 +87,83 @@ def chanos_mounts_of(image: str) -> list[str]:
     return [m.point for m in mounts() if m.fstype == "fuse.chanos" and m.source == image]
 
 
-def lock_image(image: str, read_only: bool, shared: bool = False) -> int:
-    """Open and flock the image; raise Fail if another chanos holds it. Returns the fd."""
+def lock_image(image: str, read_only: bool, shared: bool = False, wait: float = 0.0) -> int:
+    """Open and flock the image; raise Fail if another chanos holds it. Returns the fd.
+
+    ``wait``: seconds to wait for a chanos daemon that holds the image without serving
+    it on any mount point: one still writing back after ``umount`` returned (the host
+    kernel does not wait for it), or one starting (then it mounts, and this fails).
+    """
     try:
         fd = os.open(image, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
     except OSError as exc:
         raise Fail(f"cannot open {image}: {exc.strerror}") from None
+    mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, mode)
+            return fd
+        except BlockingIOError:
+            where = chanos_mounts_of(image)
+            if where or time.monotonic() >= deadline or not _held_by_chanos(fd):
+                os.close(fd)
+                on = f" (mounted on {where[0]})" if where else ""
+                raise Fail(f"{image} is in use by another chanos{on}") from None
+            if not told:
+                told = True
+                print(f"{PROG}: waiting for the chanos daemon to finish writing {image} back",
+                      file=sys.stderr)  # fmt: skip
+            time.sleep(0.05)
+
+
+def _held_by_chanos(fd: int) -> bool:
+    """Whether the flock on the file open as ``fd`` is held by a chanos process.
+
+    /proc/locks names the process that took the lock. For a daemon that is the
+    ``chanos mount`` that forked it, which has exited: then the lock is the daemon's if a
+    chanos process has the file open (a waiting mount like this one has it open too,
+    but never holds a lock there).
+    """
+    st = os.fstat(fd)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        where = chanos_mounts_of(image)
-        on = f" (mounted on {where[0]})" if where else ""
-        raise Fail(f"{image} is in use by another chanos{on}") from None
-    return fd
+        locks = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return False
+    for line in locks:
+        f = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF" (a waiter has "->" after "1:")
+        if len(f) >= 6 and f[1] == "FLOCK" and f[5] == key and f[4].isdigit():
+            if os.path.exists(f"/proc/{f[4]}"):
+                return _is_chanos(f[4])
+            return any(_is_chanos(pid) and _has_open(pid, st) for pid in _other_pids())
+    return False
+
+
+def _other_pids() -> list[str]:
+    me = str(os.getpid())
+    return [p for p in os.listdir("/proc") if p.isdigit() and p != me]
+
+
+def _is_chanos(pid: str) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(os.path.basename(a).startswith(b"chanos") for a in argv[:3])
+
+
+def _has_open(pid: str, st: os.stat_result) -> bool:
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            other = os.stat(f"/proc/{pid}/fd/{name}")
+            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                return True
+    except OSError:
+        pass  # gone, or not ours to look at
+    return False
 
 
 def wait_unlocked(image: str, timeout: float) -> bool:
@@ -231,7 +296,7 @@ def cmd_mount(a: argparse.Namespace) -> int:
         pass
     elif not os.access(image, os.W_OK):
         raise Fail(f"{image} is not writable (mount it with -o ro)")
-    lock_fd = lock_image(image, config.read_only)
+    lock_fd = lock_image(image, config.read_only, wait=MOUNT_WAIT)
     if a.foreground:
         return serve(image, mountpoint, config, notify_fd=None, foreground=True)
     # Daemon: the child mounts and serves; the parent returns once the child reports

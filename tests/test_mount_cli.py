@@ -82,6 +82,54 @@ def test_daemon_mode_returns_when_ready_and_umount_writes_back(image, tmp_path):
         assert os.readlink(m.mnt / "d" / "l") == "../f"
 
 
+def test_mount_waits_for_a_chanos_daemon_still_writing_back(image, tmp_path):
+    """``umount`` returns before the daemon has written the image back and exited. A
+    mount right after it waits for that daemon (a chanos process holding the image,
+    mounted nowhere) instead of refusing; any other holder is refused at once."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    # Stands in for the finishing daemon: named like one, holding the image's lock.
+    finishing = tmp_path / "chanos-finishing"
+    finishing.write_text(
+        "import fcntl, sys, time\n"
+        "f = open(sys.argv[1], 'rb+')\n"
+        "fcntl.flock(f, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(1.5)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, str(finishing), str(image)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    p = chanos("mount", str(image), str(mnt))
+    assert holder.poll() is not None  # mount returned only after the holder let go
+    assert p.returncode == 0, p.stderr
+    assert "waiting for the chanos daemon" in p.stderr
+    assert is_mounted(mnt)
+    (mnt / "f").write_bytes(b"after the wait")
+    assert chanos("umount", str(mnt)).returncode == 0
+    assert fsck(image)[0] == 0
+
+    # The same lock held by a process that is not chanos: refused at once, as before.
+    other = tmp_path / "holder"
+    other.write_text(finishing.read_text().replace("1.5", "30"))
+    holder = subprocess.Popen(
+        [sys.executable, str(other), str(image)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        p = chanos("mount", str(image), str(mnt))
+        assert p.returncode == 32 and "in use by another chanos" in p.stderr
+        assert time.monotonic() - t0 < 10
+        assert "waiting" not in p.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    with Mounted(image, mnt) as m:
+        assert (m.mnt / "f").read_bytes() == b"after the wait"
+
+
 def test_plain_umount_then_chanos_fsck(image, tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
