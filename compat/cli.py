@@ -424,6 +424,7 @@ def mount_options_for(config: MountConfig):  # -> MountOptions
         "read_only": config.read_only,
         "max_vnodes": config.max_vnodes,
         "write_behind": config.write_cache,
+        "acl": config.acl,
     }
     names = {f.name for f in dataclasses.fields(MountOptions)}
     return MountOptions(**{k: v for k, v in wanted.items() if k in names and v is not None})
@@ -452,6 +453,9 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
                     gid=config.gid,
                     umask=config.umask,
                     io_size=config.io_size,
+                    # The host kernel checks ACLs only along with default_permissions
+                    # (asking for them turns it on).
+                    acl=config.acl and config.default_permissions,
                 ),
             )
             canonical = os.path.realpath(mountpoint)  # resolved while nothing is mounted
@@ -637,7 +641,8 @@ def _parser() -> argparse.ArgumentParser:
         "mount",
         help="mount an image (returns once mounted; -f stays in the foreground)",
         description="Options (-o, comma-separated): ro, allow_other, default_permissions "
-        "(default) / nodefault_permissions, uid=N, gid=N, umask=OCTAL (override what stat "
+        "(default) / nodefault_permissions, acl (default: POSIX ACLs checked and inherited) "
+        "/ noacl, uid=N, gid=N, umask=OCTAL (override what stat "
         "shows), max_vnodes=N (live vnode actors), log_level=debug|info|warning|error, "
         "log=FILE, trace=FILE (Chrome trace JSON of the messages), writeback (the host "
         "kernel's writeback cache; off by default), read_ahead=SIZE (1M; 0 = the host "

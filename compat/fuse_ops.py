@@ -24,14 +24,18 @@ keep is bookkeeping of the FUSE protocol itself:
   more references than were handed out is logged and clamped; ``Forget(inode, n)`` is then
   forwarded: the chanos kernel's count reaches zero exactly when the host kernel's does.
 
-POSIX ACLs: the host kernel is not asked to enforce ACLs (pyfuse3's ``enable_acl`` would
-make the daemon responsible for default-ACL inheritance and umask on every create).
-ACL xattrs are stored (the file system converts them to ext4's on-disk form), and the
-front end does what the VFS does for ext4 when one is set or the mode changes: an access
-ACL that is equivalent to mode bits becomes just those mode bits (``cp -a`` sets every
-file's permissions that way), a fuller one also sets the mode's user/group(mask)/other
-bits, and chmod rewrites the ACL's owner/mask/other entries. Permission checks use the
-mode bits (default_permissions).
+POSIX ACLs (``acl``, on unless ``noacl`` or ``nodefault_permissions``): the host kernel
+is asked to check them (pyfuse3's ``enable_acl``, FUSE_POSIX_ACL), as ext4 does: it reads
+an inode's ACLs with GETXATTR, caches them, and applies them in its permission checks; a
+new inode inherits its directory's default ACL in the file system (``chanos.fs.acl``).
+ACL xattrs are stored in ext4's on-disk form, and the front end does what the VFS does
+for ext4 when one is set or the mode changes (the host kernel leaves both to the daemon):
+an access ACL that is equivalent to mode bits becomes just those mode bits (``cp -a``
+sets every file's permissions that way), a fuller one also sets the mode's
+user/group(mask)/other bits, and chmod rewrites the ACL's owner/mask/other entries.
+One difference from ext4 remains: libfuse does not ask the host kernel for FUSE_DONT_MASK
+(pyfuse3 offers no way to), so the kernel applies the umask to a new inode's mode even
+where a default ACL should replace it; the inherited ACL is then narrowed by that mode.
 
 Errors: an ``OSError`` from the kernel becomes ``FUSEError(errno)``; any other exception
 is a bug somewhere below, answered with EIO and logged once with the request that hit it.
@@ -46,13 +50,13 @@ import functools
 import logging
 import os
 import stat
-import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import pyfuse3
 import trio
+from chanos.fs import acl
 from chanos.personality.syscalls import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -94,10 +98,6 @@ log = logging.getLogger("chanos.fuse")
 
 FUSE_ROOT = pyfuse3.ROOT_INODE  # 1
 
-ACL_ACCESS = b"system.posix_acl_access"
-ACL_XATTR_VERSION = 2
-ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 1, 2, 4, 8, 16, 32
-
 
 class Kernel(Protocol):
     """What the front end needs from the kernel ``boot()`` yields."""
@@ -123,7 +123,8 @@ class FrontEndConfig:
     to the image goes through this mount (the image is locked against other writers), so
     the host kernel's caches only go stale by changes it made itself and already knows.
     ``uid``/``gid``/``umask`` override what stat reports (as libfuse's options of the same
-    names do); they do not change what is stored. ``io_size`` is the preferred I/O size
+    names do); they do not change what is stored. ``acl``: have the host kernel check and
+    cache POSIX ACLs (it turns default_permissions on). ``io_size`` is the preferred I/O size
     stat reports (st_blksize; 0: the file system's block size). Programs size their
     buffers by it (cp, cat and Python's open() read and write that much per call), and
     through FUSE every call is a round trip: 1 MiB, the largest request the host kernel
@@ -141,6 +142,7 @@ class FrontEndConfig:
     gid: int | None = None
     umask: int | None = None
     io_size: int = 1 << 20
+    acl: bool = False
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -215,12 +217,14 @@ class ChanosOperations(pyfuse3.Operations):
     """pyfuse3 operations that forward each request to ``kernel.syscall``."""
 
     supports_dot_lookup = True
-    enable_acl = False
 
     def __init__(self, kernel: Kernel, config: FrontEndConfig | None = None) -> None:
         super().__init__()
         self.kernel = kernel
         self.config = config or FrontEndConfig()
+        # pyfuse3 reads it at init: the host kernel then checks permissions with ACLs
+        # and caches them (see the module docstring).
+        self.enable_acl = self.config.acl
         self.enable_writeback_cache = self.config.writeback_cache
         self._syscall = kernel.syscall
         self._handles: dict[int, Handle] = {}
@@ -404,17 +408,17 @@ class ChanosOperations(pyfuse3.Operations):
     async def _chmod_acl(self, ino: int, mode: int) -> None:
         """posix_acl_chmod: an access ACL follows the new mode's permission bits."""
         try:
-            value = await self._syscall(GetXattr(ino, ACL_ACCESS))
+            value = await self._syscall(GetXattr(ino, acl.ACCESS))
         except OSError as exc:
             if exc.errno in (errno.ENODATA, errno.EOPNOTSUPP):
                 return
             raise
-        entries = parse_acl(value)
+        entries = acl.parse(value)
         if entries is None:
             return
-        new = acl_with_mode(entries, mode)
+        new = acl.with_mode(entries, mode)
         if new != value:
-            await self._syscall(SetXattr(ino, ACL_ACCESS, new, 0))
+            await self._syscall(SetXattr(ino, acl.ACCESS, new, 0))
 
     @_guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -670,7 +674,7 @@ class ChanosOperations(pyfuse3.Operations):
         # call is forwarded as a plain set (see docs/architecture.md).
         self._check_writable()
         ino = to_ext4(inode)
-        if name == ACL_ACCESS:
+        if name == acl.ACCESS:
             await self._set_access_acl(inode, ino, value)
             return
         await self._syscall(SetXattr(ino, name, value, 0))
@@ -678,21 +682,21 @@ class ChanosOperations(pyfuse3.Operations):
     async def _set_access_acl(self, fuse_ino: int, ino: int, value: bytes) -> None:
         """posix_acl_update_mode: the mode follows the ACL; an ACL that says no more than
         mode bits is not stored at all."""
-        entries = parse_acl(value)
+        entries = acl.parse(value)
         if entries is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        perms, equivalent = acl_mode(entries)
+        perms, equivalent = acl.equivalent_mode(entries)
         cur = await self._syscall(GetAttr(ino))
         if stat.S_ISLNK(cur.mode):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         if equivalent:
             try:
-                await self._syscall(RemoveXattr(ino, ACL_ACCESS))
+                await self._syscall(RemoveXattr(ino, acl.ACCESS))
             except OSError as exc:
                 if exc.errno != errno.ENODATA:
                     raise
         else:
-            await self._syscall(SetXattr(ino, ACL_ACCESS, value, 0))
+            await self._syscall(SetXattr(ino, acl.ACCESS, value, 0))
         mode = (cur.mode & ~0o777) | perms
         if mode != cur.mode:
             await self._syscall(SetAttr(ino, mode=mode))
@@ -731,48 +735,3 @@ def _permitted(a: Attr, want: int, uid: int, gid: int, groups: set[int]) -> bool
     else:
         bits = a.mode & 7
     return want & ~bits == 0
-
-
-def parse_acl(value: bytes) -> list[tuple[int, int, int]] | None:
-    """The xattr form of a POSIX ACL -> [(tag, perm, id)], or None if malformed."""
-    if len(value) < 4 or (len(value) - 4) % 8:
-        return None
-    if struct.unpack_from("<I", value)[0] != ACL_XATTR_VERSION:
-        return None
-    return list(struct.iter_unpack("<HHI", value[4:]))
-
-
-def acl_mode(entries: list[tuple[int, int, int]]) -> tuple[int, bool]:
-    """posix_acl_equiv_mode: (permission bits the ACL implies, whether it says no more)."""
-    user = group = other = 0
-    mask = None
-    equivalent = True
-    for tag, perm, _id in entries:
-        perm &= 7
-        if tag == ACL_USER_OBJ:
-            user = perm
-        elif tag == ACL_GROUP_OBJ:
-            group = perm
-        elif tag == ACL_OTHER:
-            other = perm
-        elif tag == ACL_MASK:
-            mask = perm
-            equivalent = False
-        else:
-            equivalent = False
-    return (user << 6) | ((group if mask is None else mask) << 3) | other, equivalent
-
-
-def acl_with_mode(entries: list[tuple[int, int, int]], mode: int) -> bytes:
-    """posix_acl_chmod: owner, mask (or owning group) and other entries take ``mode``."""
-    has_mask = any(tag == ACL_MASK for tag, _, _ in entries)
-    out = bytearray(struct.pack("<I", ACL_XATTR_VERSION))
-    for tag, perm, ident in entries:
-        if tag == ACL_USER_OBJ:
-            perm = (mode >> 6) & 7
-        elif tag == ACL_MASK or (tag == ACL_GROUP_OBJ and not has_mask):
-            perm = (mode >> 3) & 7
-        elif tag == ACL_OTHER:
-            perm = mode & 7
-        out += struct.pack("<HHI", tag, perm, ident)
-    return bytes(out)

@@ -10,7 +10,7 @@ mount(8)/mount.fuse3, or from an /etc/fstab line):
   ``log_level=``,
   ``log=FILE``, ``trace=FILE``, ``writeback``/``nowriteback``, ``entry_timeout=``,
   ``attr_timeout=``, ``negative_timeout=``, ``keep_cache``/``nokeep_cache``,
-  ``default_permissions``/``nodefault_permissions``;
+  ``default_permissions``/``nodefault_permissions``, ``acl``/``noacl``;
 * FUSE mount options handed to libfuse: ``allow_other``, ``default_permissions`` and the
   generic VFS flags (``ro``, ``rw``, ``nosuid``, ``nodev``, ``noexec``, ``noatime``, ...);
 * options that only mean something to mount(8)/fstab (``defaults``, ``auto``, ``noauto``,
@@ -77,6 +77,8 @@ FLAG_OPTIONS = frozenset(
         "nowriteback_cache",
         "keep_cache",
         "nokeep_cache",
+        "acl",
+        "noacl",
     ]
 )
 
@@ -92,6 +94,9 @@ class MountConfig:
     read_only: bool = False
     allow_other: bool = False
     default_permissions: bool = True
+    # POSIX ACLs, as ext4's acl/noacl: enforced by the host kernel (with
+    # default_permissions) and inherited from default ACLs by new inodes.
+    acl: bool = True
     uid: int | None = None
     gid: int | None = None
     umask: int | None = None
@@ -213,6 +218,10 @@ def _apply(c: MountConfig, opt: str) -> None:
             c.default_permissions = True
         case "nodefault_permissions" | "no_default_permissions":
             c.default_permissions = False
+        case "acl":
+            c.acl = True
+        case "noacl":
+            c.acl = False
         case "uid":
             c.uid = _int(name, value)
         case "gid":

@@ -43,6 +43,7 @@ import struct
 import time
 from typing import Any
 
+from chanos.fs import acl
 from chanos.fs import vnode_protocol as vp
 from chanos.fs.directory import Directory, first_block
 from chanos.fs.extent_tree import ExtentTree
@@ -926,6 +927,13 @@ class VnodeActor(Actor):
             gid = parent.gid
             if is_dir:
                 mode |= stat.S_ISGID
+        # A default ACL passes on as the new inode's ACLs and narrows its mode.
+        acls: list[tuple[bytes, bytes]] = []
+        if self.ctx.acl and target is None:
+            default = await self._default_acl(parent)
+            if default is not None:
+                mode, access, inherited = acl.inherit(default, mode)
+                acls = [(n, v) for n, v in ((acl.ACCESS, access), (acl.DEFAULT, inherited)) if v]
 
         now = _now()
         child = Inode.new(self.geo.inode_size)
@@ -958,14 +966,33 @@ class VnodeActor(Actor):
         if fast_link:
             assert target is not None
             child.set_fast_symlink(target)
+        xattrs = None
+        if acls:
+            # Placed before the record is written (an xattr block goes near the parent).
+            xattrs = Xattrs(self.store, self.vol.allocator, self.bs, goal=self._goal())
+            await xattrs.load(child)
+            try:
+                for acl_name, value in acls:
+                    await xattrs.set(child, acl_name, value, 0)
+            except BaseException:
+                await xattrs.release(child)
+                raise
+        xattr_blocks = (self.bs // 512) if child.file_acl else 0
+        if xattr_blocks:
+            child.set_blocks(xattr_blocks, self.huge_file, self.bs)
         # Directories and slow symlinks get a first block near their inode, so their
         # record is complete only after the allocation; any other new record does not
         # depend on its number and is written with the allocation, in one message.
         with_block = not fast_link and (target is not None or is_dir)
-        if with_block:
-            ino = await self.vol.allocator.alloc_inode(self.ino, is_dir)
-        else:
-            ino = await self.vol.allocator.alloc_inode(self.ino, is_dir, child.build())
+        try:
+            if with_block:
+                ino = await self.vol.allocator.alloc_inode(self.ino, is_dir)
+            else:
+                ino = await self.vol.allocator.alloc_inode(self.ino, is_dir, child.build())
+        except BaseException:
+            if xattrs is not None:
+                await xattrs.release(child)
+            raise
 
         data: FileData | None = None
         try:
@@ -990,10 +1017,12 @@ class VnodeActor(Actor):
                 await data.flush()
                 child.i_block = data.i_block
                 child.size = self.bs if is_dir else len(content)
-                child.set_blocks(data.i_blocks, self.huge_file, self.bs)
+                child.set_blocks(data.i_blocks + xattr_blocks, self.huge_file, self.bs)
                 await self.vol.write_inode(ino, child.build())
             await d.add(name, ino, file_type_from_mode(mode) if self.filetype else FT_UNKNOWN)
         except BaseException:
+            if xattrs is not None:
+                await xattrs.release(child)
             await self._undo_create(ino, child, data, is_dir)
             raise
         if is_dir:
@@ -1003,6 +1032,17 @@ class VnodeActor(Actor):
         # ``child`` is now the record as written; CreateOpen starts the vnode from it, which
         # relies on that (VnodeActor.started): change nothing in it past the write above.
         return Entry(ino, child.generation, attr_of(ino, child, self.bs, self.huge_file)), child
+
+    async def _default_acl(self, parent: Inode) -> bytes | None:
+        """This directory's default ACL; None if it has none."""
+        if self._xattrs is None and _no_xattr_area(parent):
+            return None  # the common case, answered without building the attribute store
+        try:
+            return (await self._xattr_store(parent)).get(acl.DEFAULT)
+        except OSError as e:
+            if e.errno == errno.ENODATA:
+                return None
+            raise
 
     async def _undo_create(
         self, ino: int, child: Inode, data: FileData | None, is_dir: bool

@@ -146,7 +146,8 @@ class MountOptions:
     ``write_behind``: bytes an image-file driver queues before it writes them out (its
     write cache; up to three times this much is held while write-outs are in flight).
     4 MiB keeps writes as large contiguous ``pwritev`` runs at a quarter of the memory of
-    the driver's default.
+    the driver's default. ``acl``: POSIX ACLs, as ext4's mount option of that name: a new
+    inode inherits its directory's default ACL (see chanos.fs.acl).
     """
 
     read_only: bool = False
@@ -155,18 +156,21 @@ class MountOptions:
     write_behind: int = DEFAULT_WRITE_BEHIND
     max_restarts: int = 10
     restart_window: float = 5.0
+    acl: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class VnodeContext:
     """What a vnode actor is given by the kernel: the mounted volume (superblock and group
     actors, geometry, device, allocator), the vnode table (to reach other vnodes with
-    ``chanos.fs.vnode_table.call_vnode``), the orphan list, and the read-only flag."""
+    ``chanos.fs.vnode_table.call_vnode``), the orphan list, the read-only flag, and
+    whether new inodes inherit default ACLs."""
 
     volume: Any
     table: ActorRef
     orphans: ActorRef
     read_only: bool
+    acl: bool = True
 
 
 def _check_name(name: bytes) -> None:
@@ -590,7 +594,7 @@ async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterato
                     restart=PERMANENT,
                 )
             )
-            holder["ctx"] = VnodeContext(volume, table, orphans, read_only)
+            holder["ctx"] = VnodeContext(volume, table, orphans, read_only, options.acl)
             rename = await sup.start(
                 ChildSpec(name="rename", factory=lambda: RenameCoordinator(table))
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 
 import pytest
 import trio
@@ -519,6 +520,73 @@ async def test_xattrs(image):
         assert set(await k.syscall(ListXattr(f))) == {b"user.small", b"user.big"}
         assert await k.syscall(GetXattr(f, b"user.big")) == big
         await k.syscall(Unlink(ROOT_INO, b"f"))  # frees the xattr block too
+    assert_fsck_clean(image)
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+async def test_new_inodes_inherit_the_default_acl(image):
+    """As on ext4: a file, a device node and a directory made in a directory with a
+    default ACL get it as their access ACL (narrowed by the mode asked for) and the mode
+    narrowed by it; the directory also gets the default ACL; a symlink gets neither. An
+    ACL too big for the inode body goes to an xattr block that e2fsck counts."""
+    u = 0xFFFFFFFF
+    small = _acl((1, 7, u), (2, 7, 1000), (4, 5, u), (0x10, 7, u), (0x20, 5, u))
+    named = [(2, 6, 2000 + i) for i in range(40)]  # 40 named users: an xattr block
+    big = _acl((1, 7, u), *named, (4, 5, u), (0x10, 7, u), (0x20, 0, u))
+    async with boot(image, LOW) as k:
+        d = (await k.syscall(MkDir(ROOT_INO, b"shared", 0o755))).inode
+        await k.syscall(SetXattr(d, b"system.posix_acl_default", small))
+        f = await k_write_file(k, d, b"f", b"data")  # asked for 0644
+        sub = (await k.syscall(MkDir(d, b"sub", 0o750))).inode
+        fifo = (await k.syscall(MkNod(d, b"fifo", stat.S_IFIFO | 0o600))).inode
+        link = (await k.syscall(Symlink(d, b"l", b"f"))).inode
+        plain = (await k.syscall(MkDir(ROOT_INO, b"plain", 0o755))).inode
+        await k.syscall(SetXattr(plain, b"system.posix_acl_default", big))
+        g = await k_write_file(k, plain, b"g", b"data")
+    assert_fsck_clean(image)
+    async with boot(image, LOW) as k:  # read back from the image
+        a = await k.syscall(GetAttr(f))
+        assert stat.S_IMODE(a.mode) == 0o644  # mask r (from the group bits of 0644)
+        assert await k.syscall(GetXattr(f, b"system.posix_acl_access")) == _acl(
+            (1, 6, u), (2, 7, 1000), (4, 5, u), (0x10, 4, u), (0x20, 4, u)
+        )
+        with Errno(errno.ENODATA):
+            await k.syscall(GetXattr(f, b"system.posix_acl_default"))
+        a = await k.syscall(GetAttr(sub))
+        assert stat.S_IMODE(a.mode) == 0o750
+        assert await k.syscall(GetXattr(sub, b"system.posix_acl_default")) == small
+        assert await k.syscall(GetXattr(sub, b"system.posix_acl_access")) == _acl(
+            (1, 7, u), (2, 7, 1000), (4, 5, u), (0x10, 5, u), (0x20, 0, u)
+        )
+        # a directory made inside inherits again (its parent's default ACL is the same)
+        subsub = (await k.syscall(MkDir(sub, b"deeper", 0o777))).inode
+        assert await k.syscall(GetXattr(subsub, b"system.posix_acl_default")) == small
+        assert stat.S_IMODE((await k.syscall(GetAttr(fifo))).mode) == 0o600
+        assert await k.syscall(GetXattr(fifo, b"system.posix_acl_access")) == _acl(
+            (1, 6, u), (2, 7, 1000), (4, 5, u), (0x10, 0, u), (0x20, 0, u)
+        )
+        assert stat.S_IMODE((await k.syscall(GetAttr(link))).mode) == 0o777
+        assert await k.syscall(ListXattr(link)) == []
+        a = await k.syscall(GetAttr(g))
+        assert stat.S_IMODE(a.mode) == 0o640 and a.blocks > 0  # data + xattr block
+        got = await k.syscall(GetXattr(g, b"system.posix_acl_access"))
+        assert got == _acl((1, 6, u), *named, (4, 5, u), (0x10, 4, u), (0x20, 0, u))
+        await k.syscall(Unlink(plain, b"g"))  # frees its xattr block with it
+    assert_fsck_clean(image)
+
+
+async def test_acl_mount_option_off_inherits_nothing(image):
+    u = 0xFFFFFFFF
+    default = _acl((1, 7, u), (2, 7, 1000), (4, 5, u), (0x10, 7, u), (0x20, 5, u))
+    async with boot(image, MountOptions(max_vnodes=4, acl=False)) as k:
+        d = (await k.syscall(MkDir(ROOT_INO, b"d", 0o755))).inode
+        await k.syscall(SetXattr(d, b"system.posix_acl_default", default))
+        f = await k_write_file(k, d, b"f", b"x")
+        assert stat.S_IMODE((await k.syscall(GetAttr(f))).mode) == 0o644
+        assert await k.syscall(ListXattr(f)) == []
     assert_fsck_clean(image)
 
 

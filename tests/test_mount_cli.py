@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -318,6 +319,68 @@ def test_allow_other_lets_another_user_in(image, tmp_path):
         p = subprocess.run([*as_nobody, str(m.mnt / "priv")], capture_output=True, text=True)
         assert p.returncode != 0 and "Permission denied" in p.stderr  # default_permissions
     mnt.rmdir()
+
+
+def test_posix_acls_are_checked_and_inherited(image, tmp_path):
+    """setfacl/getfacl on the mount, then another user's access judged by the ACLs as
+    ext4 judges it: a named-user entry lets in a user the mode bits keep out, and the
+    mask limits the owning group even where the mode's group bits (the mask) allow more.
+    A default ACL is inherited by new files and directories. With noacl only the mode
+    bits count. The ACLs survive a remount and e2fsck."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch users")
+    if not shutil.which("setfacl"):
+        pytest.skip("setfacl not installed (Debian package acl)")
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    in_group = ["setpriv", "--reuid=4243", "--regid=4242", "--clear-groups"]  # no entry of its own
+
+    def can_read(who: list[str], path: Path) -> bool:
+        p = subprocess.run([*who, "cat", str(path)], capture_output=True, text=True)
+        assert p.returncode == 0 or "Permission denied" in p.stderr, p.stderr
+        return p.returncode == 0
+
+    mnt = Path(tempfile.mkdtemp(prefix="chanos-acl-"))
+    mnt.chmod(0o755)
+    try:
+        with Mounted(image, mnt, options="allow_other") as m:
+            named = m.mnt / "named"
+            named.write_text("for nobody")
+            os.chmod(named, 0o600)
+            assert not can_read(nobody, named)
+            run(["setfacl", "-m", "u:nobody:r", str(named)])
+            assert can_read(nobody, named)
+            assert "user:nobody:r--" in run(["getfacl", "-c", str(named)])
+
+            masked = m.mnt / "masked"
+            masked.write_text("not for the group")
+            os.chown(masked, 0, 4242)
+            # group entry ---, mask r--: the mode's group bits read r--, yet the owning
+            # group may not read
+            run(["setfacl", "-m", "g::-,u:nobody:r,o::-", str(masked)])
+            assert stat.S_IMODE(os.stat(masked).st_mode) == 0o640
+            assert not can_read(in_group, masked)
+
+            shared = m.mnt / "shared"
+            shared.mkdir()
+            run(["setfacl", "-d", "-m", "u:nobody:rx", str(shared)])
+            (shared / "new").write_text("inherited")
+            (shared / "sub").mkdir()
+            acl_text = run(["getfacl", "-c", str(shared / "new")])
+            assert "user:nobody:r-x" in acl_text and "mask::r--" in acl_text
+            assert can_read(nobody, shared / "new")
+            assert "default:user:nobody:r-x" in run(["getfacl", "-c", str(shared / "sub")])
+        assert fsck(image)[0] == 0
+
+        with Mounted(image, mnt, options="allow_other") as m:
+            assert can_read(nobody, m.mnt / "named")
+            assert "user:nobody:r-x" in run(["getfacl", "-c", str(m.mnt / "shared" / "new")])
+        with Mounted(image, mnt, options="allow_other,noacl") as m:
+            assert not can_read(nobody, m.mnt / "named")  # mode 0600 only
+            (m.mnt / "shared" / "plain").write_text("x")
+            assert "nobody" not in run(["getfacl", "-c", str(m.mnt / "shared" / "plain")])
+        assert fsck(image)[0] == 0
+    finally:
+        mnt.rmdir()
 
 
 def test_read_ahead_window_is_set_for_the_mount(image, tmp_path):

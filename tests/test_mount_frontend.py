@@ -24,17 +24,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "programs"))
 
-from chanos.compat.fuse_ops import (
-    ACL_GROUP,
-    ACL_GROUP_OBJ,
-    ACL_MASK,
-    ACL_OTHER,
-    ACL_USER,
-    ACL_USER_OBJ,
-    acl_mode,
-    acl_with_mode,
-    parse_acl,
-)
+from chanos.fs import acl
+from chanos.fs.format.xattr import ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER, ACL_USER, ACL_USER_OBJ
 from mountlib import PROGRAMS, is_mounted, require_fuse
 
 pytestmark = pytest.mark.mount
@@ -277,27 +268,6 @@ def _acl(*entries: tuple[int, int, int]) -> bytes:
 U = 0xFFFFFFFF
 
 
-def test_acl_equivalent_to_mode_bits():
-    minimal = _acl((ACL_USER_OBJ, 6, U), (ACL_GROUP_OBJ, 4, U), (ACL_OTHER, 4, U))
-    assert acl_mode(parse_acl(minimal)) == (0o644, True)
-    full = _acl((ACL_USER_OBJ, 7, U), (ACL_USER, 7, 1000), (ACL_GROUP_OBJ, 5, U),
-                (ACL_GROUP, 6, 50), (ACL_MASK, 6, U), (ACL_OTHER, 0, U))  # fmt: skip
-    # the group class bits of the mode are the mask, not the owning group's entry
-    assert acl_mode(parse_acl(full)) == (0o760, False)
-    assert parse_acl(b"\x02\x00\x00\x00\x01") is None
-    assert parse_acl(struct.pack("<I", 1)) is None
-
-
-def test_chmod_rewrites_owner_mask_other_only():
-    full = _acl((ACL_USER_OBJ, 7, U), (ACL_USER, 7, 1000), (ACL_GROUP_OBJ, 5, U),
-                (ACL_MASK, 6, U), (ACL_OTHER, 0, U))  # fmt: skip
-    out = parse_acl(acl_with_mode(parse_acl(full), 0o451))
-    assert out == [(ACL_USER_OBJ, 4, U), (ACL_USER, 7, 1000), (ACL_GROUP_OBJ, 5, U),
-                   (ACL_MASK, 5, U), (ACL_OTHER, 1, U)]  # fmt: skip
-    no_mask = _acl((ACL_USER_OBJ, 7, U), (ACL_GROUP_OBJ, 5, U), (ACL_OTHER, 0, U))
-    assert acl_mode(parse_acl(acl_with_mode(parse_acl(no_mask), 0o640))) == (0o640, True)
-
-
 def test_setting_an_acl_sets_the_mode(fake):
     p = fake.mnt / "f"
     p.write_text("x")
@@ -312,5 +282,5 @@ def test_setting_an_acl_sets_the_mode(fake):
     assert os.stat(p).st_mode & 0o7777 == 0o660
     assert os.getxattr(p, "system.posix_acl_access") == full
     os.chmod(p, 0o640)
-    got = parse_acl(os.getxattr(p, "system.posix_acl_access"))
+    got = acl.parse(os.getxattr(p, "system.posix_acl_access"))
     assert (ACL_MASK, 4, U) in got and (ACL_USER, 6, 1000) in got
