@@ -89,23 +89,30 @@ def test_mount_waits_for_a_chanos_daemon_still_writing_back(image, tmp_path):
     mounted nowhere) instead of refusing; any other holder is refused at once."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    # Stands in for the finishing daemon: named like one, holding the image's lock.
+    # Stands in for the finishing daemon: named like one, holding the image's lock until
+    # its stdin closes.
     finishing = tmp_path / "chanos-finishing"
     finishing.write_text(
-        "import fcntl, sys, time\n"
+        "import fcntl, sys\n"
         "f = open(sys.argv[1], 'rb+')\n"
         "fcntl.flock(f, fcntl.LOCK_EX)\n"
         "print('locked', flush=True)\n"
-        "time.sleep(1.5)\n"
+        "sys.stdin.read()\n"
     )
     holder = subprocess.Popen(
-        [sys.executable, str(finishing), str(image)], stdout=subprocess.PIPE, text=True
-    )
+        [sys.executable, str(finishing), str(image)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
     assert holder.stdout.readline().strip() == "locked"
-    p = chanos("mount", str(image), str(mnt))
-    assert holder.poll() is not None  # mount returned only after the holder let go
-    assert p.returncode == 0, p.stderr
-    assert "waiting for the chanos daemon" in p.stderr
+    mount = subprocess.Popen(
+        [CHANOS, "mount", str(image), str(mnt)], stderr=subprocess.PIPE, text=True
+    )
+    said = mount.stderr.readline()
+    assert "waiting for the chanos daemon" in said
+    assert mount.poll() is None  # still waiting while the holder lives
+    holder.stdin.close()  # the daemon is done: it lets go of the image
+    holder.wait()
+    assert mount.wait(timeout=60) == 0, said + mount.stderr.read()
     assert is_mounted(mnt)
     (mnt / "f").write_bytes(b"after the wait")
     assert chanos("umount", str(mnt)).returncode == 0
@@ -113,17 +120,17 @@ def test_mount_waits_for_a_chanos_daemon_still_writing_back(image, tmp_path):
 
     # The same lock held by a process that is not chanos: refused at once, as before.
     other = tmp_path / "holder"
-    other.write_text(finishing.read_text().replace("1.5", "30"))
+    other.write_text(finishing.read_text())
     holder = subprocess.Popen(
-        [sys.executable, str(other), str(image)], stdout=subprocess.PIPE, text=True
-    )
+        [sys.executable, str(other), str(image)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "locked"
-        t0 = time.monotonic()
         p = chanos("mount", str(image), str(mnt))
         assert p.returncode == 32 and "in use by another chanos" in p.stderr
-        assert time.monotonic() - t0 < 10
         assert "waiting" not in p.stderr
+        assert holder.poll() is None  # refused while the holder still held the image
     finally:
         holder.kill()
         holder.wait()
