@@ -466,7 +466,7 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
                 raise Fail(f"cannot mount on {mountpoint} (libfuse refused; see above)") from None
             fd = request_wait.fuse_fd(fds_before)
             waiting = (
-                request_wait.installed(fd, config.busy_poll)
+                request_wait.installed(fd, config.busy_poll, ops.idle_work)
                 if fd is not None
                 else contextlib.nullcontext()
             )
@@ -475,6 +475,7 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
             ready()
             try:
                 with waiting as wait:
+                    ops.defer_forgets = wait is not None  # its workers call idle_work
 
                     def stop_serving() -> None:
                         pyfuse3.terminate()
@@ -491,6 +492,7 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
                                 memory.trim_periodically, config.malloc_trim_interval
                             )
                         await pyfuse3.main(min_tasks=1, max_tasks=config.max_workers)
+                        await ops.run_deferred()  # forgets not sent yet: held inodes go
                         nursery.cancel_scope.cancel()
             finally:
                 # After umount(8) the session has already ended and this only frees it;

@@ -50,6 +50,7 @@ import functools
 import logging
 import os
 import stat
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -97,6 +98,9 @@ from chanos.personality.syscalls import (
 log = logging.getLogger("chanos.fuse")
 
 FUSE_ROOT = pyfuse3.ROOT_INODE  # 1
+# Deferred forgets beyond which a FORGET is served at once (a daemon kept busy without a
+# pause would otherwise hold them, and the space of unlinked files, indefinitely).
+MAX_DEFERRED_FORGETS = 64
 
 
 class Kernel(Protocol):
@@ -182,16 +186,28 @@ _CHANGING = frozenset(
 )  # fmt: skip
 
 
+# Requests that may allocate, or report or make durable what is allocated: the forgets
+# still deferred (see ``ChanosOperations.idle_work``) go first, so space that an unlink
+# frees at its forget is free for them, as it would be without the deferral.
+_AFTER_FORGETS = frozenset(
+    {"mknod", "mkdir", "symlink", "rename", "link", "create", "write", "setxattr", "statfs",
+     "fsync", "fsyncdir"}
+)  # fmt: skip
+
+
 def _guarded(fn: F) -> F:
     """Make a handler answer every failure with a FUSEError and nothing else."""
     name = fn.__name__
     changing = name in _CHANGING
+    after_forgets = name in _AFTER_FORGETS
 
     @functools.wraps(fn)
     async def wrapper(self: ChanosOperations, *args: Any) -> Any:
         if changing:
             self._changes += 1  # one in flight now: read-ahead taken from here on is unsafe
         try:
+            if after_forgets and self._deferred:
+                await self.run_deferred()
             if self._debug:
                 reply = await fn(self, *args)
                 log.debug("%s%r -> %s", name, _shown(args), _reply(reply))
@@ -229,6 +245,10 @@ class ChanosOperations(pyfuse3.Operations):
         self._syscall = kernel.syscall
         self._handles: dict[int, Handle] = {}
         self._lookups: dict[int, int] = {}  # references the host kernel holds, by inode
+        # Forgets not yet sent to the kernel, oldest first (see ``idle_work``); only
+        # once whoever waits for requests has said it calls ``idle_work``.
+        self._deferred: deque[Forget] = deque()
+        self.defer_forgets = False
         # Per open directory: (offset, entries, changes) of a ReadDir reply read ahead of
         # the host kernel's buffer; its counted entries are references not yet handed out.
         # ``changes``: ``_changes`` when it was read (served only while still equal).
@@ -368,10 +388,38 @@ class ChanosOperations(pyfuse3.Operations):
             if held - nlookup:
                 self._lookups[ino] = held - nlookup
             if nlookup:
-                try:
-                    await self._syscall(Forget(ino, nlookup))
-                except Exception as exc:
-                    self._unexpected("forget", (ino, nlookup), exc)
+                self._deferred.append(Forget(ino, nlookup))
+        if not self.defer_forgets or len(self._deferred) > MAX_DEFERRED_FORGETS:
+            await self.run_deferred()
+
+    async def idle_work(self) -> bool:
+        """Send one deferred forget to the kernel; False if none is waiting.
+
+        The request wait calls this when no request is waiting (``chanos.compat.
+        request_wait``). A FORGET has no reply: the program whose unlink or close caused
+        it does not wait for it, yet the host kernel queues it ahead of that program's
+        next request, so served at once it delays that request by all the kernel's work
+        on it (for an unlinked file: freeing the inode and its blocks). Deferred, that
+        work overlaps with the program's turnaround instead. Nothing observes the delay:
+        requests that allocate or report free space send the deferred forgets first
+        (``_AFTER_FORGETS``), a count reaches zero only later than it would have, and an
+        unlinked inode kept meanwhile has no name to be found by.
+        """
+        if not self._deferred:
+            return False
+        await self._send_forget(self._deferred.popleft())
+        return True
+
+    async def run_deferred(self) -> None:
+        """Send every deferred forget now."""
+        while self._deferred:
+            await self._send_forget(self._deferred.popleft())
+
+    async def _send_forget(self, msg: Forget) -> None:
+        try:
+            await self._syscall(msg)
+        except Exception as exc:  # no reply to give an error to
+            self._unexpected("forget", (msg.inode, msg.nlookup), exc)
 
     @_guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:

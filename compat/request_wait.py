@@ -19,7 +19,9 @@ interrupt to a halted virtual CPU) and a context switch.
   worker. This is the trade the host kernel makes with ``net.core.busy_poll`` for
   sockets: a bounded amount of CPU for a shorter round trip. One worker sleeps in epoll
   on the descriptor all along, so a request arriving while the others are blocked (on
-  the image, say) is still taken; the rest park.
+  the image, say) is still taken; the rest park. Before it polls, a worker with no
+  request to take does the front end's deferred work (``idle_work``: forgets, which
+  have no reply), one piece at a time, looking for a request between two pieces.
 * :class:`IdlePoll` is a trio instrument with the same poll for the moment the whole run
   loop is about to sleep with only that sleeper watching.
 
@@ -39,7 +41,7 @@ import logging
 import os
 import select
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import trio
@@ -122,17 +124,25 @@ class _Stack:
 class RequestWait:
     """How pyfuse3's workers wait for ``/dev/fuse`` (see the module).
 
-    A worker takes a queued request at once. Otherwise, if nothing else in the daemon is
-    runnable, it polls for up to ``busy_poll`` seconds; then it becomes the one worker
+    A worker takes a queued request at once. Otherwise it runs ``idle_work`` (the front
+    end's deferred work, one piece per call, False when there is none) and looks again;
+    then, if nothing else in the daemon is runnable, it polls for up to ``busy_poll``
+    seconds; then it becomes the one worker
     that sleeps in trio's epoll on the descriptor, or, if another already does, parks
     until that one wakes. The sleeper stays registered while other workers take requests
     by polling, so a worker whose request blocks (on the image, say) never leaves the
     descriptor unwatched.
     """
 
-    def __init__(self, fd: int, busy_poll: float = 0.0) -> None:
+    def __init__(
+        self,
+        fd: int,
+        busy_poll: float = 0.0,
+        idle_work: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
         self.fd = fd
         self.busy_poll = busy_poll
+        self.idle_work = idle_work
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
         self._sleeping = False  # a worker waits in trio.lowlevel.wait_readable
@@ -164,6 +174,10 @@ class RequestWait:
                 self._last_checkpoint = now
                 await trio.lowlevel.checkpoint()
                 continue  # look again: another worker may have taken it meanwhile
+            # No request waiting: do a piece of the front end's deferred work, then look
+            # again (a request arriving meanwhile waits at most that piece).
+            if self.idle_work is not None and await self.idle_work():
+                continue
             if self._nothing_else_to_run() and _spin(self._poll.poll, self.busy_poll):
                 continue
             if self._sleeping:
@@ -237,7 +251,9 @@ def fuse_fds() -> set[int]:
 
 
 @contextmanager
-def installed(fd: int, busy_poll: float) -> Iterator[RequestWait | None]:
+def installed(
+    fd: int, busy_poll: float, idle_work: Callable[[], Awaitable[bool]] | None = None
+) -> Iterator[RequestWait | None]:
     """Serve pyfuse3's session on ``fd`` with :class:`RequestWait` and :class:`IdlePoll`
     inside the block; yields the wait (None if this pyfuse3 has no hook for it).
 
@@ -255,7 +271,7 @@ def installed(fd: int, busy_poll: float) -> Iterator[RequestWait | None]:
     if original is None:
         log.warning("this pyfuse3 has no _wait_fuse_readable; its own request wait is used")
     else:
-        wait = RequestWait(fd, busy_poll)
+        wait = RequestWait(fd, busy_poll, idle_work)
         pyfuse3._wait_fuse_readable = wait.wait_readable
     try:
         yield wait

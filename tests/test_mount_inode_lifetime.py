@@ -104,3 +104,27 @@ def test_write_close_unlink_create_cycles_stay_consistent(chanos_mount):
         p.unlink()
     assert wait_free_inodes(mnt, free0) == free0
     m.unmount()  # e2fsck -fn clean
+
+
+def test_space_of_a_removed_file_is_there_for_the_next_one(chanos_mount):
+    """An unlinked file's blocks are freed when the host kernel forgets its inode, which
+    the front end sends on while it waits for requests; a request that allocates sends
+    the forgets still waiting first. So a file as large as the free space, removed and
+    written again right away, fits every time, and the free space comes back."""
+    mnt = chanos_mount.mnt
+    st = os.statvfs(mnt)
+    free0 = st.f_bavail * st.f_frsize
+    size = (free0 - (8 << 20)) & ~0xFFFFF  # all but 8 MiB (metadata, directory blocks)
+    chunk = os.urandom(1 << 20)
+    for round in range(3):
+        path = mnt / f"big{round}"
+        with open(path, "wb") as f:  # ENOSPC here if the last one's blocks were not free
+            for _ in range(size >> 20):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.unlink(path)
+    deadline = time.monotonic() + 30
+    while os.statvfs(mnt).f_bavail * st.f_frsize != free0:
+        assert time.monotonic() < deadline, "the removed files' space did not come back"
+        time.sleep(0.05)

@@ -155,3 +155,32 @@ async def test_closing_the_descriptor_ends_every_waiting_worker(pair, end):
     assert ended == [False, False, False]
     if end:
         assert not await wait.wait_readable()
+
+
+async def test_idle_work_runs_only_while_no_request_waits(pair):
+    """Deferred work is done piece by piece while the descriptor is quiet, and a request
+    that is waiting is taken before any more of it."""
+    a, b = pair
+    done: list[int] = []
+    pieces = [1, 2, 3]
+
+    async def idle_work() -> bool:
+        if not pieces:
+            return False
+        done.append(pieces.pop(0))
+        if len(done) == 1:
+            b.send(b"x")  # a request arrives while the first piece runs
+        return True
+
+    wait = RequestWait(a.fileno(), 0.0, idle_work)
+    with trio.fail_after(5):
+        assert await wait.wait_readable()
+        assert done == [1]  # the request went first; the rest waits
+        assert a.recv(1) == b"x"
+        b.send(b"y")
+        assert await wait.wait_readable()
+        assert done == [1]  # a queued request is taken without any work first
+        assert a.recv(1) == b"y"
+        with trio.move_on_after(0.2):
+            await wait.wait_readable()  # nothing comes: the work is finished, then it sleeps
+    assert done == [1, 2, 3]
