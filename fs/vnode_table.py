@@ -86,7 +86,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-import trio
 from chanos.fs.vnode_protocol import Forgotten, WriteBack
 from chanos.fs.vnode_table_protocol import (
     Closed,
@@ -107,7 +106,7 @@ from chanos.fs.vnode_table_protocol import (
     WriteBackAll,
 )
 from chanos.personality import TRANSIENT, Actor, ActorRef, CallError, ChildSpec, call, cast
-from chanos.personality.actor import caller_cancelled
+from chanos.personality.actor import caller_cancelled, shielded
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +184,17 @@ async def forget(table: ActorRef, ino: int, nlookup: int) -> None:
     queued Forgotten there could wait on the table retiring it). Shielded: a cancelled
     caller must not lose the message. For callers outside any actor's turn (the kernel).
     """
-    with trio.CancelScope(shield=True):
-        try:
-            ref = await call(table, Forget(ino, nlookup, take=True))
-        except CallError as exc:
-            log.error("vnode table failed on Forget: %r", exc)
-            return
-        if ref is not None:
-            await _send_forgotten(table, ino, ref)
+    await shielded(_forget(table, ino, nlookup))
+
+
+async def _forget(table: ActorRef, ino: int, nlookup: int) -> None:
+    try:
+        ref = await call(table, Forget(ino, nlookup, take=True))
+    except CallError as exc:
+        log.error("vnode table failed on Forget: %r", exc)
+        return
+    if ref is not None:
+        await _send_forgotten(table, ino, ref)
 
 
 async def _send_forgotten(table: ActorRef, ino: int, ref: ActorRef) -> None:

@@ -23,6 +23,7 @@ from chanos.personality import (
     open_scope,
     open_supervisor,
 )
+from chanos.personality.actor import shielded
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -57,6 +58,31 @@ class Block:
 @dataclass(frozen=True, slots=True)
 class Sleep:
     seconds: float
+
+
+@pytest.mark.parametrize("when", ["before", "while blocked"])
+async def test_shielded_runs_to_the_end_for_a_cancelled_caller(when) -> None:
+    """``shielded`` is a shield: calls made inside are delivered and the body finishes,
+    whether the caller was cancelled before (a call made inline would otherwise not
+    deliver) or while the body blocked; the cancellation is seen afterwards."""
+    async with open_supervisor() as sup:
+        ref = await sup.start(ChildSpec("c", Counter))
+
+        async def body() -> str:
+            await call(ref, Add(1))
+            await trio.sleep(0.02)
+            await call(ref, Add(2))
+            return "done"
+
+        with trio.CancelScope() as cs:
+            if when == "before":
+                cs.cancel()
+            else:
+                cs.deadline = trio.current_time() + 0.005
+            assert await shielded(body()) == "done"
+            await trio.lowlevel.checkpoint()
+        assert cs.cancelled_caught
+        assert await call(ref, Get()) == 3
 
 
 @dataclass(frozen=True, slots=True)
