@@ -22,7 +22,8 @@ keep is bookkeeping of the FUSE protocol itself:
   instead, or if a request that changes the file system has run since they were read
   (see ``_CHANGING``). The references the host kernel got are tallied here so a forget of
   more references than were handed out is logged and clamped; ``Forget(inode, n)`` is then
-  forwarded: the chanos kernel's count reaches zero exactly when the host kernel's does.
+  forwarded, while the daemon waits for requests (``idle_work``): the chanos kernel's
+  count reaches zero when the host kernel's does, or a little later, never sooner.
 
 POSIX ACLs (``acl``, on unless ``noacl`` or ``nodefault_permissions``): the host kernel
 is asked to check them (pyfuse3's ``enable_acl``, FUSE_POSIX_ACL), as ext4 does: it reads
