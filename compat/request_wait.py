@@ -127,11 +127,10 @@ class RequestWait:
     A worker takes a queued request at once. Otherwise it runs ``idle_work`` (the front
     end's deferred work, one piece per call, False when there is none) and looks again;
     then, if nothing else in the daemon is runnable, it polls for up to ``busy_poll``
-    seconds; then it becomes the one worker
-    that sleeps in trio's epoll on the descriptor, or, if another already does, parks
-    until that one wakes. The sleeper stays registered while other workers take requests
-    by polling, so a worker whose request blocks (on the image, say) never leaves the
-    descriptor unwatched.
+    seconds; then it becomes the one worker that sleeps in trio's epoll on the
+    descriptor, or, if another already does, parks until that one wakes. The sleeper
+    stays registered while other workers take requests by polling, so a worker whose
+    request blocks (on the image, say) never leaves the descriptor unwatched.
     """
 
     def __init__(
