@@ -415,6 +415,38 @@ async def test_enospc_leaves_image_consistent_and_space_returns(ext4_image):
     assert_fsck_clean(img)
 
 
+async def test_inherited_acl_without_room_for_its_block_is_enospc(ext4_image):
+    """A default ACL too big for the inode body needs an xattr block for each new inode;
+    on a full disk the create fails with ENOSPC and takes nothing (no inode, no entry)."""
+    img = ext4_image("4M", 1024)
+    u = 0xFFFFFFFF
+    big = _acl((1, 7, u), *[(2, 6, 2000 + i) for i in range(40)], (4, 5, u), (0x10, 7, u),
+               (0x20, 0, u))  # fmt: skip
+    async with boot(img, LOW) as k:
+        d = (await k.syscall(MkDir(ROOT_INO, b"d", 0o755))).inode
+        await k.syscall(SetXattr(d, b"system.posix_acl_default", big))
+        before = await k.syscall(StatFs())
+        h, e = await k.syscall(Create(ROOT_INO, b"fill", 0o644, os.O_RDWR | os.O_CREAT))
+        chunk = os.urandom(64 * 1024)
+        off = 0
+        with Errno(errno.ENOSPC):
+            while True:
+                off += await k.syscall(Write(h, off, chunk))
+        await k.syscall(Release(h))
+        full = await k.syscall(StatFs())
+        with Errno(errno.ENOSPC):
+            await k.syscall(MkNod(d, b"f", stat.S_IFREG | 0o644))
+        assert await k_listdir(k, d) == {}
+        after = await k.syscall(StatFs())
+        assert (after.f_bfree, after.f_ffree) == (full.f_bfree, full.f_ffree)
+        await k.syscall(Unlink(ROOT_INO, b"fill"))
+        await k.syscall(Forget(e.inode, 1))
+        f = (await k.syscall(MkNod(d, b"f", stat.S_IFREG | 0o644))).inode  # room again
+        assert (await k.syscall(GetAttr(f))).blocks > 0  # its xattr block
+        assert (await k.syscall(StatFs())).f_ffree == before.f_ffree - 1
+    assert_fsck_clean(img)
+
+
 async def test_inode_exhaustion(ext4_image):
     img = ext4_image("8M", 1024, extra_args=["-N", "48"])
     async with boot(img, LOW) as k:
