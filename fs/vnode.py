@@ -153,14 +153,23 @@ RELATIME_SECS = 24 * 3600
 
 
 def _now() -> int:
-    return time.time_ns()
+    """The time file changes are stamped with: the coarse clock (CLOCK_REALTIME_COARSE,
+    one scheduler tick), as ext4 stamps them. The host kernel stamps a write's mtime in
+    its inode cache from the same clock before it sends the WRITE; when the record says
+    the same, its next attribute refresh finds the mtime unchanged and keeps the file's
+    cached pages (libfuse's auto_inval_data drops them on any mtime change), so a file
+    read right after it was written is not read from the daemon again."""
+    return time.clock_gettime_ns(_COARSE_CLOCK)
+
+
+# CLOCK_REALTIME_COARSE (Linux); the time module has no name for it.
+_COARSE_CLOCK = 5
 
 
 def _time_granule_ns() -> int:
-    """How finely the host kernel dates file changes: the resolution of its coarse clock
-    (CLOCK_REALTIME_COARSE, one scheduler tick), which ext4 stamps writes with."""
+    """How finely file changes are dated: the resolution of the coarse clock."""
     try:
-        res = time.clock_getres(5)  # CLOCK_REALTIME_COARSE; the time module has no name for it
+        res = time.clock_getres(_COARSE_CLOCK)
     except (OSError, AttributeError):
         res = 0.001
     return min(int(res * 1e9), 10_000_000)
