@@ -384,18 +384,24 @@ async def test_file_over_4_gib(ext4_image):
     assert_fsck_clean(img)
 
 
+async def fill_disk(k):
+    """Write /fill until ENOSPC -> (its open handle, its Entry, the chunk written over
+    and over, how many bytes were written)."""
+    h, e = await k.syscall(Create(ROOT_INO, b"fill", 0o644, os.O_RDWR | os.O_CREAT))
+    chunk = os.urandom(64 * 1024)
+    off = 0
+    with Errno(errno.ENOSPC):
+        while True:
+            off += await k.syscall(Write(h, off, chunk))
+            assert off < 8 << 20, "wrote more than the device holds"
+    return h, e, chunk, off
+
+
 async def test_enospc_leaves_image_consistent_and_space_returns(ext4_image):
     img = ext4_image("4M", 1024)
     async with boot(img, LOW) as k:
         before = await k.syscall(StatFs())
-        h, e = await k.syscall(Create(ROOT_INO, b"fill", 0o644, os.O_RDWR | os.O_CREAT))
-        chunk = os.urandom(64 * 1024)
-        off = 0
-        with Errno(errno.ENOSPC):
-            while True:
-                n = await k.syscall(Write(h, off, chunk))
-                off += n
-                assert off < 8 << 20, "wrote more than the device holds"
+        h, e, chunk, off = await fill_disk(k)
         size = (await k.syscall(GetAttr(e.inode))).size
         assert size >= off
         full = await k.syscall(StatFs())
@@ -426,12 +432,7 @@ async def test_inherited_acl_without_room_for_its_block_is_enospc(ext4_image):
         d = (await k.syscall(MkDir(ROOT_INO, b"d", 0o755))).inode
         await k.syscall(SetXattr(d, b"system.posix_acl_default", big))
         before = await k.syscall(StatFs())
-        h, e = await k.syscall(Create(ROOT_INO, b"fill", 0o644, os.O_RDWR | os.O_CREAT))
-        chunk = os.urandom(64 * 1024)
-        off = 0
-        with Errno(errno.ENOSPC):
-            while True:
-                off += await k.syscall(Write(h, off, chunk))
+        h, e, _chunk, _off = await fill_disk(k)
         await k.syscall(Release(h))
         full = await k.syscall(StatFs())
         with Errno(errno.ENOSPC):
