@@ -152,6 +152,10 @@ READDIR_BATCH = 256  # entries per ReadDir reply
 RELATIME_SECS = 24 * 3600
 
 
+# CLOCK_REALTIME_COARSE (Linux); the time module has no name for it.
+_COARSE_CLOCK = 5
+
+
 def _now() -> int:
     """The time file changes are stamped with: the coarse clock (CLOCK_REALTIME_COARSE,
     one scheduler tick), as ext4 stamps them. The host kernel stamps a write's mtime in
@@ -160,10 +164,6 @@ def _now() -> int:
     cached pages (libfuse's auto_inval_data drops them on any mtime change), so a file
     read right after it was written is not read from the daemon again."""
     return time.clock_gettime_ns(_COARSE_CLOCK)
-
-
-# CLOCK_REALTIME_COARSE (Linux); the time module has no name for it.
-_COARSE_CLOCK = 5
 
 
 def _time_granule_ns() -> int:
@@ -975,25 +975,21 @@ class VnodeActor(Actor):
         if fast_link:
             assert target is not None
             child.set_fast_symlink(target)
-        xattrs = None
-        if acls:
-            # Placed before the record is written (an xattr block goes near the parent).
-            xattrs = Xattrs(self.store, self.vol.allocator, self.bs, goal=self._goal())
-            await xattrs.load(child)
-            try:
-                for acl_name, value in acls:
-                    await xattrs.set(child, acl_name, value, 0)
-            except BaseException:
-                await xattrs.release(child)
-                raise
-        xattr_blocks = (self.bs // 512) if child.file_acl else 0
-        if xattr_blocks:
-            child.set_blocks(xattr_blocks, self.huge_file, self.bs)
         # Directories and slow symlinks get a first block near their inode, so their
         # record is complete only after the allocation; any other new record does not
         # depend on its number and is written with the allocation, in one message.
         with_block = not fast_link and (target is not None or is_dir)
+        xattrs = None
         try:
+            if acls:
+                # Placed before the record is written (an xattr block goes near the parent).
+                xattrs = Xattrs(self.store, self.vol.allocator, self.bs, goal=self._goal())
+                await xattrs.load(child)
+                for acl_name, value in acls:
+                    await xattrs.set(child, acl_name, value, 0)
+            xattr_blocks = (self.bs // 512) if child.file_acl else 0
+            if xattr_blocks:
+                child.set_blocks(xattr_blocks, self.huge_file, self.bs)
             if with_block:
                 ino = await self.vol.allocator.alloc_inode(self.ino, is_dir)
             else:
