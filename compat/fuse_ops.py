@@ -28,12 +28,10 @@ keep is bookkeeping of the FUSE protocol itself:
 POSIX ACLs (``acl``, on unless ``noacl`` or ``nodefault_permissions``): the host kernel
 is asked to check them (pyfuse3's ``enable_acl``, FUSE_POSIX_ACL), as ext4 does: it reads
 an inode's ACLs with GETXATTR, caches them, and applies them in its permission checks; a
-new inode inherits its directory's default ACL in the file system (``chanos.fs.acl``).
-ACL xattrs are stored in ext4's on-disk form, and the front end does what the VFS does
-for ext4 when one is set or the mode changes (the host kernel leaves both to the daemon):
-an access ACL that is equivalent to mode bits becomes just those mode bits (``cp -a``
-sets every file's permissions that way), a fuller one also sets the mode's
-user/group(mask)/other bits, and chmod rewrites the ACL's owner/mask/other entries.
+new inode inherits its directory's default ACL, and the mode and the access ACL follow
+each other, in the file system (``chanos.fs.acl``, as ext4 does; the host kernel leaves
+both to the daemon). After an access ACL is set the front end drops the host kernel's
+attributes of the inode, since its mode may have changed.
 One difference from ext4 remains: libfuse does not ask the host kernel for FUSE_DONT_MASK
 (pyfuse3 offers no way to), so the kernel applies the umask to a new inode's mode even
 where a default ACL should replace it; the inherited ACL is then narrowed by that mode.
@@ -449,25 +447,7 @@ class ChanosOperations(pyfuse3.Operations):
             ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
             handle=self._handles.get(fh) if fh is not None else None,
         )
-        attr = await self._syscall(msg)
-        if fields.update_mode:
-            await self._chmod_acl(to_ext4(inode), attr.mode)
-        return self._attrs(attr)
-
-    async def _chmod_acl(self, ino: int, mode: int) -> None:
-        """posix_acl_chmod: an access ACL follows the new mode's permission bits."""
-        try:
-            value = await self._syscall(GetXattr(ino, acl.ACCESS))
-        except OSError as exc:
-            if exc.errno in (errno.ENODATA, errno.EOPNOTSUPP):
-                return
-            raise
-        entries = acl.parse(value)
-        if entries is None:
-            return
-        new = acl.with_mode(entries, mode)
-        if new != value:
-            await self._syscall(SetXattr(ino, acl.ACCESS, new, 0))
+        return self._attrs(await self._syscall(msg))
 
     @_guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -722,38 +702,14 @@ class ChanosOperations(pyfuse3.Operations):
         # pyfuse3 does not pass setxattr(2)'s XATTR_CREATE/XATTR_REPLACE flags on; the
         # call is forwarded as a plain set (see docs/architecture.md).
         self._check_writable()
-        ino = to_ext4(inode)
+        await self._syscall(SetXattr(to_ext4(inode), name, value, 0))
         if name == acl.ACCESS:
-            await self._set_access_acl(inode, ino, value)
-            return
-        await self._syscall(SetXattr(ino, name, value, 0))
-
-    async def _set_access_acl(self, fuse_ino: int, ino: int, value: bytes) -> None:
-        """posix_acl_update_mode: the mode follows the ACL; an ACL that says no more than
-        mode bits is not stored at all."""
-        entries = acl.parse(value)
-        if entries is None:
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        perms, equivalent = acl.equivalent_mode(entries)
-        cur = await self._syscall(GetAttr(ino))
-        if stat.S_ISLNK(cur.mode):
-            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        if equivalent:
+            # The mode follows an access ACL, and the host kernel does not know (with
+            # FUSE_POSIX_ACL it drops the attributes itself; without, it does not).
             try:
-                await self._syscall(RemoveXattr(ino, acl.ACCESS))
+                pyfuse3.invalidate_inode(inode, attr_only=True)
             except OSError as exc:
-                if exc.errno != errno.ENODATA:
-                    raise
-        else:
-            await self._syscall(SetXattr(ino, acl.ACCESS, value, 0))
-        mode = (cur.mode & ~0o777) | perms
-        if mode != cur.mode:
-            await self._syscall(SetAttr(ino, mode=mode))
-        # The host kernel does not know the mode changed under a setxattr.
-        try:
-            pyfuse3.invalidate_inode(fuse_ino, attr_only=True)
-        except OSError as exc:
-            log.debug("attribute invalidation of %d failed: %s", ino, exc)
+                log.debug("attribute invalidation of %d failed: %s", inode, exc)
 
     @_guarded
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:

@@ -666,8 +666,28 @@ class VnodeActor(Actor):
             inode.ctime_ns = msg.ctime_ns
         elif changed:
             inode.ctime_ns = now
+        if msg.mode is not None:
+            await self._chmod_acl(inode)
         await self._save()
         return self._attr(inode)
+
+    async def _chmod_acl(self, inode: Inode) -> None:
+        """chmod: an access ACL's owner, mask (or owning group) and other entries take
+        the new mode's bits (the VFS's posix_acl_chmod, which ext4 runs in its setattr)."""
+        if self._xattrs is None and _no_xattr_area(inode):
+            return
+        x = await self._xattr_store()
+        try:
+            value = x.get(acl.ACCESS)
+        except OSError as e:
+            if e.errno == errno.ENODATA:
+                return
+            raise
+        entries = acl.parse(value)
+        if entries is not None:
+            new = acl.with_mode(entries, inode.mode)
+            if new != value:
+                await self._store_xattr(inode, x, acl.ACCESS, new, 0)
 
     # ----- regular files --------------------------------------------------------------------
 
@@ -1281,6 +1301,30 @@ class VnodeActor(Actor):
         if name.startswith(b"user.") and not (inode.is_reg or inode.is_dir):
             raise OSError(errno.EPERM, "no user attributes on this file type")
         x = await self._xattr_store()
+        if name == acl.ACCESS and value is not None:
+            # The mode follows the ACL, and an ACL that says no more than the mode is not
+            # kept at all (the VFS's posix_acl_update_mode, as ext4 sets an ACL).
+            entries = acl.parse(value)
+            if entries is None:
+                raise OSError(errno.EINVAL, "malformed POSIX ACL")
+            if inode.is_symlink:
+                raise OSError(errno.EOPNOTSUPP, "no ACLs on a symlink")
+            perms, equivalent = acl.equivalent_mode(entries)
+            inode.mode = (inode.mode & ~0o777) | perms
+            if equivalent:
+                value = None
+                if name not in x.names():
+                    inode.ctime_ns = _now()
+                    await self._save()
+                    return
+        await self._store_xattr(inode, x, name, value, flags)
+        inode.ctime_ns = _now()
+        await self._save()
+
+    async def _store_xattr(
+        self, inode: Inode, x: Xattrs, name: bytes, value: bytes | None, flags: int
+    ) -> None:
+        """Set (or with None remove) one attribute of this vnode's inode; the caller saves."""
         if self._has_data_blocks(inode):
             # Count the data blocks before i_file_acl changes (_save recounts i_blocks).
             self._data_of(inode)
@@ -1288,8 +1332,6 @@ class VnodeActor(Actor):
             await x.remove(inode, name)
         else:
             await x.set(inode, name, value, flags)
-        inode.ctime_ns = _now()
-        await self._save()
 
 
 def _no_xattr_area(inode: Inode) -> bool:

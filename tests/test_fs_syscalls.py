@@ -611,6 +611,45 @@ async def test_new_inodes_inherit_the_default_acl(image):
     assert_fsck_clean(image)
 
 
+async def test_an_access_acl_and_the_mode_follow_each_other(image):
+    """As ext4 (the VFS's posix_acl_update_mode and posix_acl_chmod): setting an access
+    ACL sets the mode's bits (the group bits from the mask), an ACL that says no more
+    than the mode is not kept, and chmod rewrites the owner, mask and other entries."""
+    u = 0xFFFFFFFF
+    async with boot(image, LOW) as k:
+        f = await k_write_file(k, ROOT_INO, b"f", b"x", mode=0o600)
+        await k.syscall(
+            SetXattr(f, b"system.posix_acl_access", _acl((1, 7, u), (4, 5, u), (0x20, 4, u)))
+        )
+        assert stat.S_IMODE((await k.syscall(GetAttr(f))).mode) == 0o754
+        assert await k.syscall(ListXattr(f)) == []  # no more than the mode: not kept
+        full = _acl((1, 6, u), (2, 6, 1000), (4, 4, u), (0x10, 6, u), (0x20, 0, u))
+        await k.syscall(SetXattr(f, b"system.posix_acl_access", full))
+        assert stat.S_IMODE((await k.syscall(GetAttr(f))).mode) == 0o660
+        assert await k.syscall(GetXattr(f, b"system.posix_acl_access")) == full
+        a = await k.syscall(SetAttr(f, mode=0o4640))
+        assert stat.S_IMODE(a.mode) == 0o4640
+        chmodded = _acl((1, 6, u), (2, 6, 1000), (4, 4, u), (0x10, 4, u), (0x20, 0, u))
+        assert await k.syscall(GetXattr(f, b"system.posix_acl_access")) == chmodded
+        # an equivalent ACL replaces a fuller one: the mode is set and the ACL goes
+        await k.syscall(
+            SetXattr(f, b"system.posix_acl_access", _acl((1, 6, u), (4, 0, u), (0x20, 0, u)))
+        )
+        assert stat.S_IMODE((await k.syscall(GetAttr(f))).mode) == 0o4600
+        assert await k.syscall(ListXattr(f)) == []
+        with Errno(errno.EINVAL):
+            await k.syscall(SetXattr(f, b"system.posix_acl_access", b"\x02\x00\x00\x00\x01"))
+        link = (await k.syscall(Symlink(ROOT_INO, b"l", b"f"))).inode
+        with Errno(errno.EOPNOTSUPP):
+            await k.syscall(SetXattr(link, b"system.posix_acl_access", full))
+        await k.syscall(SetXattr(f, b"system.posix_acl_access", full))
+    assert_fsck_clean(image)
+    async with boot(image, LOW) as k:
+        f = await k_resolve(k, "/f")
+        assert stat.S_IMODE((await k.syscall(GetAttr(f))).mode) == 0o4660
+        assert await k.syscall(GetXattr(f, b"system.posix_acl_access")) == full
+
+
 async def test_acl_mount_option_off_inherits_nothing(image):
     u = 0xFFFFFFFF
     default = _acl((1, 7, u), (2, 7, 1000), (4, 5, u), (0x10, 7, u), (0x20, 5, u))

@@ -368,6 +368,17 @@ def test_posix_acls_are_checked_and_inherited(image, tmp_path):
             assert stat.S_IMODE(os.stat(masked).st_mode) == 0o640
             assert not can_read(in_group, masked)
 
+            # chmod rewrites the mask; an ACL of mode bits only is not kept
+            chmodded = m.mnt / "chmodded"
+            chmodded.write_text("x")
+            run(["setfacl", "-m", "u:nobody:rw", str(chmodded)])
+            os.chmod(chmodded, 0o640)
+            assert "mask::r--" in run(["getfacl", "-c", str(chmodded)])
+            assert can_read(nobody, chmodded)
+            run(["setfacl", "-b", str(chmodded)])
+            assert "system.posix_acl_access" not in os.listxattr(chmodded)
+            assert not can_read(nobody, chmodded)
+
             shared = m.mnt / "shared"
             shared.mkdir()
             run(["setfacl", "-d", "-m", "u:nobody:rx", str(shared)])

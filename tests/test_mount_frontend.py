@@ -14,7 +14,6 @@ import errno
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -24,8 +23,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "programs"))
 
-from chanos.fs import acl
-from chanos.fs.format.xattr import ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER, ACL_USER, ACL_USER_OBJ
 from mountlib import PROGRAMS, is_mounted, require_fuse
 
 pytestmark = pytest.mark.mount
@@ -259,28 +256,3 @@ def test_unexpected_failure_answers_eio_and_mount_survives(tmp_path):
     finally:
         m.close()
     assert "failed" in m.errlog.read_text()
-
-
-def _acl(*entries: tuple[int, int, int]) -> bytes:
-    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
-
-
-U = 0xFFFFFFFF
-
-
-def test_setting_an_acl_sets_the_mode(fake):
-    p = fake.mnt / "f"
-    p.write_text("x")
-    os.chmod(p, 0o600)
-    os.setxattr(p, "system.posix_acl_access", _acl((ACL_USER_OBJ, 7, U), (ACL_GROUP_OBJ, 5, U),
-                                                   (ACL_OTHER, 4, U)))  # fmt: skip
-    assert os.stat(p).st_mode & 0o7777 == 0o754
-    assert "system.posix_acl_access" not in os.listxattr(p)  # said no more than the mode
-    full = _acl((ACL_USER_OBJ, 6, U), (ACL_USER, 6, 1000), (ACL_GROUP_OBJ, 4, U),
-                (ACL_MASK, 6, U), (ACL_OTHER, 0, U))  # fmt: skip
-    os.setxattr(p, "system.posix_acl_access", full)
-    assert os.stat(p).st_mode & 0o7777 == 0o660
-    assert os.getxattr(p, "system.posix_acl_access") == full
-    os.chmod(p, 0o640)
-    got = acl.parse(os.getxattr(p, "system.posix_acl_access"))
-    assert (ACL_MASK, 4, U) in got and (ACL_USER, 6, 1000) in got
