@@ -256,6 +256,7 @@ class VnodeActor(Actor):
         if fresh is not None:
             self.fresh = None
             self.inode = fresh
+            self.opens = 1  # the handle CreateOpen hands out (see Pin)
             # The directory wrote exactly this record last, in the turn that made it (see
             # _create), and changed nothing after: a vnode retired unchanged (a file only
             # created) then writes nothing back.
@@ -919,7 +920,11 @@ class VnodeActor(Actor):
         entry, child = await self._create(name, stat.S_IFREG | stat.S_IMODE(mode), 0, uid, gid)
         table = self.ctx.table
         ino = entry.inode
-        ref = await call(table, Pin(ino, child))
+        ref, started = await call(table, Pin(ino, child))
+        if started:
+            # It began with the record just made, opened once (see started()): a new,
+            # empty regular file, so an Open would check and change nothing more.
+            return Handle(ino, ref, flags), entry
         try:
             handle = await call(ref, Open(ino, flags))
         except BaseException:

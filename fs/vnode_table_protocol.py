@@ -28,9 +28,11 @@ class Pin:
     """-> ActorRef of ``ino``'s vnode (started if needed), pinned until ``Unpin``.
 
     ``fresh``: the inode's current record (an ``Inode``), for a vnode started by this
-    Pin to begin with instead of reading it; only a directory creating the inode sends
-    it, in the turn that made the record (see ``vnode_protocol.CreateOpen``). Ignored
-    when the vnode is live already."""
+    Pin to begin with instead of reading it, already opened once; only a directory
+    creating the inode sends it, in the turn that made the record and for the handle it
+    hands out (see ``vnode_protocol.CreateOpen``). The reply is then (ActorRef, whether
+    this Pin started the vnode): a vnode live already (left for a freed inode whose
+    number came round again) ignores the record, and must be opened as usual."""
 
     ino: int
     fresh: Any = None

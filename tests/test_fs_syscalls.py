@@ -448,6 +448,37 @@ async def test_inherited_acl_without_room_for_its_block_is_enospc(ext4_image):
     assert_fsck_clean(img)
 
 
+async def test_create_reusing_a_number_whose_vnode_is_still_live(image):
+    """A new file's vnode normally starts with the record its directory just made, already
+    opened. When the number comes round again while the old inode's vnode is still live
+    (freed by its last close, not yet retired), that vnode is opened as usual and reads
+    the new record: the new file behaves like any other."""
+    from chanos.personality import trace
+
+    sent: list[str] = []
+    async with boot(image, MountOptions(max_vnodes=64)) as k:
+        h, e = await k.syscall(Create(ROOT_INO, b"a", 0o644, os.O_RDWR | os.O_CREAT))
+        await k.syscall(Forget(e.inode, 1))  # only the open handle keeps it now
+        await k.syscall(Unlink(ROOT_INO, b"a"))
+        await k.syscall(Release(h))  # the last close frees the inode
+        trace.enable(record=False, hooks=[lambda ev: ev.kind == "send" and sent.append(ev.msg)])
+        try:
+            h2, e2 = await k.syscall(Create(ROOT_INO, b"b", 0o600, os.O_RDWR | os.O_CREAT))
+        finally:
+            trace.disable()
+        assert e2.inode == e.inode  # the lowest free number again
+        assert "Open" in sent  # the live vnode was opened, not started afresh
+        assert stat.S_IMODE((await k.syscall(GetAttr(e2.inode))).mode) == 0o600
+        await k.syscall(Write(h2, 0, b"second life"))
+        await k.syscall(Unlink(ROOT_INO, b"b"))  # open: kept until the last close
+        assert await k.syscall(Read(h2, 0, 100)) == b"second life"
+        await k.syscall(Forget(e2.inode, 1))
+        free = (await k.syscall(StatFs())).f_ffree
+        await k.syscall(Release(h2))
+        assert (await k.syscall(StatFs())).f_ffree == free + 1  # freed at the last close
+    assert_fsck_clean(image)
+
+
 async def test_inode_exhaustion(ext4_image):
     img = ext4_image("8M", 1024, extra_args=["-N", "48"])
     async with boot(img, LOW) as k:
