@@ -291,14 +291,10 @@ class VnodeTable(Actor):
     async def handle(self, msg: Any) -> Any:
         match msg:
             case Pin(ino, fresh):
-                if fresh is None:
-                    slot = await self._slot(ino)
-                    slot.pins += 1
-                    return slot.ref
                 started = self._started
                 slot = await self._slot(ino, fresh)
                 slot.pins += 1
-                return slot.ref, self._started != started
+                return slot.ref if fresh is None else (slot.ref, self._started != started)
             case Deliver(ino, delivered):
                 # Queued in the vnode's mailbox, the message keeps it from being retired
                 # (only an idle vnode is) until it has been served.

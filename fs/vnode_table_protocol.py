@@ -8,9 +8,10 @@ retires idle vnodes. The kernel (chanos.personality.boot), the rename coordinato
 orphan list and vnodes send these, mostly through the helpers ``call_vnode`` and ``tell``
 in chanos.fs.vnode_table; a vnode asks ``Hold`` when its inode loses its last link and
 handle, ``OpenCount`` after a crash restart and ``IsHeld`` when it finds its inode
-unlinked on disk. ``Pin`` answers with the vnode's ``ActorRef``; the casts (``Unpin``,
-``Closed``, ``Referenced``, ``Forget``, ``Crashed``, ``Deliver``) answer nothing; the rest answer as
-each class says. Unmount and sync use ``WriteBackAll``, ``TakeHeld`` and ``RetireAll``.
+unlinked on disk. ``Pin`` answers with the vnode's ``ActorRef`` (and, for a new inode's
+record, whether it started the vnode); the casts (``Unpin``, ``Closed``, ``Referenced``,
+``Forget``, ``Crashed``, ``Deliver``) answer nothing; the rest answer as each class says.
+Unmount and sync use ``WriteBackAll``, ``TakeHeld`` and ``RetireAll``.
 
 ``Unpinned`` is not for the table: it wraps a request the kernel sends to a vnode without
 a pin (see "The fast path" in chanos.fs.vnode_table); ``NEEDS_PIN`` is the reply of a
