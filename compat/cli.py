@@ -491,7 +491,16 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
                             nursery.start_soon(
                                 memory.trim_periodically, config.malloc_trim_interval
                             )
-                        await pyfuse3.main(min_tasks=1, max_tasks=config.max_workers)
+                        try:
+                            await pyfuse3.main(min_tasks=1, max_tasks=config.max_workers)
+                        except ConnectionAbortedError as exc:
+                            # A read after the end of the session. The request wait lets
+                            # one worker read once the descriptor reports the end, but a
+                            # worker that saw a request just before the host kernel tore
+                            # the connection down reads the end first, unseen by the wait
+                            # (a lazily detached mount whose last file closed). libfuse
+                            # 3.14 takes only ENODEV for the end; the session is over.
+                            log.info("FUSE session ended: %s", exc)
                         await ops.run_deferred()  # forgets not sent yet: held inodes go
                         nursery.cancel_scope.cancel()
             finally:
