@@ -16,6 +16,12 @@ poll before sleeping, one worker asleep on the descriptor). Rows of ``bench/fs_c
 workloads are many small requests (creates, unlinks, ls -lR, untar) are bounded by the
 second: chanos's cost per request is that floor plus its own work. Needs root for
 fuse2fs (``-o fakeroot`` is not needed as root).
+
+``chanos`` is mounted as by default: while requests come back to back it asks the
+kernel for a CPU wake-up latency of 0 µs (``chanos.compat.wake_latency``), so the
+program's CPU polls instead of halting between two requests. ``chanos-nolat`` is mounted
+with ``nocpu_latency``; ``fuse2fs-lat`` is fuse2fs measured while this script holds the
+same request, so the peer is also seen under the setting chanos chooses.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import contextlib
 import errno
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -120,6 +127,18 @@ def _getxattr(path: Path) -> None:
         raise RuntimeError(f"{path} has {NAME}")
 
 
+@contextlib.contextmanager
+def _cpu_latency_held():
+    """Hold a 0 µs CPU wake-up latency request, as ``chanos mount`` does during bursts
+    (``chanos.compat.wake_latency``): the same system setting for a peer."""
+    fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+    try:
+        os.write(fd, struct.pack("=i", 0))
+        yield
+    finally:
+        os.close(fd)
+
+
 def run_target(kind: str, work: Path, master: Path, n: int) -> tuple[float, float]:
     mnt = work / f"mnt-{kind}"
     mnt.mkdir()
@@ -127,12 +146,14 @@ def run_target(kind: str, work: Path, master: Path, n: int) -> tuple[float, floa
         cmd = [sys.executable, __file__, "--serve-null", str(mnt)]
     elif kind == "null-wait":
         cmd = [sys.executable, __file__, "--serve-null", str(mnt), "--busy-poll", "default"]
-    elif kind == "chanos":
-        image = work / "chanos.img"
+    elif kind in ("chanos", "chanos-nolat"):
+        image = work / f"{kind}.img"
         shutil.copyfile(master, image)
         cmd = [CHANOS, "mount", "-f", str(image), str(mnt)]
+        if kind == "chanos-nolat":
+            cmd += ["-o", "nocpu_latency"]
     else:
-        image = work / "fuse2fs.img"
+        image = work / f"{kind}.img"
         shutil.copyfile(master, image)
         cmd = ["fuse2fs", "-f", str(image), str(mnt)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -146,6 +167,9 @@ def run_target(kind: str, work: Path, master: Path, n: int) -> tuple[float, floa
         f = mnt / "f"
         if not kind.startswith("null"):
             f.write_bytes(b"")
+        if kind == "fuse2fs-lat":
+            with _cpu_latency_held():
+                return measure(f, proc.pid, n)
         return measure(f, proc.pid, n)
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
@@ -158,7 +182,7 @@ def run_target(kind: str, work: Path, master: Path, n: int) -> tuple[float, floa
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=20000)
-    ap.add_argument("--targets", default="null,null-wait,chanos,fuse2fs")
+    ap.add_argument("--targets", default="null,null-wait,chanos,chanos-nolat,fuse2fs,fuse2fs-lat")
     ap.add_argument("--serve-null", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
     ap.add_argument("--busy-poll", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)

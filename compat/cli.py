@@ -435,6 +435,7 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
     import trio
     from chanos.compat import memory, request_wait
     from chanos.compat.fuse_ops import ChanosOperations, FrontEndConfig
+    from chanos.compat.wake_latency import WakeLatency
     from chanos.personality.boot import boot
 
     tracing = _start_trace(config.trace_file)
@@ -465,8 +466,11 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
             except RuntimeError:
                 raise Fail(f"cannot mount on {mountpoint} (libfuse refused; see above)") from None
             fd = request_wait.fuse_fd(fds_before)
+            latency = None
+            if fd is not None and config.cpu_latency is not None:
+                latency = WakeLatency.open(config.cpu_latency)
             waiting = (
-                request_wait.installed(fd, config.busy_poll, ops.idle_work)
+                request_wait.installed(fd, config.busy_poll, ops.idle_work, latency)
                 if fd is not None
                 else contextlib.nullcontext()
             )
@@ -487,6 +491,8 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
                         if config.read_ahead:
                             kib = max(4, config.read_ahead >> 10)
                             nursery.start_soon(_set_read_ahead_after_init, ops, canonical, kib)
+                        if latency is not None:
+                            nursery.start_soon(latency.run)
                         if config.malloc_trim_interval > 0:
                             nursery.start_soon(
                                 memory.trim_periodically, config.malloc_trim_interval
@@ -504,6 +510,8 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
                         await ops.run_deferred()  # forgets not sent yet: held inodes go
                         nursery.cancel_scope.cancel()
             finally:
+                if latency is not None:
+                    latency.close()  # write-back at unmount is no burst of requests
                 # After umount(8) the session has already ended and this only frees it;
                 # after an error it makes sure no dead mount is left behind.
                 pyfuse3.close(unmount=True)
@@ -659,6 +667,8 @@ def _parser() -> argparse.ArgumentParser:
         "kernel's writeback cache; off by default), read_ahead=SIZE (1M; 0 = the host "
         "kernel's 128K), io_size=SIZE (st_blksize, 1M; 0 = the block size), "
         "entry_timeout=S, attr_timeout=S, negative_timeout=S, nokeep_cache, "
+        "cpu_latency=USEC (the CPU wake-up latency asked of the kernel while requests come "
+        "back to back, as root; 0 by default) / nocpu_latency, "
         "and the usual "
         "nosuid, nodev, noexec, noatime, ...",
     )

@@ -4,7 +4,8 @@ Three kinds of options arrive in one comma-separated list (from the command line
 mount(8)/mount.fuse3, or from an /etc/fstab line):
 
 * chanos's own: ``uid=``, ``gid=``, ``umask=``, ``max_vnodes=``, ``max_workers=``,
-  ``write_cache=``, ``read_ahead=``, ``io_size=``, ``busy_poll=``, ``malloc_arenas=``,
+  ``write_cache=``, ``read_ahead=``, ``io_size=``, ``busy_poll=``,
+  ``cpu_latency=``/``nocpu_latency``, ``malloc_arenas=``,
   ``malloc_mmap_threshold=``,
   ``malloc_trim_threshold=`` (sizes take K/M/G suffixes), ``malloc_trim_interval=``,
   ``log_level=``,
@@ -79,6 +80,7 @@ FLAG_OPTIONS = frozenset(
         "nokeep_cache",
         "acl",
         "noacl",
+        "nocpu_latency",
     ]
 )
 
@@ -135,6 +137,9 @@ class MountConfig:
     # How long (seconds) the front end polls /dev/fuse for the next request before it
     # sleeps (see chanos.compat.request_wait); 0 never polls.
     busy_poll: float = 50e-6
+    # The CPU wake-up latency (µs) requested from the kernel's PM QoS while requests come
+    # back to back (see chanos.compat.wake_latency); None never asks. Root only.
+    cpu_latency: int | None = 0
     # glibc malloc (see chanos.compat.memory): arenas, and the fixed thresholds above which
     # blocks are mmapped / free heap top is given back. Fixed thresholds keep 1 MiB
     # request payloads out of the heap, where freed holes would keep the RSS up.
@@ -244,6 +249,10 @@ def _apply(c: MountConfig, opt: str) -> None:
             c.io_size = n
         case "busy_poll":
             c.busy_poll = _int_between(name, value, 0, 10_000, " (microseconds)") / 1e6
+        case "cpu_latency":
+            c.cpu_latency = _int_between(name, value, 0, 1_000_000, " (microseconds)")
+        case "nocpu_latency":
+            c.cpu_latency = None
         case "read_ahead":
             n = _size(name, value)
             if n > 64 << 20:

@@ -21,7 +21,10 @@ interrupt to a halted virtual CPU) and a context switch.
   on the descriptor all along, so a request arriving while the others are blocked (on
   the image, say) is still taken; the rest park. Before it polls, a worker with no
   request to take does the front end's deferred work (``idle_work``: forgets, which
-  have no reply), one piece at a time, looking for a request between two pieces.
+  have no reply), one piece at a time, looking for a request between two pieces. A
+  request found without sleeping (it came while the previous one was in hand, or
+  during the poll) marks a burst for ``latency`` (``chanos.compat.wake_latency``), which
+  then keeps idle CPUs quick to wake, so the program gets its answer sooner.
 * :class:`IdlePoll` is a trio instrument with the same poll for the moment the whole run
   loop is about to sleep with only that sleeper watching.
 
@@ -43,8 +46,12 @@ import select
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    from chanos.compat.wake_latency import WakeLatency
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +138,8 @@ class RequestWait:
     descriptor, or, if another already does, parks until that one wakes. The sleeper
     stays registered while other workers take requests by polling, so a worker whose
     request blocks (on the image, say) never leaves the descriptor unwatched.
+    ``latency`` (optional) counts every request taken and hears of each one taken
+    without sleeping (``WakeLatency.burst``).
     """
 
     def __init__(
@@ -138,10 +147,12 @@ class RequestWait:
         fd: int,
         busy_poll: float = 0.0,
         idle_work: Callable[[], Awaitable[bool]] | None = None,
+        latency: WakeLatency | None = None,
     ) -> None:
         self.fd = fd
         self.busy_poll = busy_poll
         self.idle_work = idle_work
+        self.latency = latency
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
         self._sleeping = False  # a worker waits in trio.lowlevel.wait_readable
@@ -155,6 +166,7 @@ class RequestWait:
         pyfuse3 reads right after a True, before anything else runs, so the request seen
         here is still there for that read.
         """
+        slept = False
         while not self._ended:
             ready = self._poll.poll(0)
             if ready:
@@ -165,6 +177,11 @@ class RequestWait:
                     # pyfuse3 would raise it), as pyfuse3's own wait stops them.
                     self.end()
                     return True
+                latency = self.latency
+                if latency is not None:
+                    latency.requests += 1
+                    if not slept:
+                        latency.burst()  # it came while the last one was in hand
                 # Requests served back to back might never let the run loop look at
                 # its other tasks if no handler blocked: give them a turn now and then.
                 now = time.perf_counter()
@@ -179,6 +196,7 @@ class RequestWait:
                 continue
             if self._nothing_else_to_run() and _spin(self._poll.poll, self.busy_poll):
                 continue
+            slept = True
             if self._sleeping:
                 await self._idle.wait()
                 continue
@@ -251,7 +269,10 @@ def fuse_fds() -> set[int]:
 
 @contextmanager
 def installed(
-    fd: int, busy_poll: float, idle_work: Callable[[], Awaitable[bool]] | None = None
+    fd: int,
+    busy_poll: float,
+    idle_work: Callable[[], Awaitable[bool]] | None = None,
+    latency: WakeLatency | None = None,
 ) -> Iterator[RequestWait | None]:
     """Serve pyfuse3's session on ``fd`` with :class:`RequestWait` and :class:`IdlePoll`
     inside the block; yields the wait (None if this pyfuse3 has no hook for it).
@@ -270,7 +291,7 @@ def installed(
     if original is None:
         log.warning("this pyfuse3 has no _wait_fuse_readable; its own request wait is used")
     else:
-        wait = RequestWait(fd, busy_poll, idle_work)
+        wait = RequestWait(fd, busy_poll, idle_work, latency)
         pyfuse3._wait_fuse_readable = wait.wait_readable
     try:
         yield wait

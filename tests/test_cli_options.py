@@ -39,6 +39,9 @@ def test_chanos_options():
     assert parse_options([]).busy_poll == 50e-6
     assert parse_options(["busy_poll=200"]).busy_poll == 200e-6
     assert parse_options(["busy_poll=0"]).busy_poll == 0
+    assert parse_options([]).cpu_latency == 0
+    assert parse_options(["cpu_latency=20"]).cpu_latency == 20
+    assert parse_options(["nocpu_latency"]).cpu_latency is None
     c = parse_options(["entry_timeout=0.5,attr_timeout=0,negative_timeout=2,nokeep_cache"])
     assert (c.entry_timeout, c.attr_timeout, c.negative_timeout) == (0.5, 0.0, 2.0)
     assert not c.keep_cache
@@ -66,7 +69,8 @@ def test_last_of_ro_rw_wins():
     "bad",
     ["bogus", "uid=abc", "uid=-1", "umask=9", "max_vnodes=3", "log_level=loud",
      "attr_timeout=x", "uid=", "allow_other=1", "max_workers=0", "read_ahead=1G", "io_size=3000",
-     "busy_poll=20000", "busy_poll=fast", "malloc_arenas=65"],
+     "busy_poll=20000", "busy_poll=fast", "malloc_arenas=65", "cpu_latency=-1",
+     "nocpu_latency=1"],
 )  # fmt: skip
 def test_bad_options_are_refused_with_a_message(bad):
     with pytest.raises(OptionError) as ei:

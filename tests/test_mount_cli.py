@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -283,6 +284,41 @@ def test_uid_gid_umask_override_what_stat_shows(image, tmp_path):
     with Mounted(image, tmp_path / "mnt") as m:  # nothing stored changed
         st = os.stat(m.mnt / "f")
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 0, 0o666)
+
+
+def _cpu_latency_target() -> int:
+    """The CPU wake-up latency the kernel's PM QoS now enforces (µs)."""
+    with open("/dev/cpu_dma_latency", "rb") as f:
+        return struct.unpack("=i", f.read(4))[0]
+
+
+def _absent_xattr_requests(path: Path, n: int) -> None:
+    for _ in range(n):  # the host kernel caches no xattr answer: n GETXATTRs
+        with pytest.raises(OSError) as ei:
+            os.getxattr(path, "user.absent")
+        assert ei.value.errno == errno.ENODATA
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/cpu_dma_latency"),
+    reason="the PM QoS device is root's",
+)
+def test_requests_back_to_back_hold_a_cpu_latency_request_until_quiet(image, tmp_path):
+    before = _cpu_latency_target()
+    if before == 0:
+        pytest.skip("another process holds a 0 µs request already")
+    with Mounted(image, tmp_path / "mnt") as m:
+        f = m.mnt / "f"
+        f.write_bytes(b"")
+        time.sleep(0.2)
+        assert _cpu_latency_target() == before  # quiet: nothing held
+        _absent_xattr_requests(f, 300)
+        assert _cpu_latency_target() == 0  # held through the burst and just after
+        time.sleep(0.2)
+        assert _cpu_latency_target() == before  # withdrawn once requests stopped
+    with Mounted(image, tmp_path / "mnt", options="nocpu_latency") as m:
+        _absent_xattr_requests(m.mnt / "f", 300)
+        assert _cpu_latency_target() == before
 
 
 def test_unsupported_features_refuse_the_mount(tmp_path):

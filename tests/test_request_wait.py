@@ -184,3 +184,34 @@ async def test_idle_work_runs_only_while_no_request_waits(pair):
         with trio.move_on_after(0.2):
             await wait.wait_readable()  # nothing comes: the work is finished, then it sleeps
     assert done == [1, 2, 3]
+
+
+class _Latency:
+    """Records what the wait tells a WakeLatency."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.bursts = 0
+
+    def burst(self) -> None:
+        self.bursts += 1
+
+
+async def test_only_requests_found_without_sleeping_mark_a_burst(pair):
+    a, b = pair
+    lat = _Latency()
+    wait = RequestWait(a.fileno(), busy_poll=0.0, latency=lat)  # type: ignore[arg-type]
+
+    async def send_later() -> None:
+        await trio.sleep(0.01)
+        b.send(b"x")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_later)
+        assert await wait.wait_readable()  # slept until it came: an isolated request
+    a.recv(1)
+    assert (lat.requests, lat.bursts) == (1, 0)
+    b.send(b"yz")  # the next one is queued while the last is in hand: a burst
+    assert await wait.wait_readable()
+    assert (lat.requests, lat.bursts) == (2, 1)
+    a.recv(2)
