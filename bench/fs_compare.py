@@ -15,7 +15,11 @@ byte-identical copies of one image made by ``chanos mkfs``; after unmounting, bo
 must pass ``e2fsck -fn``.
 
 A target name may carry chanos mount options after a colon, e.g. ``chanos:nowriteback``
-(measure the writeback cache off) or ``chanos:attr_timeout=0``. The result is one
+(measure the writeback cache off) or ``chanos:attr_timeout=0``. ``chanos`` asks the
+kernel for a 0 µs CPU wake-up latency while requests come back to back (see
+``chanos.compat.wake_latency``; ``chanos:nocpu_latency`` measures without it), which
+fuse2fs does not do: the ``fuse2fs-lat`` target is fuse2fs measured while this script
+holds the same request, to see the peer under that setting too. The result is one
 markdown table with the fuse2fs column as the base of the ratios (``x`` > 1: more
 than fuse2fs for rates, longer for seconds). Needs root (mounts, drop_caches).
 """
@@ -26,6 +30,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
@@ -84,6 +89,7 @@ class Target:
         self.master = master
         self.proc: subprocess.Popen | None = None
         self.peak = 0.0
+        self.latency_fd: int | None = None
 
     def mount(self) -> None:
         self.mnt.mkdir(exist_ok=True)
@@ -97,10 +103,14 @@ class Target:
             cmd = [CHANOS, "mount", "-f", str(self.image), str(self.mnt)]
             if self.opts:
                 cmd += ["-o", self.opts]
-        elif self.kind == "fuse2fs":
+        elif self.kind in ("fuse2fs", "fuse2fs-lat"):
             cmd = ["fuse2fs", "-f", str(self.image), str(self.mnt)]
             if self.opts:
                 cmd += ["-o", self.opts]
+            if self.kind == "fuse2fs-lat":
+                # Held for the whole target: chanos holds it only during bursts.
+                self.latency_fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+                os.write(self.latency_fd, struct.pack("=i", 0))
         else:
             raise SystemExit(f"unknown target {self.kind}")
         self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
@@ -123,6 +133,9 @@ class Target:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return "daemon hung at unmount"
+        if self.latency_fd is not None:
+            os.close(self.latency_fd)
+            self.latency_fd = None
         p = subprocess.run(["e2fsck", "-fn", str(self.image)], capture_output=True, text=True)
         verdict = "clean" if p.returncode == 0 else f"NOT CLEAN (e2fsck {p.returncode})"
         if p.returncode:
