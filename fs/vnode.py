@@ -176,8 +176,18 @@ def _time_granule_ns() -> int:
 
 
 # Writes this close together after the previous write's times leave them as they are.
-# Requests that never change the inode (no atime either: only Read and ReadDir move it).
-_READ_ONLY = frozenset((GetAttr, GetXattr, ListXattr, ReadLink, Lookup))
+# Requests that leave the stored record as it was, or change it only on a path that
+# marks the vnode changed itself and saves at once (an atime moved by Read or ReadDir, an
+# O_TRUNC open, the last close of an unlinked file, an orphan joining the list at a
+# write-back). After them a retirement or a sync writes nothing back, not even a build to
+# compare: with a full table every new vnode retires an old one, typically a file just
+# created, written or read and closed.
+_READ_ONLY = frozenset(
+    [
+        *(GetAttr, GetXattr, ListXattr, ReadLink, Lookup),
+        *(Open, OpenDir, Read, ReadDir, Flush, Release, ReleaseDir, vp.WriteBack),
+    ]
+)
 
 TIME_GRANULE_NS = _time_granule_ns()
 
@@ -699,6 +709,7 @@ class VnodeActor(Actor):
             raise OSError(errno.EISDIR, "is a directory")
         if flags & os.O_TRUNC and inode.is_reg:
             self._writable()
+            self._changed = True  # Open is in _READ_ONLY
             now = _now()
             if inode.size:
                 await self._truncate(inode, 0)
@@ -741,6 +752,7 @@ class VnodeActor(Actor):
         now = _now()
         if at <= inode.mtime_ns or at <= inode.ctime_ns or now - at >= RELATIME_SECS * 10**9:
             inode.atime_ns = now
+            self._changed = True  # Read and ReadDir are in _READ_ONLY
             await self._save()
 
     async def _write(self, handle: Handle, offset: int, data: bytes) -> int:
@@ -791,6 +803,7 @@ class VnodeActor(Actor):
             self._data.drop_tail()  # no writer left to append: hold no block for it
         inode = self.inode
         if self.opens == 0 and inode is not None and inode.links_count == 0 and inode.mode:
+            self._changed = True  # Release is in _READ_ONLY
             await self._free_unless_referenced()
             if self.inode is not None:
                 await self._save()
