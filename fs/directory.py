@@ -1,7 +1,8 @@
 """A directory's entries over its data blocks: lookup, add, remove, replace, iterate.
 
 ``Directory`` is owned by the vnode actor of one directory (never shared): it keeps the
-directory's blocks in memory as ``bytearray`` s, a name index over them, and two per-block
+directory's blocks in memory as ``bytearray`` s, a name index over them (names' hashes and
+positions only, ``chanos.fs.name_index``: the names stay in the blocks), and two per-block
 hints so that an insert neither tries every block nor scans a whole block: the largest
 hole (an upper bound) and the record of the block's latest insert (which took the rest of
 the hole it split, so in a directory filled in order it is where the next entry fits).
@@ -35,6 +36,7 @@ from typing import Any, NamedTuple
 
 from chanos.fs.format import dirent
 from chanos.fs.format._record import CorruptError
+from chanos.fs.name_index import NameIndex
 
 
 class DirEntryInfo(NamedTuple):
@@ -42,13 +44,6 @@ class DirEntryInfo(NamedTuple):
 
     position: int  # block * block_size + offset: stable for the entry's life
     name: bytes
-    inode: int
-    file_type: int
-
-
-class _Where(NamedTuple):
-    block: int
-    offset: int
     inode: int
     file_type: int
 
@@ -94,7 +89,7 @@ class Directory:
         self.filetype = filetype
         self.blocks: list[bytearray] = []
         self.corrupt: set[int] = set()
-        self._index: dict[bytes, _Where] = {}
+        self._index = NameIndex(self._name_at)
         self._room: list[int] = []
         # Per block: offset of the record of its latest insert (0 = none known). Records
         # never move; only a delete of that very record (merged away) invalidates it.
@@ -125,10 +120,26 @@ class Directory:
             self.corrupt.add(i)
             self._room[i] = 0
             return
+        base = i * self.block_size
         for r in recs:
             # A name present twice (a damaged image) resolves to its first occurrence.
-            self._index.setdefault(r.name, _Where(i, r.offset, r.inode, r.file_type))
+            if self._index.get(r.name) < 0:
+                self._index.add(r.name, base + r.offset)
         self._room[i] = room
+
+    def _name_at(self, position: int) -> bytes:
+        """The name of the entry at ``position`` (for the index's checks)."""
+        block, off = divmod(position, self.block_size)
+        return dirent.entry_at(self.blocks[block], off)[2]
+
+    def _entry(self, name: bytes) -> tuple[int, int, int, int] | None:
+        """(block, offset, inode, file_type) of entry ``name``, or None."""
+        p = self._index.get(name)
+        if p < 0:
+            return None
+        block, off = divmod(p, self.block_size)
+        ino, ft, _ = dirent.entry_at(self.blocks[block], off)
+        return block, off, ino, ft
 
     @property
     def size(self) -> int:
@@ -139,8 +150,8 @@ class Directory:
 
     def lookup(self, name: bytes) -> tuple[int, int] | None:
         """(inode, file_type) of entry ``name``, or None."""
-        w = self._index.get(name)
-        return None if w is None else (w.inode, w.file_type)
+        w = self._entry(name)
+        return None if w is None else (w[2], w[3])
 
     def __len__(self) -> int:
         """Number of live entries, "." and ".." included."""
@@ -148,7 +159,8 @@ class Directory:
 
     def is_empty(self) -> bool:
         """Only "." and ".." (or less, in a damaged directory) are left."""
-        return all(name in (b".", b"..") for name in self._index) and not self.corrupt
+        dots = (self._index.get(b".") >= 0) + (self._index.get(b"..") >= 0)
+        return len(self._index) == dots and not self.corrupt
 
     def dotdot(self) -> int:
         """The parent recorded in ".." (0 when block 0 is missing or damaged)."""
@@ -204,7 +216,7 @@ class Directory:
         from the allocator leaves the directory unchanged).
         """
         dirent.check_name(name)
-        if name in self._index:
+        if self._index.get(name) >= 0:
             raise OSError(errno.EEXIST, f"{name!r} exists")
         ft = file_type if self.filetype else 0
         need = dirent.rec_len_for(len(name))
@@ -230,7 +242,7 @@ class Directory:
             # made exact again when an insert finds the block fuller than hinted.
             self._tail[i] = off
             self._last = i
-            self._index[name] = _Where(i, off, ino, ft)
+            self._index.add(name, i * self.block_size + off)
             return i * self.block_size + off
         # No room anywhere: a new block at the end.
         i = self.nblocks
@@ -243,7 +255,7 @@ class Directory:
         self._tail.append(off)
         self._last = i
         self.nblocks += 1
-        self._index[name] = _Where(i, off, ino, ft)
+        self._index.add(name, i * self.block_size + off)
         return i * self.block_size + off
 
     def _insert(self, i: int, ino: int, name: bytes, ft: int) -> int | None:
@@ -261,41 +273,42 @@ class Directory:
     async def remove(self, name: bytes, expect_ino: int = 0) -> tuple[int, int]:
         """Remove ``name``; returns (inode, file_type) it named. ENOENT if absent (or, with
         ``expect_ino``, naming another inode)."""
-        w = self._index.get(name)
-        if w is None or (expect_ino and w.inode != expect_ino):
+        w = self._entry(name)
+        if w is None or (expect_ino and w[2] != expect_ino):
             raise OSError(errno.ENOENT, f"no entry {name!r}")
-        block = self.blocks[w.block]
+        i, off, ino, ft = w
+        block = self.blocks[i]
         saved = bytes(block)
-        gone = dirent.delete(block, w.offset)
+        gone = dirent.delete(block, off)
         try:
-            await self._write_block(w.block)
+            await self._write_block(i)
         except OSError:
             block[:] = saved
             raise
-        del self._index[name]
-        if self._tail[w.block] == w.offset:
-            self._tail[w.block] = 0  # merged into the previous record: no longer one
+        self._index.remove(name, i * self.block_size + off)
+        if self._tail[i] == off:
+            self._tail[i] = 0  # merged into the previous record: no longer one
         # The merged hole is at most the old bound plus the freed record: still a bound.
-        self._room[w.block] = min(self.block_size, self._room[w.block] + gone.rec_len)
-        return w.inode, w.file_type
+        self._room[i] = min(self.block_size, self._room[i] + gone.rec_len)
+        return ino, ft
 
     async def replace(
         self, name: bytes, ino: int, file_type: int, expect_ino: int = 0
     ) -> tuple[int, int]:
         """Point existing ``name`` at ``ino``; returns the old (inode, file_type)."""
-        w = self._index.get(name)
-        if w is None or (expect_ino and w.inode != expect_ino):
+        w = self._entry(name)
+        if w is None or (expect_ino and w[2] != expect_ino):
             raise OSError(errno.ENOENT, f"no entry {name!r}")
+        i, off, old_ino, old_ft = w
         ft = file_type if self.filetype else 0
-        block = self.blocks[w.block]
-        dirent.set_entry(block, w.offset, ino, ft)
+        block = self.blocks[i]
+        dirent.set_entry(block, off, ino, ft)
         try:
-            await self._write_block(w.block)
+            await self._write_block(i)
         except OSError:
-            dirent.set_entry(block, w.offset, w.inode, w.file_type)
+            dirent.set_entry(block, off, old_ino, old_ft)
             raise
-        self._index[name] = _Where(w.block, w.offset, ino, ft)
-        return w.inode, w.file_type
+        return old_ino, old_ft
 
     async def set_dotdot(self, parent: int) -> None:
         """Rewrite ".." to name ``parent`` (a directory moved to another parent)."""
@@ -304,9 +317,6 @@ class Directory:
         block = self.blocks[0]
         dirent.set_dotdot(block, parent)
         await self._write_block(0)
-        w = self._index.get(b"..")
-        if w is not None:
-            self._index[b".."] = _Where(w.block, w.offset, parent, w.file_type)
 
 
 def first_block(block_size: int, ino: int, parent: int, filetype: bool = True) -> bytearray:

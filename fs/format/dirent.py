@@ -239,6 +239,13 @@ def find(block: bytes | bytearray | memoryview, name: bytes) -> DirRecord | None
     return None
 
 
+def entry_at(block: bytes | bytearray | memoryview, offset: int) -> tuple[int, int, bytes]:
+    """(inode, file_type, name) of the record at ``offset``, a record boundary the caller
+    knows (no checks: a directory reads back entries it has indexed)."""
+    ino, _rl, nl, ft = _HDR.unpack_from(block, offset)
+    return ino, ft, bytes(block[offset + 8 : offset + 8 + nl])
+
+
 def _is_csum_tail(off: int, ino: int, rl: int, nl: int, ft: int, size: int) -> bool:
     return (
         ino == 0

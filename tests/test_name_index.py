@@ -1,0 +1,73 @@
+"""NameIndex against a dict: names -> positions through adds, removes, growth, shrinking
+and names that share a hash."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from chanos.fs.name_index import NameIndex
+
+
+class _SameHash(bytes):
+    """A name whose hash collides with every other one of its kind."""
+
+    def __hash__(self) -> int:
+        return 12345
+
+
+def _index(stored: dict[int, bytes]) -> NameIndex:
+    return NameIndex(lambda position: stored[position])
+
+
+def test_random_adds_and_removes_agree_with_a_dict():
+    rng = random.Random(7)
+    stored: dict[int, bytes] = {}  # position -> name, as the directory blocks hold them
+    model: dict[bytes, int] = {}
+    index = _index(stored)
+    next_pos = 0
+    for step in range(20000):
+        name = b"n%d" % rng.randrange(3000)
+        if name in model and rng.random() < 0.5:
+            index.remove(name, model[name])
+            del stored[model.pop(name)]
+        elif name not in model:
+            next_pos += 12
+            stored[next_pos] = name
+            model[name] = next_pos
+            index.add(name, next_pos)
+        if step % 997 == 0:
+            assert len(index) == len(model)
+            for probe in (b"n%d" % i for i in range(3000)):
+                assert index.get(probe) == model.get(probe, -1)
+    assert len(index) == len(model)
+    for name, pos in list(model.items()):  # empty it: the index shrinks and stays right
+        index.remove(name, pos)
+        del model[name]
+        assert index.get(name) == -1
+    assert len(index) == 0 and index.get(b"n1") == -1
+
+
+def test_names_sharing_a_hash_are_told_apart_by_the_stored_name():
+    stored: dict[int, bytes] = {}
+    index = _index(stored)
+    names = [_SameHash(b"x%d" % i) for i in range(40)]
+    for i, name in enumerate(names):
+        stored[i] = bytes(name)
+        index.add(name, i)
+    assert [index.get(n) for n in names] == list(range(40))
+    assert index.get(_SameHash(b"absent")) == -1
+    index.remove(names[3], 3)
+    assert index.get(names[3]) == -1
+    assert index.get(names[39]) == 39  # found past the removed slot
+    with pytest.raises(KeyError):
+        index.remove(names[3], 3)
+
+
+def test_clear_forgets_everything():
+    stored = {1: b"a", 2: b"b"}
+    index = _index(stored)
+    index.add(b"a", 1)
+    index.add(b"b", 2)
+    index.clear()
+    assert len(index) == 0 and index.get(b"a") == -1
