@@ -243,7 +243,6 @@ class ChanosOperations(pyfuse3.Operations):
         self.enable_writeback_cache = self.config.writeback_cache
         self._syscall = kernel.syscall
         self._handles: dict[int, Handle] = {}
-        self._lookups: dict[int, int] = {}  # references the host kernel holds, by inode
         # Forgets not yet sent to the kernel, oldest first (see ``idle_work``); only
         # once whoever waits for requests has said it calls ``idle_work``.
         self._deferred: deque[Forget] = deque()
@@ -282,13 +281,6 @@ class ChanosOperations(pyfuse3.Operations):
             self._logged.add(key)
             log.error("%s%r failed: %r (answered EIO)", op, shown, exc, exc_info=exc)
 
-    def lookup_counts(self) -> dict[int, int]:
-        """References the host kernel holds, by ext4 inode (for tests)."""
-        return dict(self._lookups)
-
-    def _ref(self, ino: int) -> None:
-        self._lookups[ino] = self._lookups.get(ino, 0) + 1
-
     def _handle(self, fh: int) -> Handle:
         try:
             return self._handles[fh]
@@ -326,8 +318,8 @@ class ChanosOperations(pyfuse3.Operations):
         return e
 
     def _entry(self, entry: Entry) -> pyfuse3.EntryAttributes:
-        """An entry reply: the host kernel takes one lookup reference on it."""
-        self._ref(entry.inode)
+        """An entry reply: the host kernel takes one lookup reference on it (which the
+        vnode table counted when the kernel made the Entry)."""
         return self._attrs(entry.attr, entry.generation)
 
     def _check_writable(self) -> None:
@@ -376,18 +368,11 @@ class ChanosOperations(pyfuse3.Operations):
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         # No reply goes back for a forget, so nothing may raise out of here.
+        # The vnode table holds the counts (a second copy here cost the daemon ~60 bytes
+        # per inode the host kernel has cached); it also refuses to go below zero.
         for fuse_ino, nlookup in inode_list:
-            ino = to_ext4(fuse_ino)
-            held = self._lookups.pop(ino, 0)
-            if nlookup > held:
-                log.error(
-                    "forget(%d, %d) but only %d references were handed out", ino, nlookup, held
-                )
-                nlookup = held
-            if held - nlookup:
-                self._lookups[ino] = held - nlookup
             if nlookup:
-                self._deferred.append(Forget(ino, nlookup))
+                self._deferred.append(Forget(to_ext4(fuse_ino), nlookup))
         if not self.defer_forgets or len(self._deferred) > MAX_DEFERRED_FORGETS:
             await self.run_deferred()
 
@@ -625,12 +610,8 @@ class ChanosOperations(pyfuse3.Operations):
             attrs.st_mode = d.mode
             return pyfuse3.readdir_reply(token, d.name, attrs, d.next_offset)
         if d.counted:  # the kernel counted the reference this entry hands out
-            if not pyfuse3.readdir_reply(
-                token, d.name, self._attrs(d.attr, d.generation), d.next_offset
-            ):
-                return False
-            self._ref(d.inode)
-            return True
+            attrs = self._attrs(d.attr, d.generation)
+            return pyfuse3.readdir_reply(token, d.name, attrs, d.next_offset)
         # The directory could not read the entry's inode: a Lookup gives the answer (an
         # error, or a counted entry if it has become readable since).
         try:
@@ -642,7 +623,6 @@ class ChanosOperations(pyfuse3.Operations):
         ):
             await self._syscall(Forget(entry.inode, 1))  # not sent: give it back
             return False
-        self._ref(entry.inode)
         return True
 
     async def _give_back(self, entries: list[DirEntry]) -> None:

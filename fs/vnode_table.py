@@ -338,7 +338,12 @@ class VnodeTable(Actor):
             case IsHeld(ino):
                 return ino in self._held
             case Forget(ino, nlookup, take):
-                left = self._lookups.get(ino, 0) - nlookup
+                have = self._lookups.get(ino, 0)
+                if nlookup > have:
+                    log.error(
+                        "forget(%d, %d) but only %d references were counted", ino, nlookup, have
+                    )
+                left = have - nlookup
                 if left > 0:
                     self._lookups[ino] = left
                     return None

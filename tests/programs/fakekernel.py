@@ -385,7 +385,6 @@ def main() -> None:
             json.dump(
                 {
                     "kernel_lookups": {str(k): v for k, v in kernel.lookups.items()},
-                    "frontend_lookups": {str(k): v for k, v in ops.lookup_counts().items()},
                     "open_handles": len(kernel.open_handles),
                     "calls": kernel.calls,
                     "max_write": max(kernel.write_sizes, default=0),
