@@ -38,6 +38,8 @@ from chanos.fs.format import dirent
 from chanos.fs.format._record import CorruptError
 from chanos.fs.name_index import NameIndex
 
+_LOAD_CHUNK = 256 << 10  # bytes per read while loading a directory
+
 
 class DirEntryInfo(NamedTuple):
     """A live entry as iteration reports it."""
@@ -101,9 +103,14 @@ class Directory:
     async def load(self) -> None:
         """Read every block and build the index."""
         bs = self.block_size
-        raw = await self.data.read(0, self.nblocks * bs) if self.nblocks else b""
-        mv = memoryview(raw)
-        self.blocks = [bytearray(mv[i * bs : (i + 1) * bs]) for i in range(self.nblocks)]
+        # In reads of at most _LOAD_CHUNK bytes: one read of a large directory would hold
+        # it twice (the read and its blocks) at the peak.
+        per_read = max(1, _LOAD_CHUNK // bs)
+        self.blocks = []
+        for first in range(0, self.nblocks, per_read):
+            n = min(per_read, self.nblocks - first)
+            mv = memoryview(await self.data.read(first * bs, n * bs))
+            self.blocks.extend(bytearray(mv[i * bs : (i + 1) * bs]) for i in range(n))
         self._index.clear()
         self._room = [0] * self.nblocks
         self._tail = [0] * self.nblocks

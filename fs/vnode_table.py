@@ -86,6 +86,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from chanos.fs.lookup_counts import LookupCounts
 from chanos.fs.vnode_protocol import Forgotten, WriteBack
 from chanos.fs.vnode_table_protocol import (
     Closed,
@@ -262,7 +263,7 @@ class VnodeTable(Actor):
         # Live vnodes, least recently used first (move_to_end on every Pin).
         self._live: OrderedDict[int, _Slot] = OrderedDict()
         # Lookup references held by the host kernel, by inode (live or not).
-        self._lookups: dict[int, int] = {}
+        self._lookups = LookupCounts()
         # Unlinked inodes with nothing open, kept allocated until their lookup count
         # reaches zero: until then the host kernel may still send requests for the number,
         # which must not reach a new file that reused it.
@@ -306,7 +307,7 @@ class VnodeTable(Actor):
                     slot.pins -= 1
                     slot.opened += opened
                 if looked_up:
-                    self._lookups[looked_up] = self._lookups.get(looked_up, 0) + 1
+                    self._lookups.add(looked_up)
                 if slot is not None:
                     if slot.forgotten and slot.idle and ino not in self._lookups:
                         await self._retire(ino, slot)
@@ -316,9 +317,9 @@ class VnodeTable(Actor):
             case IsLive(ino):
                 return ino in self._live
             case Referenced(inos):
-                lookups = self._lookups
+                add = self._lookups.add
                 for ino in inos:
-                    lookups[ino] = lookups.get(ino, 0) + 1
+                    add(ino)
                 return None
             case Closed(ino):
                 slot = self._live.get(ino)
@@ -331,23 +332,22 @@ class VnodeTable(Actor):
                 slot = self._live.get(ino)
                 return slot.opened if slot is not None else 0
             case Hold(ino):
-                if self._lookups.get(ino, 0) > 0:
+                if ino in self._lookups:
                     self._held.add(ino)
                     return True
                 return False
             case IsHeld(ino):
                 return ino in self._held
             case Forget(ino, nlookup, take):
-                have = self._lookups.get(ino, 0)
+                have = self._lookups.get(ino)
                 if nlookup > have:
                     log.error(
                         "forget(%d, %d) but only %d references were counted", ino, nlookup, have
                     )
                 left = have - nlookup
+                self._lookups.set(ino, left)
                 if left > 0:
-                    self._lookups[ino] = left
                     return None
-                self._lookups.pop(ino, None)
                 freed = False
                 if ino in self._held:
                     self._held.discard(ino)
