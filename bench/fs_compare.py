@@ -10,7 +10,8 @@ creates/stats/unlinks per second,
 ``ls -lR`` of a 4,000-file tree cold and warm, ``cp -r`` of that tree, sequential 512 MiB
 write with fsync and cold read, 4 KiB random-write IOPS with fio, cp in/out; plus, from
 this script, the untar of a real source tree (the Python standard library) with a final
-sync, and the daemon's peak memory over the whole run (VmHWM). chanos and fuse2fs get
+sync, 100,000 files created in one directory then listed cold with ``ls -l`` and
+removed, and the daemon's peak memory over the whole run (VmHWM). chanos and fuse2fs get
 byte-identical copies of one image made by ``chanos mkfs``; after unmounting, both images
 must pass ``e2fsck -fn``.
 
@@ -172,6 +173,37 @@ def untar(t: Target, tarball: Path, tsv: Path, nfiles: int) -> None:
          "s", "" if rc == 0 else f"rc={rc}")  # fmt: skip
 
 
+_CREATE_MANY = """
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    os.close(os.open(f"{d}/file-with-a-longish-name-{i:08d}", os.O_CREAT | os.O_WRONLY, 0o644))
+"""
+
+
+def bigdir(t: Target, tsv: Path, n: int) -> None:
+    """``n`` empty files created in one directory, the host's caches dropped, ``ls -l``
+    of it, ``rm -rf``: what a large directory costs, above all in the daemon's memory
+    (its peak counts in the whole-run VmHWM row)."""
+    dest = t.mnt / "bigdir"
+    dest.mkdir()
+    t0 = time.perf_counter()
+    rc = subprocess.run([sys.executable, "-c", _CREATE_MANY, str(dest), str(n)]).returncode
+    dt = time.perf_counter() - t0
+    emit(tsv, t.label, "bigdir_create", f"create {n} files in one directory",
+         f"{n / dt:.1f}", "ops/s", "" if rc == 0 else f"rc={rc}")  # fmt: skip
+    drop_caches()
+    t0 = time.perf_counter()
+    rc = subprocess.run(["ls", "-l", str(dest)], stdout=subprocess.DEVNULL).returncode
+    emit(tsv, t.label, "bigdir_ls", "ls -l of that directory (cold)",
+         f"{time.perf_counter() - t0:.2f}", "s", "" if rc == 0 else f"rc={rc}")  # fmt: skip
+    t.sample()
+    t0 = time.perf_counter()
+    rc = subprocess.run(["rm", "-rf", str(dest)]).returncode
+    emit(tsv, t.label, "bigdir_rm", "rm -rf of that directory",
+         f"{time.perf_counter() - t0:.2f}", "s", "" if rc == 0 else f"rc={rc}")  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--size", default="3G", help="image size (default 3G)")
@@ -219,6 +251,7 @@ def main() -> int:
             (out / f"fsbench-{t.label}.md").write_text(r.stdout)
             t.sample()
             untar(t, tarball, tsv, nfiles)
+            bigdir(t, tsv, 10_000 if a.quick else 100_000)
             if t.proc is not None:
                 emit(tsv, t.label, "rss_peak", "daemon peak RSS (whole run, VmHWM)",
                      f"{t.peak:.1f}", "MiB")  # fmt: skip
