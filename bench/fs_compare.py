@@ -11,7 +11,9 @@ creates/stats/unlinks per second,
 write with fsync and cold read, 4 KiB random-write IOPS with fio, cp in/out; plus, from
 this script, the untar of a real source tree (the Python standard library) with a final
 sync, 100,000 files created in one directory then listed cold with ``ls -l`` and
-removed, and the daemon's peak memory over the whole run (VmHWM). chanos and fuse2fs get
+removed (fuse2fs scans a directory linearly for every change and listing, so this takes
+it about ten minutes; ``--quick`` uses 10,000), and the daemon's peak memory over the
+whole run (VmHWM). chanos and fuse2fs get
 byte-identical copies of one image made by ``chanos mkfs``; after unmounting, both images
 must pass ``e2fsck -fn``.
 
