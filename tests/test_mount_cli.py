@@ -443,14 +443,19 @@ def test_read_ahead_window_is_set_for_the_mount(image, tmp_path):
         pytest.skip("only root may set a mount's read-ahead")
     from chanos.compat.readahead import mount_device
 
-    def window(m: Mounted) -> int:
-        dev = mount_device(str(m.mnt))
-        return int(Path(f"/sys/class/bdi/{dev}/read_ahead_kb").read_text())
+    def window(m: Mounted, expected: int) -> int:
+        path = Path(f"/sys/class/bdi/{mount_device(str(m.mnt))}/read_ahead_kb")
+        # The daemon sets it once it has answered INIT, which the mount point showing up
+        # in the mount table does not wait for.
+        deadline = time.monotonic() + 10
+        while (kib := int(path.read_text())) != expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return kib
 
     with Mounted(image, tmp_path / "mnt") as m:
-        assert window(m) == 1024
+        assert window(m, 1024) == 1024
     with Mounted(image, tmp_path / "mnt", options="read_ahead=256K") as m:
-        assert window(m) == 256
+        assert window(m, 256) == 256
         data = os.urandom(3 << 20)
         (m.mnt / "f").write_bytes(data)
         m.remount()
