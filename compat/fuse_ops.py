@@ -370,10 +370,14 @@ class ChanosOperations(pyfuse3.Operations):
         # No reply goes back for a forget, so nothing may raise out of here.
         # The vnode table holds the counts (a second copy here cost the daemon ~60 bytes
         # per inode the host kernel has cached); it also refuses to go below zero.
+        # A batch can name tens of thousands of inodes (the host kernel dropping its
+        # caches): the queue is sent whenever it grows past its bound, not only at the end.
         for fuse_ino, nlookup in inode_list:
             if nlookup:
                 self._deferred.append(Forget(to_ext4(fuse_ino), nlookup))
-        if not self.defer_forgets or len(self._deferred) > MAX_DEFERRED_FORGETS:
+                if len(self._deferred) > MAX_DEFERRED_FORGETS:
+                    await self.run_deferred()
+        if not self.defer_forgets:
             await self.run_deferred()
 
     async def idle_work(self) -> bool:

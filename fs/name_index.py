@@ -3,21 +3,23 @@
 A directory vnode finds an entry by name for every lookup, create, unlink and rename.
 A dict of names cost about 220 bytes per entry (the name, a tuple of where it is, the
 slot): 22 MiB of the daemon's memory for one directory of 100,000 files. This index
-keeps only each name's hash and its entry's stable position (see
-``chanos.fs.directory``) in two ``array`` s, open addressing with linear probing, at
-most 70% full: about 30 bytes per entry. The name itself stays in the directory block,
-where the ``name_at`` callback reads it back to confirm a match, since two names may
-share a hash.
+keeps only 32 bits of each name's hash and its entry's stable position (see
+``chanos.fs.directory``; records are 4-byte aligned, so a quarter of it fits 32 bits
+for directories up to 16 GiB) in two ``array`` s of 4-byte items, open addressing with
+linear probing, at most 70% full: about 15 bytes per entry. The name itself stays in the
+directory block, where the ``name_at`` callback reads it back to confirm a match, since
+two names may share a hash.
 """
 
 from __future__ import annotations
 
+import errno
 from array import array
 from collections.abc import Callable
 
-_EMPTY = -1
-_GONE = -2  # a removed entry's slot: a probe goes on past it
-_MASK64 = (1 << 64) - 1
+_EMPTY = 0xFFFF_FFFF
+_GONE = 0xFFFF_FFFE  # a removed entry's slot: a probe goes on past it
+_MASK32 = 0xFFFF_FFFF
 _MIN_CAPACITY = 8
 
 
@@ -32,8 +34,8 @@ class NameIndex:
         self._reset(_MIN_CAPACITY)
 
     def _reset(self, capacity: int) -> None:
-        self._hashes = array("Q", bytes(8 * capacity))
-        self._pos = array("q", [_EMPTY]) * capacity
+        self._hashes = array("I", bytes(4 * capacity))
+        self._pos = array("I", [_EMPTY]) * capacity  # position // 4
         self._mask = capacity - 1
         self._used = 0
         self._gone = 0
@@ -46,46 +48,49 @@ class NameIndex:
 
     def get(self, name: bytes) -> int:
         """The position of entry ``name``, or -1."""
-        i = self._slot(hash(name) & _MASK64, name, -1)
-        return -1 if i < 0 else self._pos[i]
+        i = self._slot(hash(name) & _MASK32, name, -1)
+        return -1 if i < 0 else self._pos[i] << 2
 
     def _slot(self, h: int, name: bytes, position: int) -> int:
         """The slot of the entry with hash ``h`` at ``position`` (or, for -1, the one whose
         stored name is ``name``); -1 if there is none."""
         hashes, pos, mask = self._hashes, self._pos, self._mask
+        quarter = position >> 2
         i = h & mask
         while True:
             p = pos[i]
             if p == _EMPTY:
                 return -1
             if (
-                p >= 0
+                p < _GONE
                 and hashes[i] == h
-                and (p == position if position >= 0 else self._name_at(p) == name)
+                and (p == quarter if position >= 0 else self._name_at(p << 2) == name)
             ):
                 return i
             i = (i + 1) & mask
 
     def add(self, name: bytes, position: int) -> None:
-        """Index ``name`` (not in the index) at ``position``."""
+        """Index ``name`` (not in the index) at ``position`` (a multiple of 4)."""
+        if position >> 2 >= _GONE:
+            raise OSError(errno.EFBIG, "directory too large to index")
         if (self._used + self._gone + 1) * 10 > (self._mask + 1) * 7:
             self._resize(max(_MIN_CAPACITY, _pow2_above(2 * (self._used + 1))))
-        self._place(hash(name) & _MASK64, position)
+        self._place(hash(name) & _MASK32, position >> 2)
         self._used += 1
 
-    def _place(self, h: int, position: int) -> None:
+    def _place(self, h: int, quarter: int) -> None:
         pos, mask = self._pos, self._mask
         i = h & mask
-        while pos[i] >= 0:
+        while pos[i] < _GONE:
             i = (i + 1) & mask
         if pos[i] == _GONE:
             self._gone -= 1
         self._hashes[i] = h
-        pos[i] = position
+        pos[i] = quarter
 
     def remove(self, name: bytes, position: int) -> None:
         """Forget entry ``name``, indexed at ``position``."""
-        i = self._slot(hash(name) & _MASK64, name, position)
+        i = self._slot(hash(name) & _MASK32, name, position)
         if i < 0:
             raise KeyError(name)
         self._pos[i] = _GONE
@@ -96,11 +101,14 @@ class NameIndex:
             self._resize(max(_MIN_CAPACITY, _pow2_above(2 * self._used)))
 
     def _resize(self, capacity: int) -> None:
-        live = [(h, p) for h, p in zip(self._hashes, self._pos, strict=True) if p >= 0]
+        # Straight from the old arrays: a list of the live pairs would hold two Python
+        # ints and a tuple per entry, several times the arrays, at the peak.
+        hashes, pos, used = self._hashes, self._pos, self._used
         self._reset(capacity)
-        for h, p in live:
-            self._place(h, p)
-        self._used = len(live)
+        for h, p in zip(hashes, pos, strict=True):
+            if p < _GONE:
+                self._place(h, p)
+        self._used = used
 
 
 def _pow2_above(n: int) -> int:

@@ -3,6 +3,7 @@ and names that share a hash."""
 
 from __future__ import annotations
 
+import errno
 import random
 
 import pytest
@@ -52,22 +53,32 @@ def test_names_sharing_a_hash_are_told_apart_by_the_stored_name():
     stored: dict[int, bytes] = {}
     index = _index(stored)
     names = [_SameHash(b"x%d" % i) for i in range(40)]
-    for i, name in enumerate(names):
-        stored[i] = bytes(name)
-        index.add(name, i)
-    assert [index.get(n) for n in names] == list(range(40))
+    for i, name in enumerate(names):  # positions are 4-byte aligned, as records are
+        stored[4 * i] = bytes(name)
+        index.add(name, 4 * i)
+    assert [index.get(n) for n in names] == [4 * i for i in range(40)]
     assert index.get(_SameHash(b"absent")) == -1
-    index.remove(names[3], 3)
+    index.remove(names[3], 12)
     assert index.get(names[3]) == -1
-    assert index.get(names[39]) == 39  # found past the removed slot
+    assert index.get(names[39]) == 156  # found past the removed slot
     with pytest.raises(KeyError):
-        index.remove(names[3], 3)
+        index.remove(names[3], 12)
+
+
+def test_positions_past_16_gib_are_refused():
+    stored = {(1 << 34) - 12: b"far"}
+    index = _index(stored)
+    index.add(b"far", (1 << 34) - 12)  # the last one that fits
+    assert index.get(b"far") == (1 << 34) - 12
+    with pytest.raises(OSError) as ei:
+        index.add(b"farther", 1 << 34)
+    assert ei.value.errno == errno.EFBIG
 
 
 def test_clear_forgets_everything():
-    stored = {1: b"a", 2: b"b"}
+    stored = {4: b"a", 8: b"b"}
     index = _index(stored)
-    index.add(b"a", 1)
-    index.add(b"b", 2)
+    index.add(b"a", 4)
+    index.add(b"b", 8)
     index.clear()
     assert len(index) == 0 and index.get(b"a") == -1
