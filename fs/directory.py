@@ -91,7 +91,7 @@ class Directory:
         self.filetype = filetype
         self.blocks: list[bytearray] = []
         self.corrupt: set[int] = set()
-        self._index = NameIndex(self._name_at)
+        self._index = NameIndex()
         self._room: list[int] = []
         # Per block: offset of the record of its latest insert (0 = none known). Records
         # never move; only a delete of that very record (merged away) invalidates it.
@@ -130,7 +130,7 @@ class Directory:
         base = i * self.block_size
         for r in recs:
             # A name present twice (a damaged image) resolves to its first occurrence.
-            if self._index.get(r.name) < 0:
+            if self._index.get(r.name, self._name_at) < 0:
                 self._index.add(r.name, base + r.offset)
         self._room[i] = room
 
@@ -141,7 +141,7 @@ class Directory:
 
     def _entry(self, name: bytes) -> tuple[int, int, int, int] | None:
         """(block, offset, inode, file_type) of entry ``name``, or None."""
-        p = self._index.get(name)
+        p = self._index.get(name, self._name_at)
         if p < 0:
             return None
         block, off = divmod(p, self.block_size)
@@ -166,7 +166,9 @@ class Directory:
 
     def is_empty(self) -> bool:
         """Only "." and ".." (or less, in a damaged directory) are left."""
-        dots = (self._index.get(b".") >= 0) + (self._index.get(b"..") >= 0)
+        dots = (self._index.get(b".", self._name_at) >= 0) + (
+            self._index.get(b"..", self._name_at) >= 0
+        )
         return len(self._index) == dots and not self.corrupt
 
     def dotdot(self) -> int:
@@ -223,7 +225,7 @@ class Directory:
         from the allocator leaves the directory unchanged).
         """
         dirent.check_name(name)
-        if self._index.get(name) >= 0:
+        if self._index.get(name, self._name_at) >= 0:
             raise OSError(errno.EEXIST, f"{name!r} exists")
         ft = file_type if self.filetype else 0
         need = dirent.rec_len_for(len(name))

@@ -7,8 +7,10 @@ keeps only 32 bits of each name's hash and its entry's stable position (see
 ``chanos.fs.directory``; records are 4-byte aligned, so a quarter of it fits 32 bits
 for directories up to 16 GiB) in two ``array`` s of 4-byte items, open addressing with
 linear probing, at most 70% full: about 15 bytes per entry. The name itself stays in the
-directory block, where the ``name_at`` callback reads it back to confirm a match, since
-two names may share a hash.
+directory block, where the ``name_at`` callback given to ``get`` reads it back to confirm
+a match, since two names may share a hash. The index keeps no reference to the callback:
+a directory that held its index, which held the directory's bound method, would be a
+reference cycle, freed only by a full garbage collection, blocks and all.
 """
 
 from __future__ import annotations
@@ -24,13 +26,11 @@ _MIN_CAPACITY = 8
 
 
 class NameIndex:
-    """Names -> positions. ``name_at(position)`` answers the name of the entry stored
-    at ``position`` (it is only asked about positions this index holds)."""
+    """Names -> positions."""
 
-    __slots__ = ("_gone", "_hashes", "_mask", "_name_at", "_pos", "_used")
+    __slots__ = ("_gone", "_hashes", "_mask", "_pos", "_used")
 
-    def __init__(self, name_at: Callable[[int], bytes]) -> None:
-        self._name_at = name_at
+    def __init__(self) -> None:
         self._reset(_MIN_CAPACITY)
 
     def _reset(self, capacity: int) -> None:
@@ -46,14 +46,18 @@ class NameIndex:
     def clear(self) -> None:
         self._reset(_MIN_CAPACITY)
 
-    def get(self, name: bytes) -> int:
-        """The position of entry ``name``, or -1."""
-        i = self._slot(hash(name) & _MASK32, name, -1)
+    def get(self, name: bytes, name_at: Callable[[int], bytes]) -> int:
+        """The position of entry ``name``, or -1. ``name_at(position)`` answers the name
+        of the entry stored at ``position`` (it is only asked about positions this index
+        holds)."""
+        i = self._slot(hash(name) & _MASK32, name, -1, name_at)
         return -1 if i < 0 else self._pos[i] << 2
 
-    def _slot(self, h: int, name: bytes, position: int) -> int:
+    def _slot(
+        self, h: int, name: bytes, position: int, name_at: Callable[[int], bytes] | None = None
+    ) -> int:
         """The slot of the entry with hash ``h`` at ``position`` (or, for -1, the one whose
-        stored name is ``name``); -1 if there is none."""
+        stored name, as ``name_at`` reads it, is ``name``); -1 if there is none."""
         hashes, pos, mask = self._hashes, self._pos, self._mask
         quarter = position >> 2
         i = h & mask
@@ -64,7 +68,7 @@ class NameIndex:
             if (
                 p < _GONE
                 and hashes[i] == h
-                and (p == quarter if position >= 0 else self._name_at(p << 2) == name)
+                and (p == quarter if position >= 0 else name_at(p << 2) == name)
             ):
                 return i
             i = (i + 1) & mask

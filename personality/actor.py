@@ -807,6 +807,12 @@ def _mark_dead(cell: _Cell, cause: BaseException | None) -> None:
         _tr.actor_event("exit", cell.name, repr(cause) if cause else "stopped")
     cell.sup._forget(cell)
     _notify(cell)
+    # Gone for good: nobody hands out this address again, and the cell must not keep its
+    # own ActorRef alive. Without this cycle, a retired actor's record (its spec, and what
+    # the factory closed over) goes back to the allocator when the last ActorRef is
+    # dropped, not at a full garbage collection: with a vnode per file those pile up to
+    # megabytes between collections and leave the heap fragmented after them.
+    cell.ref = None
 
 
 async def _start_instance(cell: _Cell, actor: Actor) -> None:

@@ -17,15 +17,11 @@ class _SameHash(bytes):
         return 12345
 
 
-def _index(stored: dict[int, bytes]) -> NameIndex:
-    return NameIndex(lambda position: stored[position])
-
-
 def test_random_adds_and_removes_agree_with_a_dict():
     rng = random.Random(7)
     stored: dict[int, bytes] = {}  # position -> name, as the directory blocks hold them
     model: dict[bytes, int] = {}
-    index = _index(stored)
+    index = NameIndex()
     next_pos = 0
     for step in range(20000):
         name = b"n%d" % rng.randrange(3000)
@@ -40,36 +36,36 @@ def test_random_adds_and_removes_agree_with_a_dict():
         if step % 997 == 0:
             assert len(index) == len(model)
             for probe in (b"n%d" % i for i in range(3000)):
-                assert index.get(probe) == model.get(probe, -1)
+                assert index.get(probe, stored.__getitem__) == model.get(probe, -1)
     assert len(index) == len(model)
     for name, pos in list(model.items()):  # empty it: the index shrinks and stays right
         index.remove(name, pos)
         del model[name]
-        assert index.get(name) == -1
-    assert len(index) == 0 and index.get(b"n1") == -1
+        assert index.get(name, stored.__getitem__) == -1
+    assert len(index) == 0 and index.get(b"n1", stored.__getitem__) == -1
 
 
 def test_names_sharing_a_hash_are_told_apart_by_the_stored_name():
     stored: dict[int, bytes] = {}
-    index = _index(stored)
+    index = NameIndex()
     names = [_SameHash(b"x%d" % i) for i in range(40)]
     for i, name in enumerate(names):  # positions are 4-byte aligned, as records are
         stored[4 * i] = bytes(name)
         index.add(name, 4 * i)
-    assert [index.get(n) for n in names] == [4 * i for i in range(40)]
-    assert index.get(_SameHash(b"absent")) == -1
+    assert [index.get(n, stored.__getitem__) for n in names] == [4 * i for i in range(40)]
+    assert index.get(_SameHash(b"absent"), stored.__getitem__) == -1
     index.remove(names[3], 12)
-    assert index.get(names[3]) == -1
-    assert index.get(names[39]) == 156  # found past the removed slot
+    assert index.get(names[3], stored.__getitem__) == -1
+    assert index.get(names[39], stored.__getitem__) == 156  # found past the removed slot
     with pytest.raises(KeyError):
         index.remove(names[3], 12)
 
 
 def test_positions_past_16_gib_are_refused():
     stored = {(1 << 34) - 12: b"far"}
-    index = _index(stored)
+    index = NameIndex()
     index.add(b"far", (1 << 34) - 12)  # the last one that fits
-    assert index.get(b"far") == (1 << 34) - 12
+    assert index.get(b"far", stored.__getitem__) == (1 << 34) - 12
     with pytest.raises(OSError) as ei:
         index.add(b"farther", 1 << 34)
     assert ei.value.errno == errno.EFBIG
@@ -77,8 +73,8 @@ def test_positions_past_16_gib_are_refused():
 
 def test_clear_forgets_everything():
     stored = {4: b"a", 8: b"b"}
-    index = _index(stored)
+    index = NameIndex()
     index.add(b"a", 4)
     index.add(b"b", 8)
     index.clear()
-    assert len(index) == 0 and index.get(b"a") == -1
+    assert len(index) == 0 and index.get(b"a", stored.__getitem__) == -1
