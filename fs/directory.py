@@ -1,11 +1,14 @@
 """A directory's entries over its data blocks: lookup, add, remove, replace, iterate.
 
-``Directory`` is owned by the vnode actor of one directory (never shared): it keeps the
-directory's blocks in memory as ``bytearray`` s, a name index over them (names' hashes and
-positions only, ``chanos.fs.name_index``: the names stay in the blocks), and two per-block
-hints so that an insert neither tries every block nor scans a whole block: the largest
-hole (an upper bound) and the record of the block's latest insert (which took the rest of
-the hole it split, so in a directory filled in order it is where the next entry fits).
+``Directory`` is owned by the vnode actor of one directory (never shared): it keeps a
+name index over the directory's entries (names' hashes and positions only,
+``chanos.fs.name_index``: the names stay in the blocks), the most recently used blocks
+(at most ``_CACHE_BYTES``; a large directory's blocks would otherwise all stay in the
+daemon's memory while its vnode lives), and two per-block hints so that an insert
+neither tries every block nor scans a whole block: the largest hole (an upper bound) and
+the record of the block's latest insert (which took the rest of the hole it split, so in
+a directory filled in order it is where the next entry fits). A changed block is written
+back at once, so a block can leave the cache at any time and be read again.
 An insert tries the block of the latest insert first, from that record on; then every
 block in order; a block is appended only when none has room. Record editing is the
 format codec's (``chanos.fs.format.dirent``); this module decides which block an entry
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+from collections import OrderedDict
 from typing import Any, NamedTuple
 
 from chanos.fs.format import dirent
@@ -39,6 +43,7 @@ from chanos.fs.format._record import CorruptError
 from chanos.fs.name_index import NameIndex
 
 _LOAD_CHUNK = 256 << 10  # bytes per read while loading a directory
+_CACHE_BYTES = 256 << 10  # blocks kept per directory: all of one up to ~5,000 entries
 
 
 class DirEntryInfo(NamedTuple):
@@ -68,7 +73,8 @@ class Directory:
     naming a larger inode make their block corrupt); ``filetype``: whether entries carry
     file types (the filetype feature). ``store`` (optional): the BlockStore under
     ``data``; with it, a changed block that is already mapped is written straight to
-    its physical block (see ``_write_block``).
+    its physical block (see ``_write_block``). ``cache_bytes``: how much of the
+    directory's blocks to keep in memory.
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class Directory:
         max_inode: int,
         filetype: bool = True,
         store: Any = None,
+        cache_bytes: int = _CACHE_BYTES,
     ) -> None:
         self.data = data
         self.store = store
@@ -89,9 +96,12 @@ class Directory:
         self.nblocks = nblocks
         self.max_inode = max_inode
         self.filetype = filetype
-        self.blocks: list[bytearray] = []
+        # Block number -> contents, least recently used first.
+        self._cache: OrderedDict[int, bytearray] = OrderedDict()
+        self._cache_max = max(1, cache_bytes // block_size)
         self.corrupt: set[int] = set()
         self._index = NameIndex()
+        self._dots = 0  # indexed entries named "." or ".." (see ``is_empty``)
         self._room: list[int] = []
         # Per block: offset of the record of its latest insert (0 = none known). Records
         # never move; only a delete of that very record (merged away) invalidates it.
@@ -101,25 +111,27 @@ class Directory:
     # ----- loading ------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Read every block and build the index."""
+        """Read every block and build the index (the last blocks read stay cached)."""
         bs = self.block_size
         # In reads of at most _LOAD_CHUNK bytes: one read of a large directory would hold
-        # it twice (the read and its blocks) at the peak.
+        # it whole at the peak.
         per_read = max(1, _LOAD_CHUNK // bs)
-        self.blocks = []
-        for first in range(0, self.nblocks, per_read):
-            n = min(per_read, self.nblocks - first)
-            mv = memoryview(await self.data.read(first * bs, n * bs))
-            self.blocks.extend(bytearray(mv[i * bs : (i + 1) * bs]) for i in range(n))
+        self._cache.clear()
         self._index.clear()
+        self._dots = 0
         self._room = [0] * self.nblocks
         self._tail = [0] * self.nblocks
         self._last = 0
         self.corrupt.clear()
-        for i, block in enumerate(self.blocks):
-            self._index_block(i, block)
+        for first in range(0, self.nblocks, per_read):
+            n = min(per_read, self.nblocks - first)
+            mv = memoryview(await self.data.read(first * bs, n * bs))
+            for i in range(n):
+                block = bytearray(mv[i * bs : (i + 1) * bs])
+                self._keep(first + i, block)
+                await self._index_block(first + i, block)
 
-    def _index_block(self, i: int, block: bytearray) -> None:
+    async def _index_block(self, i: int, block: bytearray) -> None:
         try:
             recs = dirent.live_entries(block, self.max_inode)
             room = _largest_room(block)
@@ -130,23 +142,44 @@ class Directory:
         base = i * self.block_size
         for r in recs:
             # A name present twice (a damaged image) resolves to its first occurrence.
-            if self._index.get(r.name, self._name_at) < 0:
-                self._index.add(r.name, base + r.offset)
+            if await self._entry(r.name) is None:
+                self._indexed(r.name, base + r.offset)
         self._room[i] = room
 
-    def _name_at(self, position: int) -> bytes:
-        """The name of the entry at ``position`` (for the index's checks)."""
-        block, off = divmod(position, self.block_size)
-        return dirent.entry_at(self.blocks[block], off)[2]
+    def _indexed(self, name: bytes, position: int) -> None:
+        self._index.add(name, position)
+        if name == b"." or name == b"..":
+            self._dots += 1
 
-    def _entry(self, name: bytes) -> tuple[int, int, int, int] | None:
+    def _keep(self, i: int, block: bytearray) -> None:
+        cache = self._cache
+        cache[i] = block
+        if len(cache) > self._cache_max:
+            cache.popitem(last=False)
+
+    async def _block(self, i: int) -> bytearray:
+        """Block ``i``, from the cache or read again (it was written back when changed)."""
+        block = self._cache.get(i)
+        if block is not None:
+            self._cache.move_to_end(i)
+            return block
+        bs = self.block_size
+        data = await self.data.read(i * bs, bs)
+        if len(data) != bs:
+            raise OSError(errno.EIO, f"directory block {i}: short read")
+        block = bytearray(data)
+        self._keep(i, block)
+        return block
+
+    async def _entry(self, name: bytes) -> tuple[int, int, int, int] | None:
         """(block, offset, inode, file_type) of entry ``name``, or None."""
-        p = self._index.get(name, self._name_at)
-        if p < 0:
-            return None
-        block, off = divmod(p, self.block_size)
-        ino, ft, _ = dirent.entry_at(self.blocks[block], off)
-        return block, off, ino, ft
+        bs = self.block_size
+        for p in list(self._index.positions(name)):
+            i, off = divmod(p, bs)
+            ino, ft, stored = dirent.entry_at(await self._block(i), off)
+            if stored == name:
+                return i, off, ino, ft
+        return None
 
     @property
     def size(self) -> int:
@@ -155,9 +188,9 @@ class Directory:
 
     # ----- queries --------------------------------------------------------------------------
 
-    def lookup(self, name: bytes) -> tuple[int, int] | None:
+    async def lookup(self, name: bytes) -> tuple[int, int] | None:
         """(inode, file_type) of entry ``name``, or None."""
-        w = self._entry(name)
+        w = await self._entry(name)
         return None if w is None else (w[2], w[3])
 
     def __len__(self) -> int:
@@ -166,21 +199,18 @@ class Directory:
 
     def is_empty(self) -> bool:
         """Only "." and ".." (or less, in a damaged directory) are left."""
-        dots = (self._index.get(b".", self._name_at) >= 0) + (
-            self._index.get(b"..", self._name_at) >= 0
-        )
-        return len(self._index) == dots and not self.corrupt
+        return len(self._index) == self._dots and not self.corrupt
 
-    def dotdot(self) -> int:
+    async def dotdot(self) -> int:
         """The parent recorded in ".." (0 when block 0 is missing or damaged)."""
-        if not self.blocks or 0 in self.corrupt:
+        if not self.nblocks or 0 in self.corrupt:
             return 0
         try:
-            return dirent.dotdot_inode(self.blocks[0])
+            return dirent.dotdot_inode(await self._block(0))
         except CorruptError:
             return 0
 
-    def entries(self, position: int = 0, limit: int = 0) -> list[DirEntryInfo]:
+    async def entries(self, position: int = 0, limit: int = 0) -> list[DirEntryInfo]:
         """Live entries at stable positions >= ``position``, in order (at most ``limit``,
         0 = all)."""
         bs = self.block_size
@@ -189,7 +219,7 @@ class Directory:
             if i in self.corrupt:
                 continue
             base = i * bs
-            for r in dirent.records(self.blocks[i]):
+            for r in dirent.records(await self._block(i)):
                 if r.inode and base + r.offset >= position:
                     out.append(DirEntryInfo(base + r.offset, r.name, r.inode, r.file_type))
                     if limit and len(out) >= limit:
@@ -198,8 +228,8 @@ class Directory:
 
     # ----- changes --------------------------------------------------------------------------
 
-    async def _write_block(self, i: int) -> None:
-        """Write block ``i`` after a change.
+    async def _write_block(self, i: int, block: bytearray) -> None:
+        """Write ``block``, block ``i``, after a change.
 
         Every entry change rewrites one block that is already part of the directory, so
         with a store its physical block is looked up once and the block written there:
@@ -213,10 +243,10 @@ class Directory:
             if run.physical is not None and not run.unwritten:
                 pblk = self._physical[i] = run.physical
         if pblk is not None:
-            await self.store.write_blocks(pblk, self.blocks[i])
+            await self.store.write_blocks(pblk, block)
             return
         bs = self.block_size
-        await self.data.write(i * bs, self.blocks[i], size=self.size)
+        await self.data.write(i * bs, block, size=self.size)
 
     async def add(self, name: bytes, ino: int, file_type: int) -> int:
         """Add ``name`` -> ``ino``; returns its position. EEXIST if present.
@@ -225,7 +255,7 @@ class Directory:
         from the allocator leaves the directory unchanged).
         """
         dirent.check_name(name)
-        if self._index.get(name, self._name_at) >= 0:
+        if await self._entry(name) is not None:
             raise OSError(errno.EEXIST, f"{name!r} exists")
         ft = file_type if self.filetype else 0
         need = dirent.rec_len_for(len(name))
@@ -236,13 +266,13 @@ class Directory:
         for i in order:
             if self._room[i] < need or i in self.corrupt:
                 continue
-            block = self.blocks[i]
-            off = self._insert(i, ino, name, ft)
+            block = await self._block(i)
+            off = self._insert(i, block, ino, name, ft)
             if off is None:  # the hint was stale; recompute and go on
                 self._room[i] = _largest_room(block)
                 continue
             try:
-                await self._write_block(i)
+                await self._write_block(i, block)
             except OSError:
                 dirent.delete(block, off)
                 self._tail[i] = 0
@@ -251,7 +281,7 @@ class Directory:
             # made exact again when an insert finds the block fuller than hinted.
             self._tail[i] = off
             self._last = i
-            self._index.add(name, i * self.block_size + off)
+            self._indexed(name, i * self.block_size + off)
             return i * self.block_size + off
         # No room anywhere: a new block at the end.
         i = self.nblocks
@@ -259,19 +289,18 @@ class Directory:
         off = dirent.insert(block, ino, name, ft)
         assert off is not None
         await self.data.write(i * self.block_size, block, size=self.size)
-        self.blocks.append(block)
+        self._keep(i, block)
         self._room.append(_largest_room(block))
         self._tail.append(off)
         self._last = i
         self.nblocks += 1
-        self._index.add(name, i * self.block_size + off)
+        self._indexed(name, i * self.block_size + off)
         return i * self.block_size + off
 
-    def _insert(self, i: int, ino: int, name: bytes, ft: int) -> int | None:
-        """Insert into block ``i``: first into the records from its latest insert on (the
-        codec's first fit over that tail of the block, which is itself a valid record
-        chain), then, if they are full, first fit over the whole block."""
-        block = self.blocks[i]
+    def _insert(self, i: int, block: bytearray, ino: int, name: bytes, ft: int) -> int | None:
+        """Insert into ``block``, block ``i``: first into the records from its latest
+        insert on (the codec's first fit over that tail of the block, which is itself a
+        valid record chain), then, if they are full, first fit over the whole block."""
         t = self._tail[i]
         if t and len(block) < 65536:  # (huge blocks encode rec_len by block size)
             off = dirent.insert(memoryview(block)[t:], ino, name, ft)
@@ -282,19 +311,21 @@ class Directory:
     async def remove(self, name: bytes, expect_ino: int = 0) -> tuple[int, int]:
         """Remove ``name``; returns (inode, file_type) it named. ENOENT if absent (or, with
         ``expect_ino``, naming another inode)."""
-        w = self._entry(name)
+        w = await self._entry(name)
         if w is None or (expect_ino and w[2] != expect_ino):
             raise OSError(errno.ENOENT, f"no entry {name!r}")
         i, off, ino, ft = w
-        block = self.blocks[i]
+        block = await self._block(i)
         saved = bytes(block)
         gone = dirent.delete(block, off)
         try:
-            await self._write_block(i)
+            await self._write_block(i, block)
         except OSError:
             block[:] = saved
             raise
         self._index.remove(name, i * self.block_size + off)
+        if name == b"." or name == b"..":
+            self._dots -= 1
         if self._tail[i] == off:
             self._tail[i] = 0  # merged into the previous record: no longer one
         # The merged hole is at most the old bound plus the freed record: still a bound.
@@ -305,15 +336,15 @@ class Directory:
         self, name: bytes, ino: int, file_type: int, expect_ino: int = 0
     ) -> tuple[int, int]:
         """Point existing ``name`` at ``ino``; returns the old (inode, file_type)."""
-        w = self._entry(name)
+        w = await self._entry(name)
         if w is None or (expect_ino and w[2] != expect_ino):
             raise OSError(errno.ENOENT, f"no entry {name!r}")
         i, off, old_ino, old_ft = w
         ft = file_type if self.filetype else 0
-        block = self.blocks[i]
+        block = await self._block(i)
         dirent.set_entry(block, off, ino, ft)
         try:
-            await self._write_block(i)
+            await self._write_block(i, block)
         except OSError:
             dirent.set_entry(block, off, old_ino, old_ft)
             raise
@@ -321,11 +352,11 @@ class Directory:
 
     async def set_dotdot(self, parent: int) -> None:
         """Rewrite ".." to name ``parent`` (a directory moved to another parent)."""
-        if not self.blocks or 0 in self.corrupt:
+        if not self.nblocks or 0 in self.corrupt:
             raise OSError(errno.EIO, "directory block 0 is damaged")
-        block = self.blocks[0]
+        block = await self._block(0)
         dirent.set_dotdot(block, parent)
-        await self._write_block(0)
+        await self._write_block(0, block)
 
 
 def first_block(block_size: int, ino: int, parent: int, filetype: bool = True) -> bytearray:

@@ -7,17 +7,16 @@ keeps only 32 bits of each name's hash and its entry's stable position (see
 ``chanos.fs.directory``; records are 4-byte aligned, so a quarter of it fits 32 bits
 for directories up to 16 GiB) in two ``array`` s of 4-byte items, open addressing with
 linear probing, at most 70% full: about 15 bytes per entry. The name itself stays in the
-directory block, where the ``name_at`` callback given to ``get`` reads it back to confirm
-a match, since two names may share a hash. The index keeps no reference to the callback:
-a directory that held its index, which held the directory's bound method, would be a
-reference cycle, freed only by a full garbage collection, blocks and all.
+directory block: ``positions`` answers the entries whose names hash alike, and the
+directory reads their names back (a block it may have to fetch) to find the one that
+matches, since two names may share a hash.
 """
 
 from __future__ import annotations
 
 import errno
 from array import array
-from collections.abc import Callable
+from collections.abc import Iterator
 
 _EMPTY = 0xFFFF_FFFF
 _GONE = 0xFFFF_FFFE  # a removed entry's slot: a probe goes on past it
@@ -46,18 +45,23 @@ class NameIndex:
     def clear(self) -> None:
         self._reset(_MIN_CAPACITY)
 
-    def get(self, name: bytes, name_at: Callable[[int], bytes]) -> int:
-        """The position of entry ``name``, or -1. ``name_at(position)`` answers the name
-        of the entry stored at ``position`` (it is only asked about positions this index
-        holds)."""
-        i = self._slot(hash(name) & _MASK32, name, -1, name_at)
-        return -1 if i < 0 else self._pos[i] << 2
+    def positions(self, name: bytes) -> Iterator[int]:
+        """The positions of the entries whose names hash as ``name`` does, in probe order
+        (usually none or one). The caller reads each one's name to find ``name``; it must
+        not change the index while it iterates."""
+        h = hash(name) & _MASK32
+        hashes, pos, mask = self._hashes, self._pos, self._mask
+        i = h & mask
+        while True:
+            p = pos[i]
+            if p == _EMPTY:
+                return
+            if p < _GONE and hashes[i] == h:
+                yield p << 2
+            i = (i + 1) & mask
 
-    def _slot(
-        self, h: int, name: bytes, position: int, name_at: Callable[[int], bytes] | None = None
-    ) -> int:
-        """The slot of the entry with hash ``h`` at ``position`` (or, for -1, the one whose
-        stored name, as ``name_at`` reads it, is ``name``); -1 if there is none."""
+    def _slot(self, h: int, position: int) -> int:
+        """The slot of the entry with hash ``h`` at ``position``; -1 if there is none."""
         hashes, pos, mask = self._hashes, self._pos, self._mask
         quarter = position >> 2
         i = h & mask
@@ -65,11 +69,7 @@ class NameIndex:
             p = pos[i]
             if p == _EMPTY:
                 return -1
-            if (
-                p < _GONE
-                and hashes[i] == h
-                and (p == quarter if position >= 0 else name_at(p << 2) == name)
-            ):
+            if p == quarter and hashes[i] == h:
                 return i
             i = (i + 1) & mask
 
@@ -94,7 +94,7 @@ class NameIndex:
 
     def remove(self, name: bytes, position: int) -> None:
         """Forget entry ``name``, indexed at ``position``."""
-        i = self._slot(hash(name) & _MASK32, name, position)
+        i = self._slot(hash(name) & _MASK32, position)
         if i < 0:
             raise KeyError(name)
         self._pos[i] = _GONE

@@ -539,7 +539,7 @@ class VnodeActor(Actor):
                 return await self._setxattr(name, None, 0)
             # --- between vnodes ---
             case vp.LookupEntry(name):
-                found = (await self._directory()).lookup(name)
+                found = await (await self._directory()).lookup(name)
                 if found is None:
                     raise OSError(errno.ENOENT, f"no entry {name!r}")
                 if found[1] == FT_UNKNOWN:
@@ -891,7 +891,7 @@ class VnodeActor(Actor):
         d = await self._directory()
         if len(name) > NAME_MAX:
             raise OSError(errno.ENAMETOOLONG, "name too long")
-        found = d.lookup(name)
+        found = await d.lookup(name)
         if found is None:
             raise OSError(errno.ENOENT, f"no entry {name!r}")
         ino = found[0]
@@ -907,7 +907,7 @@ class VnodeActor(Actor):
         if offset == 0:
             await self._touch_atime(inode)
         out = []
-        for e in d.entries(offset, READDIR_BATCH):
+        for e in await d.entries(offset, READDIR_BATCH):
             try:
                 attr, gen = await self._child_stat(e.inode)
                 mode = attr.mode
@@ -917,11 +917,11 @@ class VnodeActor(Actor):
             out.append(DirEntry(e.name, e.inode, mode, e.position + 1, attr, gen))
         return out
 
-    def _check_new(self, d: Directory, name: bytes) -> None:
+    async def _check_new(self, d: Directory, name: bytes) -> None:
         if len(name) > NAME_MAX:
             raise OSError(errno.ENAMETOOLONG, "name too long")
         dirent.check_name(name)
-        if name in (b".", b"..") or d.lookup(name) is not None:
+        if name in (b".", b"..") or await d.lookup(name) is not None:
             raise OSError(errno.EEXIST, f"{name!r} exists")
 
     async def _create_open(
@@ -959,7 +959,7 @@ class VnodeActor(Actor):
         d = await self._dir_for_change()
         parent = self.inode
         assert parent is not None
-        self._check_new(d, name)
+        await self._check_new(d, name)
         is_dir = stat.S_ISDIR(mode)
         if target is not None:
             if not target:
@@ -1160,7 +1160,7 @@ class VnodeActor(Actor):
             raise OSError(errno.EINVAL if want_dir else errno.EISDIR, "cannot remove '.'")
         if name == b"..":
             raise OSError(errno.ENOTEMPTY if want_dir else errno.EISDIR, "cannot remove '..'")
-        found = d.lookup(name)
+        found = await d.lookup(name)
         if found is None:
             if len(name) > NAME_MAX:
                 raise OSError(errno.ENAMETOOLONG, "name too long")
@@ -1195,10 +1195,10 @@ class VnodeActor(Actor):
                 raise OSError(errno.ENAMETOOLONG, "name too long")
             if n in (b".", b".."):
                 raise OSError(errno.EBUSY, "cannot rename '.' or '..'")
-        src = d.lookup(old)
+        src = await d.lookup(old)
         if src is None:
             raise OSError(errno.ENOENT, f"no entry {old!r}")
-        dst = d.lookup(new)
+        dst = await d.lookup(new)
         if flags & RENAME_EXCHANGE:
             if dst is None:
                 raise OSError(errno.ENOENT, f"no entry {new!r}")
