@@ -5,7 +5,8 @@ whom to ask, as FFS and ext4 do:
 
 - a new directory goes to a group with above-average free inodes and free blocks and
   the fewest directories (Orlov-like spreading), so unrelated trees do not crowd one group;
-- a new file's inode goes to its parent directory's group, else the following groups;
+- a new file's inode goes to its parent directory's group, else the following groups
+  that have free inodes;
 - blocks come from the goal's group first (the caller passes a goal next to the file's
   last block, or the inode's group start), then the following groups, wrapping.
 
@@ -80,7 +81,14 @@ class Allocator:
         if is_dir and n > 1:
             order = self._spread_order(await self.group_counts(), home)
         else:
-            order = [(home + i) % n for i in range(n)]
+            ino = await call(self.groups[home], AllocInode(is_dir, raw))
+            if ino is not None:
+                return ino
+            # The parent's group is full: the following groups that have free inodes, as
+            # the superblock counts them. Asking each in turn cost a message per full
+            # group on every create once a large directory had filled a few.
+            counts = await self.group_counts()
+            order = [(home + i) % n for i in range(1, n) if counts[(home + i) % n].free_inodes]
         for g in order:
             ino = await call(self.groups[g], AllocInode(is_dir, raw))
             if ino is not None:

@@ -148,6 +148,36 @@ async def test_directory_spreading_and_file_locality(ext4_image) -> None:
     assert_fsck_clean(img)
 
 
+async def test_a_file_skips_full_groups_without_asking_them(ext4_image) -> None:
+    """Once its directory's group is full, a new file's inode comes from the next group
+    that has free inodes, found from the superblock's counts: the full groups in between
+    are not asked one by one on every create."""
+    from chanos.personality import trace
+
+    img = ext4_image("64M", 1024)  # 8 groups of 2048 inodes
+    async with mounted(img) as vol:
+        alloc = vol.allocator
+        ipg = vol.geometry.inodes_per_group
+        got: list[int] = []
+        while not got or (got[-1] - 1) // ipg < 2:  # until groups 0 and 1 are full
+            got.append(await alloc.alloc_inode(2, is_dir=False))
+        await alloc.free_inode(got.pop(), is_dir=False)
+        counts = await alloc.group_counts()
+        assert counts[0].free_inodes == counts[1].free_inodes == 0
+        sent: list[str] = []
+        trace.enable(record=False, hooks=[lambda ev: ev.kind == "send" and sent.append(ev.msg)])
+        try:
+            ino = await alloc.alloc_inode(2, is_dir=False)
+        finally:
+            trace.disable()
+        assert (ino - 1) // ipg == 2
+        asked = [m for m in sent if m.startswith("AllocInode")]
+        assert len(asked) == 2, sent  # the full home group, then group 2; not group 1
+        for n in [*got, ino]:
+            await alloc.free_inode(n, is_dir=False)
+    assert_fsck_clean(img)
+
+
 async def test_inode_exhaustion_gives_enospc(ext4_image) -> None:
     img = ext4_image("8M", 1024, extra_args=["-N", "64"])
     async with mounted(img) as vol:
