@@ -74,7 +74,7 @@ class Directory:
     file types (the filetype feature). ``store`` (optional): the BlockStore under
     ``data``; with it, a changed block that is already mapped is written straight to
     its physical block (see ``_write_block``). ``cache_bytes``: how much of the
-    directory's blocks to keep in memory.
+    directory's blocks to keep in memory (default ``_CACHE_BYTES``).
     """
 
     def __init__(
@@ -86,7 +86,7 @@ class Directory:
         max_inode: int,
         filetype: bool = True,
         store: Any = None,
-        cache_bytes: int = _CACHE_BYTES,
+        cache_bytes: int | None = None,
     ) -> None:
         self.data = data
         self.store = store
@@ -98,7 +98,7 @@ class Directory:
         self.filetype = filetype
         # Block number -> contents, least recently used first.
         self._cache: OrderedDict[int, bytearray] = OrderedDict()
-        self._cache_max = max(1, cache_bytes // block_size)
+        self._cache_max = max(1, (cache_bytes or _CACHE_BYTES) // block_size)
         self.corrupt: set[int] = set()
         self._index = NameIndex()
         self._dots = 0  # indexed entries named "." or ".." (see ``is_empty``)
