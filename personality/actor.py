@@ -217,7 +217,7 @@ class _Cell:
         self.event: trio.Event | None = None  # set on state changes someone waits for
         # The shield of a blocked inline turn: cancelled if the actor is killed meanwhile.
         self.turn_scope: trio.CancelScope | None = None
-        self.ref = ActorRef(self)
+        self.ref: ActorRef | None = ActorRef(self)  # dropped once dead (see _mark_dead)
 
 
 class ActorRef:
@@ -807,11 +807,11 @@ def _mark_dead(cell: _Cell, cause: BaseException | None) -> None:
         _tr.actor_event("exit", cell.name, repr(cause) if cause else "stopped")
     cell.sup._forget(cell)
     _notify(cell)
-    # Gone for good: nobody hands out this address again, and the cell must not keep its
-    # own ActorRef alive. Without this cycle, a retired actor's record (its spec, and what
-    # the factory closed over) goes back to the allocator when the last ActorRef is
-    # dropped, not at a full garbage collection: with a vnode per file those pile up to
-    # megabytes between collections and leave the heap fragmented after them.
+    # Gone for good: nobody hands this address out again, so the cell lets go of its own
+    # ActorRef. With that cycle broken, a retired actor's record (its spec, and what the
+    # factory closed over) is freed as soon as the last ActorRef is dropped, not at the
+    # next full garbage collection: with a vnode per file, those piled up to megabytes
+    # between collections and left the heap fragmented after them.
     cell.ref = None
 
 

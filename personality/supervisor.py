@@ -151,6 +151,8 @@ class Supervisor:
         if _tr.ON:
             _tr.actor_event("spawn", cell.name, self.name)
         self._children[cell] = None
+        ref = cell.ref  # (a child that stops while starting lets go of it)
+        assert ref is not None
         try:
             await _start_instance(cell, actor)
         except BaseException:
@@ -158,7 +160,7 @@ class Supervisor:
             cell.state = DEAD
             _fail_queue(cell, None)
             raise
-        return cell.ref
+        return ref
 
     async def start_supervisor(
         self,
@@ -316,7 +318,8 @@ class Supervisor:
         self._closing = True
         for c in reversed(list(self._children)):
             if type(c) is _Cell:
-                await c.ref.stop()
+                if c.ref is not None:  # None: it died while an older sibling stopped
+                    await c.ref.stop()
             else:
                 await c._shutdown()
         self._children.clear()

@@ -428,3 +428,23 @@ async def test_killed_turn_that_swallows_the_abort_does_not_revive_the_actor() -
     assert ref.state == "dead"
     with pytest.raises(ActorDied):
         await call(ref, Bump())
+
+
+async def test_child_stopped_while_starting_still_gets_its_address() -> None:
+    """A child stopped before its started() returns is dead for good: start() still
+    answers its address, which says so, and calls to it fail with ActorDied."""
+    j = Journal()
+    async with open_supervisor("root") as sup:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_it() -> None:
+                await trio.sleep(0.01)  # while the child is in started()
+                (child,) = sup.children
+                await child.stop()
+
+            nursery.start_soon(stop_it)
+            ref = await sup.start(j.spec("slow", slow_start=0.05))
+        assert ref is not None and not ref.alive
+        assert sup.children == []
+        with pytest.raises(ActorDied):
+            await call(ref, Bump())
