@@ -172,7 +172,7 @@ async def test_retired_vnodes_are_freed_without_the_cycle_collector(ext4_image) 
         gc.disable()
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
-            for i in range(8):  # directories with entries, emptied and removed
+            for i in range(8):  # directories with entries, retired as the table turns over
                 d = (await k.syscall(MkDir(ROOT_INO, b"d%d" % i, 0o755))).inode
                 for j in range(20):
                     h, _ = await k.syscall(Create(d, b"f%d" % j, 0o644, os.O_WRONLY | os.O_CREAT))
