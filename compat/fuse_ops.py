@@ -25,6 +25,19 @@ keep is bookkeeping of the FUSE protocol itself:
   forwarded, while the daemon waits for requests (``idle_work``): the chanos kernel's
   count reaches zero when the host kernel's does, or a little later, never sooner.
 
+Files opened with O_DIRECT get FOPEN_DIRECT_IO (``direct_io``) while the writeback cache
+is off: the host kernel then passes every read and write of the handle straight to the
+daemon, as O_DIRECT asks, instead of through its O_DIRECT path over the page cache. What
+that saves is a request per write(2): on that path the kernel asks for the file's
+``security.capability`` before each write, to drop it (FUSE_HANDLE_KILLPRIV_V2, which would
+stop that, is not in the libfuse pyfuse3 links). On the direct path the daemon drops what a
+write takes away itself (``Write.drop``): file capabilities, and the set-ID bits when the
+opener is not root (the FUSE WRITE carries no caller, and pyfuse3 does not pass on the
+kernel's flag for it). The price: a MAP_SHARED mapping of such a handle fails with ENODEV
+(the kernel maps direct-I/O handles shared only with FUSE_DIRECT_IO_ALLOW_MMAP, another
+flag this libfuse lacks). With the writeback cache on, O_DIRECT keeps the kernel's own
+path, which writes dirty cached pages back before it reads around them.
+
 POSIX ACLs (``acl``, on unless ``noacl`` or ``nodefault_permissions``): the host kernel
 is asked to check them (pyfuse3's ``enable_acl``, FUSE_POSIX_ACL), as ext4 does: it reads
 an inode's ACLs with GETXATTR, caches them, and applies them in its permission checks; a
@@ -58,6 +71,8 @@ import pyfuse3
 import trio
 from chanos.fs import acl
 from chanos.personality.syscalls import (
+    DROP_CAPABILITY,
+    DROP_SET_ID,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
@@ -243,6 +258,9 @@ class ChanosOperations(pyfuse3.Operations):
         self.enable_writeback_cache = self.config.writeback_cache
         self._syscall = kernel.syscall
         self._handles: dict[int, Handle] = {}
+        # Direct-I/O handles (O_DIRECT opens, see the module docstring): what each write
+        # on them must take away from the file (Write.drop).
+        self._direct: dict[int, int] = {}
         # Forgets not yet sent to the kernel, oldest first (see ``idle_work``); only
         # once whoever waits for requests has said it calls ``idle_work``.
         self._deferred: deque[Forget] = deque()
@@ -341,11 +359,20 @@ class ChanosOperations(pyfuse3.Operations):
             flags &= ~os.O_APPEND
         return flags
 
-    def _file_info(self, handle: Handle) -> pyfuse3.FileInfo:
-        self._handles[handle.fh] = handle
+    def _file_info(
+        self, handle: Handle, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        fh = handle.fh
+        self._handles[fh] = handle
         # keep_cache is valid: nothing but this mount changes the file, and the host
-        # kernel keeps its own page cache coherent with its own writes and truncates.
-        return pyfuse3.FileInfo(fh=handle.fh, keep_cache=self.config.keep_cache)
+        # kernel keeps its own page cache coherent with its own writes and truncates
+        # (direct-I/O writes included: it drops the cached pages they overwrite).
+        info = pyfuse3.FileInfo(fh=fh, keep_cache=self.config.keep_cache)
+        if flags & os.O_DIRECT and not self.config.writeback_cache:
+            info.direct_io = True
+            # Root stands for CAP_FSETID, which keeps the set-ID bits through a write.
+            self._direct[fh] = DROP_CAPABILITY | (DROP_SET_ID if ctx.uid else 0)
+        return info
 
     # ------------------------------------------------------------------ names
 
@@ -511,7 +538,7 @@ class ChanosOperations(pyfuse3.Operations):
     @_guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         handle = await self._syscall(Open(to_ext4(inode), self._open_flags(flags)))
-        return self._file_info(handle)
+        return self._file_info(handle, flags, ctx)
 
     @_guarded
     async def create(
@@ -526,7 +553,7 @@ class ChanosOperations(pyfuse3.Operations):
         mode = stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask)
         msg = Create(to_ext4(parent_inode), name, mode, self._open_flags(flags), ctx.uid, ctx.gid)
         handle, entry = await self._syscall(msg)
-        return self._file_info(handle), self._entry(entry)
+        return self._file_info(handle, flags, ctx), self._entry(entry)
 
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -536,7 +563,7 @@ class ChanosOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         # One message per request, however large: the host kernel gathers up to 1 MiB
         # (max_pages) per WRITE and the vnode writes it as one contiguous extent.
-        return await self._syscall(Write(self._handle(fh), off, buf))
+        return await self._syscall(Write(self._handle(fh), off, buf, self._direct.get(fh, 0)))
 
     async def flush(self, fh: int) -> None:
         # Declined once, for the whole mount: ENOSYS makes the host kernel stop sending
@@ -549,6 +576,7 @@ class ChanosOperations(pyfuse3.Operations):
     @_guarded
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
+        self._direct.pop(fh, None)
         if handle is None:
             log.error("release of unknown file handle %d", fh)
             return

@@ -92,6 +92,8 @@ from chanos.fs.vnode_table_protocol import (
 from chanos.fs.xattrs import Xattrs
 from chanos.personality import Actor, call, cast
 from chanos.personality.syscalls import (
+    DROP_CAPABILITY,
+    DROP_SET_ID,
     NAME_MAX,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -128,6 +130,7 @@ from chanos.personality.syscalls import (
 log = logging.getLogger(__name__)
 
 _U32 = struct.Struct("<I")
+CAPABILITY_XATTR = b"security.capability"
 
 # Flags a new inode inherits from its directory (ext4's EXT4_FL_INHERITED) and the masks
 # ext4_mask_flags applies by file type.
@@ -470,9 +473,9 @@ class VnodeActor(Actor):
                 return await self._open(flags)
             case Read(handle, offset, size):
                 return await self._read(handle, offset, size)
-            case Write(handle, offset, data):
+            case Write(handle, offset, data, drop):
                 self._writable()
-                return await self._write(handle, offset, data)
+                return await self._write(handle, offset, data, drop)
             case Flush():
                 self._live()
                 return None
@@ -755,7 +758,7 @@ class VnodeActor(Actor):
             self._changed = True  # Read and ReadDir are in _READ_ONLY
             await self._save()
 
-    async def _write(self, handle: Handle, offset: int, data: bytes) -> int:
+    async def _write(self, handle: Handle, offset: int, data: bytes, drop: int = 0) -> int:
         inode = self._live()
         if not inode.is_reg:
             raise OSError(errno.EINVAL if not inode.is_dir else errno.EISDIR, "not a file")
@@ -779,10 +782,12 @@ class VnodeActor(Actor):
                 await self._save()
             raise
         now = _now()
+        dropped = drop and await self._drop_privileges(inode, drop)
         if offset + n > inode.size:
             inode.size = offset + n
         elif (
-            not fd.remapped
+            not dropped
+            and not fd.remapped
             and now - self._write_time < TIME_GRANULE_NS
             and inode.mtime_ns == inode.ctime_ns == self._write_time
         ):
@@ -794,6 +799,24 @@ class VnodeActor(Actor):
         await self._save()
         self._write_time = inode.mtime_ns  # as stored (whole seconds without extra fields)
         return n
+
+    async def _drop_privileges(self, inode: Inode, drop: int) -> bool:
+        """Take away what a write(2) takes from a file (see ``Write.drop``): whether
+        anything changed. The caller saves the inode."""
+        changed = False
+        if drop & DROP_SET_ID:
+            kill = inode.mode & stat.S_ISUID
+            if inode.mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP:
+                kill |= stat.S_ISGID  # set-group-ID without group execute is a lock mark
+            if kill:
+                inode.mode &= ~kill
+                changed = True
+        if drop & DROP_CAPABILITY and not (self._xattrs is None and _no_xattr_area(inode)):
+            x = await self._xattr_store()
+            if CAPABILITY_XATTR in x.names():
+                await self._store_xattr(inode, x, CAPABILITY_XATTR, None, 0)
+                changed = True
+        return changed
 
     async def _release(self) -> None:
         if self.opens == 0:

@@ -325,13 +325,27 @@ class Read:
     size: int
 
 
+# What a Write takes away from the file (Write.drop), as a write(2) on a local file system
+# does: the host kernel's file_remove_privs, for the writes it passes through its page cache.
+DROP_CAPABILITY = 1
+"""The ``security.capability`` attribute (file capabilities), whoever writes."""
+DROP_SET_ID = 2
+"""Set-user-ID, and set-group-ID with group execute: for a writer without CAP_FSETID."""
+
+
 @dataclass(frozen=True, slots=True)
 class Write:
-    """Write ``data`` at ``offset`` (at end of file for O_APPEND handles). -> int written."""
+    """Write ``data`` at ``offset`` (at end of file for O_APPEND handles). -> int written.
+
+    ``drop`` (DROP_CAPABILITY | DROP_SET_ID): what the write takes away from the file
+    when it succeeds, for callers that did not do it themselves (the host kernel does, for
+    every write but direct I/O).
+    """
 
     handle: Handle
     offset: int
     data: bytes
+    drop: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -255,3 +255,53 @@ def test_unexpected_failure_answers_eio_and_mount_survives(tmp_path):
     finally:
         m.close()
     assert "failed" in m.errlog.read_text()
+
+
+def _direct_writes(path: Path, blocks: int, who: list[str] | None = None) -> None:
+    """``blocks`` aligned 4 KiB writes of b"A", b"B", ... through an O_DIRECT
+    descriptor, in a process run as ``who`` (a command prefix such as setpriv's)."""
+    code = (
+        "import mmap, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_DIRECT)\n"
+        "buf = mmap.mmap(-1, 4096)\n"  # page-aligned, as O_DIRECT wants
+        "for i in range(int(sys.argv[2])):\n"
+        "    buf[:] = bytes([65 + i]) * 4096\n"
+        "    assert os.pwrite(fd, buf, i * 4096) == 4096\n"
+        "os.close(fd)\n"
+    )
+    subprocess.run([*(who or []), sys.executable, "-c", code, str(path), str(blocks)], check=True)
+
+
+def test_direct_io_writes_cost_one_request_and_carry_what_to_drop(tmp_path):
+    """An O_DIRECT open gets a direct-I/O handle: each write(2) is one WRITE, with no
+    GETXATTR of security.capability before it, and it carries what the write takes away
+    from the file. A buffered write still goes the host kernel's own way: it asks for
+    the capability first and drops what is needed itself."""
+    m = FakeMount(tmp_path, "nowriteback")
+    try:
+        p = m.mnt / "data"
+        p.write_bytes(bytes(8 * 4096))
+        before = m.snapshot()
+        _direct_writes(p, 8)
+        with open(p, "r+b") as f:
+            f.write(b"z" * 100)
+        after = m.snapshot()
+        data = p.read_bytes()
+    finally:
+        m.close()
+    assert data[:100] == b"z" * 100
+    assert data[100:4096] == b"A" * 3996 and data[4096 * 7 :] == b"H" * 4096
+    calls = {k: v - before["calls"].get(k, 0) for k, v in after["calls"].items()}
+    drops = after["write_drops"][len(before["write_drops"]) :]
+    # DROP_CAPABILITY, and DROP_SET_ID too for an opener that is not root
+    direct = 1 if os.geteuid() == 0 else 3
+    assert drops == [direct] * 8 + [0]
+    assert calls.get("GetXattr", 0) == 1  # before the buffered write only
+
+
+def test_direct_io_is_not_used_with_the_writeback_cache(fake):
+    p = fake.mnt / "data"
+    p.write_bytes(bytes(2 * 4096))
+    _direct_writes(p, 2)
+    assert p.read_bytes() == b"A" * 4096 + b"B" * 4096
+    assert set(fake.snapshot()["write_drops"]) == {0}

@@ -95,6 +95,7 @@ class FakeKernel:
         self.open_handles: dict[int, Handle] = {}
         self.calls: dict[str, int] = {}
         self.write_sizes: list[int] = []
+        self.write_drops: list[int] = []  # Write.drop of each write, in order
         self.crash: tuple[str, int] | None = None  # (message name, every n-th call raises)
 
     # -- helpers
@@ -285,9 +286,10 @@ class FakeKernel:
                 return self._handle(ino, flags)
             case Read(h, off, size):
                 return bytes(self.nodes[h.inode].data[off : off + size])
-            case Write(h, off, data):
+            case Write(h, off, data, drop):
                 buf = self.nodes[h.inode].data
                 self.write_sizes.append(len(data))
+                self.write_drops.append(drop)
                 if off > len(buf):
                     buf.extend(bytes(off - len(buf)))
                 buf[off : off + len(data)] = data
@@ -388,6 +390,7 @@ def main() -> None:
                     "open_handles": len(kernel.open_handles),
                     "calls": kernel.calls,
                     "max_write": max(kernel.write_sizes, default=0),
+                    "write_drops": kernel.write_drops,
                     "unexpected_errors": ops.unexpected_errors,
                 },
                 f,
