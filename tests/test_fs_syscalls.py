@@ -17,6 +17,8 @@ import pytest
 import trio
 from chanos.personality.boot import MountOptions, boot
 from chanos.personality.syscalls import (
+    DROP_CAPABILITY,
+    DROP_SET_ID,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
@@ -584,6 +586,47 @@ async def test_xattrs(image):
         assert set(await k.syscall(ListXattr(f))) == {b"user.small", b"user.big"}
         assert await k.syscall(GetXattr(f, b"user.big")) == big
         await k.syscall(Unlink(ROOT_INO, b"f"))  # frees the xattr block too
+    assert_fsck_clean(image)
+
+
+async def test_a_write_takes_away_what_it_is_told_to(image):
+    """Write.drop, for writes the host kernel passes straight through (direct I/O):
+    file capabilities go whoever writes; set-user-ID, and set-group-ID with group
+    execute, go for a writer without CAP_FSETID; a plain write leaves all of them."""
+    cap = struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)
+    big = os.urandom(700)  # with it the attributes live in an xattr block on 1 KiB images
+    async with boot(image, LOW) as k:
+        files = {}
+        for name, mode in ((b"setid", 0o6755), (b"lockmark", 0o2644), (b"plain", 0o6755)):
+            ino = await k_write_file(k, ROOT_INO, name, b"." * 100)
+            await k.syscall(SetAttr(ino, mode=mode))
+            await k.syscall(SetXattr(ino, b"security.capability", cap))
+            await k.syscall(SetXattr(ino, b"user.big", big))
+            files[name] = ino
+
+        async def write(name: bytes, drop: int) -> None:
+            h = await k.syscall(Open(files[name], os.O_WRONLY))
+            assert await k.syscall(Write(h, 10, b"w", drop)) == 1
+            await k.syscall(Release(h))
+
+        await write(b"plain", 0)
+        before = await k.syscall(GetAttr(files[b"setid"]))
+        await write(b"setid", DROP_CAPABILITY | DROP_SET_ID)
+        await write(b"lockmark", DROP_CAPABILITY | DROP_SET_ID)
+        after = await k.syscall(GetAttr(files[b"setid"]))
+        assert after.ctime_ns >= before.ctime_ns
+
+    assert_fsck_clean(image)
+    async with boot(image, LOW) as k:
+        want = {b"setid": 0o755, b"lockmark": 0o2644, b"plain": 0o6755}
+        for name, mode in want.items():
+            ino = await k_resolve(k, "/" + name.decode())
+            assert stat.S_IMODE((await k.syscall(GetAttr(ino))).mode) == mode, name
+            names = set(await k.syscall(ListXattr(ino)))
+            kept = name == b"plain"
+            assert names == ({b"security.capability"} if kept else set()) | {b"user.big"}
+            assert await k.syscall(GetXattr(ino, b"user.big")) == big
+            assert (await k_read_file(k, ino))[9:12] == b".w."
     assert_fsck_clean(image)
 
 
