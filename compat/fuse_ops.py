@@ -36,7 +36,9 @@ opener is not root (the FUSE WRITE carries no caller, and pyfuse3 does not pass 
 kernel's flag for it). The price: a MAP_SHARED mapping of such a handle fails with ENODEV
 (the kernel maps direct-I/O handles shared only with FUSE_DIRECT_IO_ALLOW_MMAP, another
 flag this libfuse lacks). With the writeback cache on, O_DIRECT keeps the kernel's own
-path, which writes dirty cached pages back before it reads around them.
+path, which writes dirty cached pages back before it reads around them; so it does on
+host kernels before Linux 6.6, where a direct-I/O write left other descriptors' cached
+pages of the range stale.
 
 POSIX ACLs (``acl``, on unless ``noacl`` or ``nodefault_permissions``): the host kernel
 is asked to check them (pyfuse3's ``enable_acl``, FUSE_POSIX_ACL), as ext4 does: it reads
@@ -243,6 +245,20 @@ def _guarded(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _linux_release() -> tuple[int, int]:
+    """(major, minor) of the host kernel; (0, 0) if it cannot be told."""
+    try:
+        major, minor = os.uname().release.split(".")[:2]
+        return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+    except ValueError:
+        return (0, 0)
+
+
+# Since Linux 6.6 a direct-I/O WRITE first drops the cached pages it overwrites, so other
+# descriptors of the file (with keep_cache) never read stale data from their page cache.
+DIRECT_WRITES_DROP_CACHED_PAGES = _linux_release() >= (6, 6)
+
+
 class ChanosOperations(pyfuse3.Operations):
     """pyfuse3 operations that forward each request to ``kernel.syscall``."""
 
@@ -368,7 +384,11 @@ class ChanosOperations(pyfuse3.Operations):
         # kernel keeps its own page cache coherent with its own writes and truncates
         # (direct-I/O writes included: it drops the cached pages they overwrite).
         info = pyfuse3.FileInfo(fh=fh, keep_cache=self.config.keep_cache)
-        if flags & os.O_DIRECT and not self.config.writeback_cache:
+        if (
+            flags & os.O_DIRECT
+            and DIRECT_WRITES_DROP_CACHED_PAGES
+            and not self.config.writeback_cache
+        ):
             info.direct_io = True
             # Root stands for CAP_FSETID, which keeps the set-ID bits through a write.
             self._direct[fh] = DROP_CAPABILITY | (DROP_SET_ID if ctx.uid else 0)

@@ -1,4 +1,5 @@
-"""O_DIRECT on a real mount: direct-I/O handles and what their writes take away.
+"""O_DIRECT on a real mount: direct-I/O handles, what their writes take away, and
+readers with cached pages seeing them.
 
 A file opened with O_DIRECT gets a direct-I/O handle (see ``chanos.compat.fuse_ops``), so
 the host kernel no longer drops a written file's privileges itself; the file system does.
@@ -57,6 +58,21 @@ def direct_read(path: Path) -> bytes:
         return bytes(buf[:n])
     finally:
         os.close(fd)
+
+
+def test_direct_writes_reach_readers_with_cached_pages(tmp_path):
+    """A direct-I/O write is seen at once through a descriptor whose pages the host
+    kernel caches (keep_cache), and through a new one."""
+    require_fuse()
+    image = mkfs(tmp_path / "disk.img", "64M")
+    with Mounted(image, tmp_path / "mnt") as m:
+        p = m.mnt / "shared"
+        p.write_bytes(b"." * 8192)
+        with open(p, "rb", buffering=0) as reader:
+            assert reader.read() == b"." * 8192  # now in the page cache
+            direct_write(p, "d")
+            assert os.pread(reader.fileno(), 8192, 0) == b"." * 4096 + b"d" * 4096
+        assert p.read_bytes() == b"." * 4096 + b"d" * 4096
 
 
 def test_direct_writes_drop_privileges_as_ext4_does(tmp_path):
