@@ -227,12 +227,13 @@ def test_stress_tools(chanos_mount):
     run([stress, "--temp-path", str(work), "--timeout", "8s", "--metrics-brief",
          "--dir", "2", "--dentry", "2", "--rename", "2", "--link", "1", "--symlink", "1",
          "--hdd", "1", "--hdd-bytes", "8m", "--verify"], timeout=120)  # fmt: skip
-    # fio with verification, sequential and random
-    for rw in ("write", "randwrite"):
-        run([fio, f"--name={rw}", f"--directory={work}", f"--rw={rw}", "--bs=4k",
+    # fio with verification, sequential and random, and random through O_DIRECT (the
+    # front end's direct-I/O handles)
+    for rw, direct in (("write", 0), ("randwrite", 0), ("randwrite", 1)):
+        run([fio, f"--name={rw}{direct}", f"--directory={work}", f"--rw={rw}", "--bs=4k",
              "--bsrange=4k-256k", "--size=24m", "--numjobs=2", "--verify=crc32c",
              "--verify_fatal=1", "--do_verify=1", "--verify_state_save=0", "--end_fsync=1",
-             "--ioengine=psync"],
+             "--ioengine=psync", f"--direct={direct}"],
             timeout=180)  # fmt: skip
     # our own fsx-style exerciser, several processes at once
     procs = [
