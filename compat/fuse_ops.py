@@ -63,6 +63,7 @@ import errno
 import functools
 import logging
 import os
+import re
 import stat
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -245,13 +246,11 @@ def _guarded(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _linux_release() -> tuple[int, int]:
-    """(major, minor) of the host kernel; (0, 0) if it cannot be told."""
-    try:
-        major, minor = os.uname().release.split(".")[:2]
-        return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
-    except ValueError:
-        return (0, 0)
+def _linux_release(release: str | None = None) -> tuple[int, int]:
+    """(major, minor) of the host kernel's release ("6.18.44-...", "6.6-rc1"); (0, 0)
+    if it cannot be told."""
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release if release is None else release)
+    return (int(m[1]), int(m[2])) if m else (0, 0)
 
 
 # Since Linux 6.6 a direct-I/O WRITE first drops the cached pages it overwrites, so other

@@ -309,3 +309,12 @@ def test_direct_io_is_not_used_with_the_writeback_cache(fake):
     _direct_writes(p, 2)
     assert p.read_bytes() == b"A" * 4096 + b"B" * 4096
     assert set(fake.snapshot()["write_drops"]) == {0}
+
+
+def test_host_kernel_release_is_read_from_its_leading_numbers():
+    from chanos.compat.fuse_ops import _linux_release
+
+    assert _linux_release("6.18.44-fc-v669") == (6, 18)
+    assert _linux_release("6.6-rc1") == (6, 6)  # not 6.61
+    assert _linux_release("5.15.0-91-generic") == (5, 15)
+    assert _linux_release("unknown") == (0, 0)
