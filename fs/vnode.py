@@ -806,8 +806,9 @@ class VnodeActor(Actor):
         changed = False
         if drop & DROP_SET_ID:
             kill = inode.mode & stat.S_ISUID
+            # Only with group execute: without it the bit marks mandatory locking.
             if inode.mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP:
-                kill |= stat.S_ISGID  # set-group-ID without group execute is a lock mark
+                kill |= stat.S_ISGID
             if kill:
                 inode.mode &= ~kill
                 changed = True
