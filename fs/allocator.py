@@ -69,6 +69,9 @@ class Allocator:
         return self.group_first_block(self.group_of_inode(ino))
 
     async def group_counts(self) -> tuple[GroupCounts, ...]:
+        """Every group's counts as the superblock last heard them: directories used, and
+        which groups are full, exactly; free counts within the groups' report slack
+        (``Volume.collect_counts`` first for exact ones)."""
         return await call(self.superblock, GetGroupCounts())
 
     # -- inodes ------------------------------------------------------------------------------

@@ -595,6 +595,26 @@ class BlockGroup:
         return bool(self._imap[idx >> 3] >> (idx & 7) & 1)
 
 
+# How far the superblock's copy of a group's free counts may trail them (see
+# ``BlockGroupActor._report``): a few creates, a megabyte of 4 KiB blocks.
+INODE_SLACK = 16
+BLOCK_SLACK = 256
+
+
+def _within_slack(sent: tuple[int, int, int, int], now: tuple[int, int, int, int]) -> bool:
+    """Whether counts ``sent`` to the superblock still do for ``now``: the same directory
+    count, the same full groups, free counts within the slack."""
+    _, sent_blocks, sent_inodes, sent_dirs = sent
+    _, blocks, inodes, dirs = now
+    return (
+        dirs == sent_dirs
+        and (blocks == 0) == (sent_blocks == 0)
+        and (inodes == 0) == (sent_inodes == 0)
+        and abs(blocks - sent_blocks) < BLOCK_SLACK
+        and abs(inodes - sent_inodes) < INODE_SLACK
+    )
+
+
 class BlockGroupActor(Actor):
     """Serves one ``BlockGroup`` through ``chanos.fs.group_protocol`` messages.
 
@@ -607,15 +627,17 @@ class BlockGroupActor(Actor):
     fails, so a crash cannot leave the state half-changed.
 
     ``superblock`` (an ActorRef, optional) receives ``GroupCountsChanged`` at the end of
-    every turn that changed the counts (see ``_report``) and ``ReportError`` casts for
-    on-disk inconsistencies.
+    a turn that changed the counts, unless the counts it last received are still within
+    the slack of the new ones (see ``_report``), and ``ReportError`` casts for on-disk
+    inconsistencies.
     """
 
     def __init__(self, group: BlockGroup, *, superblock: Any = None) -> None:
         self.group = group
         self.superblock = superblock
-        # The counts to report at the end of the current turn (see ``_report``).
+        # The counts not yet reported (see ``_report``), and the last ones reported.
         self._counts: tuple[int, int, int, int] | None = None
+        self._sent: tuple[int, int, int, int] | None = None
         if superblock is not None:
             group._on_counts = self._counts_changed
             group._on_error = _error_reporter(superblock)
@@ -623,8 +645,17 @@ class BlockGroupActor(Actor):
     def _counts_changed(self, group: int, free_blocks: int, free_inodes: int, used: int) -> None:
         self._counts = (group, free_blocks, free_inodes, used)
 
-    async def _report(self) -> None:
-        """Send the counts a turn changed to the superblock actor.
+    async def _report(self, exact: bool = False) -> None:
+        """Send the counts the last turns changed to the superblock actor.
+
+        Not after every change: a turn that leaves the counts the superblock holds within
+        the slack of the new ones (``_within_slack``) keeps them for a later report. A
+        report was a message per allocation and free (a tenth of a create's work, and of
+        an unlink's forget). What the superblock's counts are used for stays exact:
+        directories used, and whether a group is full (the allocator skips full groups);
+        free counts trail by less than the slack. ``exact`` reports whatever is pending:
+        ``Sync`` (the counts written to disk), ``GetCounts`` (``Volume.statfs`` asks every
+        group first, so statfs is exact) and a (re)start.
 
         Called, not cast, when the superblock is idle and this turn is not cancelled: a
         cast to an idle actor spawns a task to run its turn, several times the cost of the
@@ -636,7 +667,10 @@ class BlockGroupActor(Actor):
         counts = self._counts
         if counts is None:
             return
+        if not exact and self._sent is not None and _within_slack(self._sent, counts):
+            return
         self._counts = None
+        self._sent = counts
         sb = self.superblock
         msg = GroupCountsChanged(*counts)
         if sb.idle and not caller_cancelled():
@@ -654,7 +688,7 @@ class BlockGroupActor(Actor):
         else:
             await g.load()
         await g.sync()  # write back anything pending; report the exact counts
-        await self._report()
+        await self._report(exact=True)
 
     async def handle(self, msg: object) -> Any:
         g = self.group
@@ -688,10 +722,11 @@ class BlockGroupActor(Actor):
                 await self._report()
                 return freed
             case GetCounts():
+                await self._report(exact=True)
                 return g.counts()
             case Sync():
                 counts = await g.sync()
-                await self._report()
+                await self._report(exact=True)
                 return counts
             case _:
                 raise OSError(errno.ENOSYS, f"block group: unknown message {type(msg).__name__}")

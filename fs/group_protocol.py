@@ -75,7 +75,8 @@ class FreeBlocks:
 
 @dataclass(frozen=True, slots=True)
 class GetCounts:
-    """-> GroupCounts: this group's exact free-block, free-inode and used-directory counts."""
+    """-> GroupCounts: this group's exact free-block, free-inode and used-directory counts,
+    which the superblock actor is sent too (between reports its copy may trail them)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -339,7 +339,15 @@ class Volume:
     # -- superblock ------------------------------------------------------------------------
 
     async def statfs(self) -> FsStat:
+        """Exact: every group's counts are brought to the superblock first."""
+        await self.collect_counts()
         return await call(self.superblock, sp.StatFs())
+
+    async def collect_counts(self) -> None:
+        """Have every group send the superblock its exact counts (a group reports changes
+        only past a slack; see ``BlockGroupActor._report``)."""
+        for ref in self.groups:
+            await call(ref, gp.GetCounts())
 
     async def get_last_orphan(self) -> int:
         return await call(self.superblock, sp.GetLastOrphan())

@@ -27,7 +27,8 @@ and the superblock are synced and marked clean, and the driver is flushed.
   every counted entry of a ReadDir reply (readdirplus) is one reference, counted in the
   table; Forget gives references back;
 * Rename goes to the rename coordinator (within one directory: to that directory's
-  vnode); StatFs to the superblock actor; Forget to the
+  vnode); StatFs to the volume (every group's counts to the superblock actor, then the
+  superblock actor); Forget to the
   table (``vnode_table.forget``: the last one for an unlinked inode frees it before the
   reply);
 * Create is one message to the parent (``CreateOpen``: it makes the inode, starts its
@@ -52,7 +53,6 @@ from typing import Any
 
 from chanos.fs.format.inode import in_use_without_xattrs
 from chanos.fs.format.xattr import split_name
-from chanos.fs.superblock_protocol import StatFs as SbStatFs
 from chanos.fs.vnode_protocol import AddLink, CreateOpen, InsertEntry, RemoveEntry
 from chanos.fs.vnode_table import (
     DEFAULT_MAX_VNODES,
@@ -422,7 +422,7 @@ class Kernel:
                     log.error("rename coordinator crashed serving %r: %r", msg, exc)
                     raise OSError(errno.EIO, "I/O error (rename failed)") from exc
             case StatFs():
-                return await call(self.superblock, SbStatFs())
+                return await self.volume.statfs()
             case Forget(ino, nlookup):
                 await forget(self.table, ino, nlookup)
                 return None

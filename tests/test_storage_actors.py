@@ -178,6 +178,55 @@ async def test_a_file_skips_full_groups_without_asking_them(ext4_image) -> None:
     assert_fsck_clean(img)
 
 
+async def test_groups_report_counts_past_a_slack_and_statfs_stays_exact(ext4_image) -> None:
+    """A group sends the superblock its counts only once they have moved past the slack,
+    or a directory was made, or the group filled up; statfs, sync and unmount still see
+    the exact counts (every group is asked first), and e2fsck agrees."""
+    from chanos.fs.block_group import BLOCK_SLACK, INODE_SLACK
+    from chanos.personality import trace
+
+    img = ext4_image("64M", 1024)  # 8 groups of 2048 inodes, 8192 blocks
+    async with mounted(img) as vol:
+        alloc = vol.allocator
+        before = await vol.statfs()
+        heard_before = await alloc.group_counts()
+        sent: list[str] = []
+
+        def reports() -> int:
+            return len([m for m in sent if m.startswith("GroupCountsChanged")])
+
+        trace.enable(record=False, hooks=[lambda ev: ev.kind == "send" and sent.append(ev.msg)])
+        try:
+            files = [await alloc.alloc_inode(2, is_dir=False) for _ in range(INODE_SLACK - 1)]
+            runs = [await alloc.allocate(20000, 1) for _ in range(BLOCK_SLACK - 1)]
+            assert reports() == 0
+            assert await alloc.group_counts() == heard_before  # nothing heard yet
+            # One more of each passes the slack; a new directory is reported at once.
+            files.append(await alloc.alloc_inode(2, is_dir=False))
+            runs.append(await alloc.allocate(20000, 1))
+            assert reports() == 2
+            d = await alloc.alloc_inode(2, is_dir=True)
+            assert reports() == 3
+        finally:
+            trace.disable()
+        heard = await alloc.group_counts()
+        assert sum(c.used_dirs for c in heard) == sum(c.used_dirs for c in heard_before) + 1
+        assert heard[0].free_inodes == heard_before[0].free_inodes - INODE_SLACK
+        assert heard[2].free_blocks == heard_before[2].free_blocks - BLOCK_SLACK
+        # statfs asks every group first: exact, whatever is pending.
+        await alloc.free_inode(files.pop(), is_dir=False)
+        now = await vol.statfs()
+        assert now.f_ffree == before.f_ffree - INODE_SLACK  # files + the directory
+        assert now.f_bfree == before.f_bfree - BLOCK_SLACK
+        await alloc.free_inode(d, is_dir=True)
+        for start, n in runs:
+            await alloc.free(start, n)
+        for ino in files:
+            await alloc.free_inode(ino, is_dir=False)
+        assert await vol.statfs() == before
+    assert_fsck_clean(img)  # the counts on disk are exact after unmount
+
+
 async def test_inode_exhaustion_gives_enospc(ext4_image) -> None:
     img = ext4_image("8M", 1024, extra_args=["-N", "64"])
     async with mounted(img) as vol:
@@ -269,9 +318,11 @@ async def test_free_run_spanning_groups_and_bad_frees(ext4_image) -> None:
         alloc = vol.allocator
         assert await alloc.allocate(32760, 9) == (32760, 9)  # the end of group 3
         assert await alloc.allocate(32769, 10) == (32769, 10)  # the start of group 4
+        await vol.collect_counts()  # changes this small wait for a later report
         counts = await alloc.group_counts()
         assert counts[3].free_blocks == 7934 - 9 and counts[4].free_blocks == 8192 - 10
         await alloc.free(32760, 19)  # one run over the group boundary
+        await vol.collect_counts()
         counts = await alloc.group_counts()
         assert counts[3].free_blocks == 7934 and counts[4].free_blocks == 8192
         for start, count in ((65530, 10), (0, 1), (24577, 1), (260, 1)):
