@@ -82,6 +82,7 @@ from chanos.fs.orphan_protocol import AddOrphan, RemoveOrphan, SetOrphanNext
 from chanos.fs.vnode_table import call_vnode
 from chanos.fs.vnode_table_protocol import (
     NEEDS_PIN,
+    Closed,
     Hold,
     IsHeld,
     OpenCount,
@@ -953,7 +954,7 @@ class VnodeActor(Actor):
     ) -> tuple[Handle, Entry]:
         """CreateOpen: a new regular file, its vnode started with the record made here
         (current: no other request can name the inode before this turn ends), opened;
-        the Pin taken here is left for the caller (see ``vp.CreateOpen``)."""
+        the Pin taken here is the handle's (see ``vp.CreateOpen``)."""
         entry, child = await self._create(name, stat.S_IFREG | stat.S_IMODE(mode), 0, uid, gid)
         table = self.ctx.table
         ino = entry.inode
@@ -965,7 +966,7 @@ class VnodeActor(Actor):
         try:
             handle = await call(ref, Open(ino, flags))
         except BaseException:
-            cast(table, Unpin(ino))
+            cast(table, Closed(ino))
             raise
         return handle, entry
 

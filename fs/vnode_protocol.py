@@ -48,8 +48,7 @@ class CreateOpen:
     The directory makes the inode as for MkNod, then starts the new inode's vnode with
     the record it just wrote (nobody else can know the number before this turn ends, so
     that record is current: no read), already opened (see ``Pin``). The new vnode stays
-    pinned once for the caller, who turns that pin into the handle's
-    (``Unpin(ino, opened=1)``).
+    pinned for the handle, until the caller's ``Closed``.
     """
 
     name: bytes

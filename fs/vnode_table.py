@@ -14,8 +14,9 @@ An address handed out must stay valid while it is used, so every user pins the v
   the vnode ... ``Unpin(ino)`` (``tell``). ``call_vnode`` does exactly this and is what the
   kernel, the rename coordinator and vnodes themselves use to reach another vnode;
 * an open handle: ``Unpin(ino, opened=1)`` turns the request's pin into a handle pin, kept
-  until ``Closed(ino)`` (sent when the handle is released). A ``Handle`` carries the vnode's
-  address, so a vnode with open handles is never retired.
+  until ``Closed(ino)`` (sent when the handle is released); the pin a directory takes for
+  the file it creates (``Pin`` with its record) is a handle pin from the start. A
+  ``Handle`` carries the vnode's address, so a vnode with open handles is never retired.
 
 "Idle" means: no pins of either kind. Only idle vnodes are retired; the lookup count the
 host kernel holds (``Forget``) does not keep a vnode alive, because a vnode keeps no state
@@ -294,8 +295,11 @@ class VnodeTable(Actor):
             case Pin(ino, fresh):
                 started = self._started
                 slot = await self._slot(ino, fresh)
-                slot.pins += 1
-                return slot.ref if fresh is None else (slot.ref, self._started != started)
+                if fresh is None:
+                    slot.pins += 1
+                    return slot.ref
+                slot.opened += 1  # the created file's handle (see Pin)
+                return slot.ref, self._started != started
             case Deliver(ino, delivered):
                 # Queued in the vnode's mailbox, the message keeps it from being retired
                 # (only an idle vnode is) until it has been served.

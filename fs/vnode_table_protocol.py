@@ -31,9 +31,11 @@ class Pin:
     ``fresh``: the inode's current record (an ``Inode``), for a vnode started by this
     Pin to begin with instead of reading it, already opened once; only a directory
     creating the inode sends it, in the turn that made the record and for the handle it
-    hands out (see ``vnode_protocol.CreateOpen``). The reply is then (ActorRef, whether
-    this Pin started the vnode): a vnode live already (left for a freed inode whose
-    number came round again) ignores the record, and must be opened as usual."""
+    hands out (see ``vnode_protocol.CreateOpen``). That pin is the handle's at once,
+    held until ``Closed`` (as ``Unpin(ino, opened=1)`` would make it). The reply is then
+    (ActorRef, whether this Pin started the vnode): a vnode live already (left for a
+    freed inode whose number came round again) ignores the record, and must be opened
+    as usual."""
 
     ino: int
     fresh: Any = None

@@ -314,7 +314,7 @@ class Kernel:
 
     async def _create_open(self, parent: int, msg: CreateOpen) -> tuple[Handle, Entry]:
         """CreateOpen through the parent's vnode: the reply's Entry is a lookup reference,
-        and the new vnode's pin (taken by the parent) becomes the handle's."""
+        and the new vnode is pinned for the handle (by the parent's Pin) until Closed."""
         table = self.table
         ref = await call(table, Pin(parent))
         self._remember(parent, ref)
@@ -329,7 +329,6 @@ class Kernel:
         handle = replace(handle, fh=next(self._fh))
         self._handles[handle.fh] = (handle, False)
         self._remember(entry_ino, handle.vnode)
-        await tell(table, Unpin(entry_ino, 1))
         return handle, entry
 
     async def _release(self, handle: Handle, msg: Any) -> None:
