@@ -198,7 +198,6 @@ class Kernel:
         volume: Any,
         table: ActorRef,
         rename: ActorRef,
-        superblock: ActorRef,
         options: MountOptions,
     ) -> None:
         self.volume = volume
@@ -208,7 +207,6 @@ class Kernel:
         self._refs: dict[int, ActorRef] = {}
         self._refs_max = max(options.max_vnodes, 1)
         self.rename = rename
-        self.superblock = superblock
         self.options = options
         self._fh = itertools.count(1)
         # Open handles by fh, so unmount can release the ones nobody released.
@@ -601,7 +599,6 @@ async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterato
                 volume=volume,
                 table=table,
                 rename=rename,
-                superblock=volume.superblock,
                 options=options,
             )
             if options.cleanup_orphans and not read_only:
