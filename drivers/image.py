@@ -12,13 +12,23 @@ the request path is short. Where time goes:
   exactly the range of a queued one replaces it (its data is dropped at once). When the
   queue holds ``write_behind`` bytes or IOV_MAX requests it is *written out*: planned
   with ``chanos.drivers.queue.plan`` (adjacent writes merged into one ``pwritev``, sorted
-  when they do not overlap, arrival order kept when they do) and handed to a worker
-  thread in one piece. The driver does not wait for it: the worker's completion is its
-  interrupt (a callback in the event loop records the outcome), and the driver meanwhile
-  serves and queues more requests. One worker thread takes write-outs in order from its
-  inbox, so writes reach the file in the order planned and back-to-back write-outs leave
-  the thread no idle gap; at most two are outstanding, so the cache holds at most three
-  times ``write_behind`` bytes.
+  when they do not overlap, arrival order kept when they do). A write-out with a run of
+  ``WRITEBACK_MIN`` (256 KiB) or more (file data) is handed to a worker thread in one
+  piece. The driver does not wait for it: the worker's completion is its interrupt (a
+  callback in the event loop records the outcome), and the driver meanwhile serves and
+  queues more requests. One worker thread takes write-outs in order from its inbox, so
+  writes reach the file in the order planned and back-to-back write-outs leave the thread
+  no idle gap; at most two are outstanding, so the cache holds at most three times
+  ``write_behind`` bytes.
+* A write-out of smaller runs only (inode-table, bitmap and directory blocks, small
+  files, random 4 KiB writes) is written within the turn that filled the cache, when no
+  write-out is outstanding: each run is a ``pwritev`` of a few KiB into the host's page
+  cache. From the worker, each of them cost the event loop a thread wake-up: the worker
+  needs the interpreter lock back after every ``pwritev``, so every system call of the
+  loop meanwhile (a page-cache read, a FUSE request or reply, trio's poll) waited for the
+  lock (a cached 4 KiB ``preadv``: 16.5 µs instead of 0.6). A large run is one system
+  call, and its copy into the page cache overlaps the loop's work. (A host short of clean
+  memory can make even a small copy wait; the loop then waits with it.)
 * A read overlapping the queue or the write-out in flight waits for that data to reach
   the file first (it then sees it); other reads pass.
 * Flush writes the queue out, waits for it, then ``fdatasync`` (skipped when nothing was
@@ -51,7 +61,7 @@ from typing import Any
 
 import trio
 from chanos.drivers.base import BlockDriver
-from chanos.drivers.image_io import BufferPool, ImageFile
+from chanos.drivers.image_io import WRITEBACK_MIN, BufferPool, ImageFile
 from chanos.drivers.protocol import Read, Write
 from chanos.drivers.queue import IOV_MAX, DiscardRun, FlushRun, ReadRun, plan
 
@@ -255,8 +265,13 @@ class ImageFileDriver(BlockDriver):
         self.live += 1
         self.queued_bytes += n
         if self.write_behind <= 0:
-            await self._write_out()
-            await self._reap(raise_own=True)
+            op = await self._write_out()
+            assert op is not None
+            await op.done.wait()
+            if op.errors:  # answered here, so not reported again by the next flush
+                for err in op.errors:
+                    self.deferred.remove(err)
+                raise _Reported(op.errors[0].errno or errno.EIO, op.errors[0].strerror)
         elif (
             self.queued_bytes >= self.write_behind
             or self.live >= IOV_MAX
@@ -264,10 +279,11 @@ class ImageFileDriver(BlockDriver):
         ):
             await self._write_out()
 
-    async def _write_out(self) -> None:
-        """Hand the queue to the worker thread; do not wait for it to be written."""
+    async def _write_out(self) -> _WriteOut | None:
+        """Write the queue out: small runs within this turn, a write-out with a large run
+        handed to the worker thread without waiting for it (see the module docstring)."""
         if not self.queue:
-            return
+            return None
         while len(self.outstanding) >= _MAX_OUTSTANDING:
             await self.outstanding[0].done.wait()
         live = [w for w in self.queue if w is not None]
@@ -276,12 +292,22 @@ class ImageFileDriver(BlockDriver):
         self.latest = {}
         self.live = 0
         self.queued_bytes = 0
+        if not self.outstanding and all(r.length < WRITEBACK_MIN for r in op.runs):
+            f = self.file
+            assert f is not None
+            try:
+                f.execute(op.runs, op.results)
+            except Exception as exc:  # execute() answers OSErrors itself: this is a bug
+                op.results = [exc] * len(op.queue)
+            self._record(op)
+            return op
         self.outstanding.append(op)
         ring = self.ring
         if ring is None:
             ring = self.ring = SimpleQueue()
             self._start_worker(ring)
         ring.put(op)
+        return op
 
     def _start_worker(self, ring: SimpleQueue[_WriteOut | None]) -> None:
         """One worker thread per burst of write-outs: it takes them from ``ring`` in order,
@@ -298,7 +324,7 @@ class ImageFileDriver(BlockDriver):
                 if op is None:
                     return
                 try:
-                    f.execute(plan(op.queue), op.results)
+                    f.execute(op.runs, op.results)
                 except BaseException as exc:  # execute() answers OSErrors itself
                     op.results = [exc] * len(op.queue)
                 try:
@@ -312,6 +338,13 @@ class ImageFileDriver(BlockDriver):
         """A write-out's interrupt: runs in the event loop when the worker is done with it."""
         if self.outstanding and self.outstanding[0] is op:
             self.outstanding.popleft()
+        self._record(op)
+        if not self.outstanding and self.ring is not None:
+            self.ring.put(None)
+            self.ring = None
+
+    def _record(self, op: _WriteOut) -> None:
+        """Publish a finished write-out's failures and keep them for the next flush."""
         for idx, w in op.queue:
             r = op.results[idx]
             if isinstance(r, BaseException):
@@ -324,22 +357,12 @@ class ImageFileDriver(BlockDriver):
                 op.errors.append(err)
                 self.deferred.append(err)
                 self._note_error("write", w.offset, len(w.data), err)
-        if not self.outstanding and self.ring is not None:
-            self.ring.put(None)
-            self.ring = None
         op.done.set()
 
-    async def _reap(self, raise_own: bool = False) -> None:
-        """Wait for every write-out handed to the worker; with ``raise_own``, raise the
-        first error of the last one (it then counts as answered, not deferred)."""
-        if not self.outstanding:
-            return
-        op = self.outstanding[-1]
-        await op.done.wait()
-        if raise_own and op.errors:
-            for err in op.errors:
-                self.deferred.remove(err)
-            raise _Reported(op.errors[0].errno or errno.EIO, op.errors[0].strerror)
+    async def _reap(self) -> None:
+        """Wait for every write-out handed to the worker."""
+        if self.outstanding:
+            await self.outstanding[-1].done.wait()
 
     async def _settle(self) -> None:
         """Everything queued so far is in the file (or has failed)."""
@@ -388,12 +411,13 @@ _MAX_QUEUE_SLOTS = 4 * IOV_MAX  # superseded entries included: the list stays sh
 
 
 class _WriteOut:
-    """One write-out handed to the worker: its requests, their byte bounds, results."""
+    """One write-out: its requests, their byte bounds, the planned runs, results."""
 
-    __slots__ = ("done", "errors", "hi", "lo", "queue", "results")
+    __slots__ = ("done", "errors", "hi", "lo", "queue", "results", "runs")
 
     def __init__(self, queue: list[tuple[int, Write]], lo: int, hi: int) -> None:
         self.queue = queue
+        self.runs = plan(queue)
         self.lo = lo
         self.hi = hi
         self.results: list[Any] = [None] * len(queue)

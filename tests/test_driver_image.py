@@ -274,23 +274,28 @@ def stuck_pwritev(monkeypatch) -> threading.Event:
     return gate
 
 
+BIG = 256 * 1024  # a run this large is written out by the worker thread
+
+
 async def test_read_back_of_written_data_waits_for_no_write_out(sup, image, monkeypatch):
     gate = stuck_pwritev(monkeypatch)
-    _ref, dev = await start(sup, image, write_behind=8192)
-    await dev.write(0, b"a" * 4096)
-    await dev.write(4096, b"b" * 4096)  # high-water: this write-out hangs in the worker
-    await dev.write(8192, b"c" * 4096)  # queued behind it
-    await dev.write(4096 + 100, b"B" * 10)  # newer than the one in flight
+    _ref, dev = await start(sup, image, write_behind=2 * BIG)
+    await dev.write(0, b"a" * BIG)
+    await dev.write(BIG, b"b" * BIG)  # high-water: this write-out hangs in the worker
+    await dev.write(2 * BIG, b"c" * 4096)  # queued behind it
+    await dev.write(BIG + 100, b"B" * 10)  # newer than the one in flight
     with trio.fail_after(2):
-        assert bytes(await dev.read(8192 + 10, 100)) == b"c" * 100  # from the queue
+        assert bytes(await dev.read(2 * BIG + 10, 100)) == b"c" * 100  # from the queue
         assert bytes(await dev.read(0, 4096)) == b"a" * 4096  # from the write-out in flight
-        assert bytes(await dev.read(4096 + 100, 10)) == b"B" * 10  # newest write wins
+        assert bytes(await dev.read(BIG + 100, 10)) == b"B" * 10  # newest write wins
     gate.set()
     # Straddling the newer partial write: only the file after a write-out has it right.
-    got = bytes(await dev.read(4096, 4096))
+    got = bytes(await dev.read(BIG, 4096))
     assert got == b"b" * 100 + b"B" * 10 + b"b" * (4096 - 110)
     await dev.flush()
-    assert file_bytes(image, 0, 12288) == b"a" * 4096 + got + b"c" * 4096
+    assert file_bytes(image, BIG, 4096) == got
+    assert file_bytes(image, 0, 4096) == b"a" * 4096
+    assert file_bytes(image, 2 * BIG, 4096) == b"c" * 4096
 
 
 async def test_write_cache_is_bounded(sup, image, monkeypatch):
@@ -298,24 +303,21 @@ async def test_write_cache_is_bounded(sup, image, monkeypatch):
     log = SyscallLog(monkeypatch)
     for i in range(40):
         await dev.write(i * 4096, b"w" * 4096)
-    # 64 KiB high-water: written out after the 16th and the 32nd write, 8 still cached;
-    # a read inside the second write-out is answered from it and writes out nothing more
+    # 64 KiB high-water: written out by the 16th and the 32nd write (small runs: within
+    # their turns), 8 still cached; a read of what was written out writes nothing more
     assert bytes(await dev.read(20 * 4096, 4096)) == b"w" * 4096
-    with trio.fail_after(5):
-        while len(log.of("pwritev")) < 2:  # the write-outs run in the background
-            await trio.sleep(0.01)
     assert log.of("pwritev") == [("pwritev", 0, 16 * 4096), ("pwritev", 16 * 4096, 16 * 4096)]
     assert file_bytes(image, 31 * 4096, 4096) == b"w" * 4096
     assert file_bytes(image, 32 * 4096, 4096) == bytes(4096)
 
 
-async def test_write_out_runs_in_the_background(sup, image, monkeypatch):
+async def test_large_write_out_runs_in_the_background(sup, image, monkeypatch):
     gate = stuck_pwritev(monkeypatch)
-    _ref, dev = await start(sup, image, write_behind=8192)
-    await dev.write(0, b"a" * 8192)  # reaches the high-water mark: the write-out starts
+    _ref, dev = await start(sup, image, write_behind=BIG)
+    await dev.write(0, b"a" * BIG)  # reaches the high-water mark: the write-out starts
     with trio.fail_after(2):
-        await dev.write(8192, b"b" * 4096)  # acknowledged while the write-out hangs
-        assert bytes(await dev.read(65536, 16)) == bytes(16)  # an unrelated read passes
+        await dev.write(BIG, b"b" * 4096)  # acknowledged while the write-out hangs
+        assert bytes(await dev.read(2 * MiB, 16)) == bytes(16)  # an unrelated read passes
     flushed = trio.Event()
 
     async def flusher():
@@ -327,7 +329,41 @@ async def test_write_out_runs_in_the_background(sup, image, monkeypatch):
         await trio.sleep(0.1)
         assert not flushed.is_set()  # the flush waits for the write-out in flight
         gate.set()
-    assert file_bytes(image, 0, 12288) == b"a" * 8192 + b"b" * 4096
+    assert file_bytes(image, 0, BIG + 4096) == b"a" * BIG + b"b" * 4096
+
+
+async def test_small_write_outs_run_in_the_turn_on_the_loop_thread(sup, image, monkeypatch):
+    # From a worker thread they would make every system call of the event loop wait for
+    # the interpreter lock; a large run goes to the worker, and so does the flush.
+    threads = []
+    real_pwritev, real_fdatasync = os.pwritev, os.fdatasync
+
+    def pwritev(fd, bufs, offset, *a):
+        threads.append(("pwritev", sum(len(b) for b in bufs), on_loop()))
+        return real_pwritev(fd, bufs, offset, *a)
+
+    def fdatasync(fd):
+        threads.append(("fdatasync", 0, on_loop()))
+        return real_fdatasync(fd)
+
+    loop = threading.current_thread()
+
+    def on_loop():
+        return threading.current_thread() is loop
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    _ref, dev = await start(sup, image, write_behind=BIG)
+    for i in range(63):  # scattered 4 KiB writes: one run each
+        await dev.write(i * 8192, b"s" * 4096)
+    assert threads == []
+    await dev.write(63 * 8192, b"s" * 4096)  # the high-water mark: written before the answer
+    assert threads == [("pwritev", 4096, True)] * 64
+    assert file_bytes(image, 63 * 8192, 4096) == b"s" * 4096
+    await dev.write(MiB, b"L" * BIG)  # one large run, written out by the worker
+    await dev.flush()
+    assert threads[64:] == [("pwritev", BIG, False), ("fdatasync", 0, False)]
+    assert file_bytes(image, MiB, BIG) == b"L" * BIG
 
 
 async def test_write_through_without_cache(sup, image, monkeypatch):
