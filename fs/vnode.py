@@ -449,6 +449,16 @@ class VnodeActor(Actor):
         if self.restarted and not quiet:
             self.restarted = False
             self.opens = await call(self.ctx.table, OpenCount(self.ino))
+            inode = self.inode
+            if (
+                inode is not None
+                and inode.links_count
+                and await call(self.ctx.table, IsHeld(self.ino))
+            ):
+                # Held means unlinked: the crash came before the record said so (an
+                # inode kept for the host's references is written lazily, _drop_link).
+                inode.links_count = 0
+                self.held = True
         inode = self.inode
         if (
             inode is None or (inode.links_count == 0 and self.opens == 0 and not self.held)
@@ -1292,6 +1302,12 @@ class VnodeActor(Actor):
                 await self._free_unless_referenced()
                 if self.inode is None:
                     return 0
+                # Kept for the host kernel's references: no longer written here. No name
+                # leads to the record any more (lookups read records from the groups), the
+                # host forgets it at once, and freeing it writes it again; a sync or this
+                # vnode's retirement writes it first if it comes before (_write_back).
+                self._changed = True
+                return 0
             elif not self.on_orphan_list:
                 # Open: on the orphan list at once, as ext4 does, so an fsync of any file
                 # (it writes the superblock) keeps a crash from leaking it.

@@ -921,6 +921,26 @@ async def test_crashed_vnode_gives_eio_and_the_rest_goes_on(image, monkeypatch):
     assert_fsck_clean(image)
 
 
+async def test_unlinked_inode_kept_for_a_reference_survives_a_vnode_crash(image, monkeypatch):
+    """The record of an inode unlinked while the host still refers to it is written
+    lazily; a vnode restarted before that learns from the vnode table that the inode is
+    unlinked, so the last Forget still frees it."""
+    crash_next = _crash_next_getattr(monkeypatch)
+    async with boot(image, LOW) as k:
+        free_inodes = (await k.syscall(StatFs())).f_ffree
+        f = await k_write_file(k, ROOT_INO, b"f", b"data")  # the Create's reference
+        await k.syscall(Unlink(ROOT_INO, b"f"))
+        crash_next.add(f)
+        with Errno(errno.EIO):
+            await k.syscall(GetAttr(f))
+        assert (await k.syscall(GetAttr(f))).nlink == 0
+        await k.syscall(Forget(f, 1))
+        with Errno(errno.ENOENT):
+            await k.syscall(GetAttr(f))
+        assert (await k.syscall(StatFs())).f_ffree == free_inodes
+    assert_fsck_clean(image)
+
+
 async def test_unlink_while_open_survives_a_vnode_crash(image, monkeypatch):
     """A vnode restarted after a crash recovers its open-handle count from the vnode
     table: the file, unlinked afterwards, stays readable through both handles and is
