@@ -95,6 +95,34 @@ async def test_idle_poll_returns_once_the_descriptor_is_readable(pair):
     poll.before_io_wait(0)  # runnable tasks: returns without polling
 
 
+async def test_the_run_loop_view_sees_runnable_tasks_callbacks_and_timers():
+    """What the waits read from trio's runner agrees with trio's own statistics."""
+    loop = request_wait._RunLoop()
+
+    def agrees(seconds: float) -> bool:
+        stats = trio.lowlevel.current_statistics()
+        idle = not (stats.tasks_runnable or stats.run_sync_soon_queue_size) and (
+            stats.seconds_to_next_deadline > seconds
+        )
+        assert loop.idle_for(seconds) == idle
+        assert loop.results_pending() == bool(stats.run_sync_soon_queue_size)
+        return idle
+
+    await trio.sleep(0.01)
+    assert agrees(0.001)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.sleep, 0)
+        assert not agrees(0.001)  # a task is runnable
+    with trio.CancelScope(deadline=trio.current_time() + 0.5):
+        assert not agrees(1.0)  # a timer falls due within the second
+        assert agrees(0.001)
+    trio.lowlevel.current_trio_token().run_sync_soon(lambda: None)
+    assert not agrees(0.001)  # a callback waits, as a thread's result would
+    assert loop.results_pending()
+    await trio.sleep(0.01)
+    assert agrees(0.001) and not loop.results_pending()
+
+
 def test_fuse_fd_is_the_new_dev_fuse_descriptor(tmp_path):
     before = request_wait.fuse_fds()
     try:
