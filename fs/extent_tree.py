@@ -109,6 +109,9 @@ def _encode_node(depth: int, emax: int, entries: list[tuple], *, in_inode: bool)
     return fmt.ExtentNode(depth, ents, size, emax).build()
 
 
+_EMPTY_ROOT = _encode_node(0, ROOT_CAPACITY, [], in_inode=True)
+
+
 class BlockStore(Protocol):
     """Block I/O of the device the inode lives on (block numbers in file-system blocks).
     ``read_blocks`` may answer a read-only memoryview (the drivers do): never mutate it."""
@@ -219,8 +222,9 @@ class ExtentTree:
 
     @staticmethod
     def empty_root() -> bytes:
-        """The ``i_block`` of a new, empty extent-mapped inode."""
-        return _encode_node(0, ROOT_CAPACITY, [], in_inode=True)
+        """The ``i_block`` of a new, empty extent-mapped inode (immutable bytes, encoded
+        once: every create stores it)."""
+        return _EMPTY_ROOT
 
     # ----- node access --------------------------------------------------------------------
 

@@ -527,6 +527,17 @@ class VnodeActor(Actor):
             case RmDir(_, name):
                 self._writable()
                 return await self._unlink(name, want_dir=True)
+            # Each unlink of a file sends these two (a case is an isinstance test).
+            case vp.DropLink():
+                self._writable()
+                return await self._drop_link()
+            case vp.Forgotten(unpin):
+                try:
+                    await self._forgotten()
+                finally:
+                    if unpin:
+                        cast(self.ctx.table, Unpin(self.ino))  # the pin the table took
+                return None
             case Rename(old_parent, old_name, new_parent, new_name, flags):
                 self._writable()
                 if old_parent != self.ino or new_parent != self.ino:
@@ -588,9 +599,6 @@ class VnodeActor(Actor):
             case vp.AddLink():
                 self._writable()
                 return await self._add_link()
-            case vp.DropLink():
-                self._writable()
-                return await self._drop_link()
             case vp.Renamed(new_parent):
                 self._writable()
                 inode = self._live()
@@ -626,13 +634,6 @@ class VnodeActor(Actor):
                 return None
             case vp.WriteBack():
                 await self._write_back()
-                return None
-            case vp.Forgotten(unpin):
-                try:
-                    await self._forgotten()
-                finally:
-                    if unpin:
-                        cast(self.ctx.table, Unpin(self.ino))  # the pin the table took
                 return None
             case _:
                 raise OSError(errno.ENOSYS, f"vnode: unsupported message {type(msg).__name__}")
@@ -727,7 +728,7 @@ class VnodeActor(Actor):
             now = _now()
             if inode.size:
                 await self._truncate(inode, 0)
-            inode.mtime_ns = inode.ctime_ns = now
+            inode.set_times(now)
             await self._save()
         self.opens += 1
         return Handle(self.ino, self.ref, flags)
@@ -806,7 +807,7 @@ class VnodeActor(Actor):
             # inode would not change (the kernel stamps file times from its coarse clock,
             # so it leaves them too), and the group actor already holds it.
             return n
-        inode.mtime_ns = inode.ctime_ns = now
+        inode.set_times(now)
         await self._save()
         self._write_time = inode.mtime_ns  # as stored (whole seconds without extra fields)
         return n
@@ -870,7 +871,7 @@ class VnodeActor(Actor):
     async def _touch_dir(self) -> None:
         inode = self.inode
         assert inode is not None
-        inode.mtime_ns = inode.ctime_ns = _now()
+        inode.set_times(_now())
         await self._save()
 
     async def _child(self, ino: int) -> Inode:
@@ -1023,8 +1024,7 @@ class VnodeActor(Actor):
         child.uid = uid
         child.gid = gid
         child.links_count = 2 if is_dir else 1
-        child.atime_ns = child.mtime_ns = child.ctime_ns = now
-        child.crtime_ns = now
+        child.set_times(now, atime=True, crtime=True)
         child.generation = random.getrandbits(32)
         flags = parent.flags & _INHERITED
         if is_dir:
@@ -1105,7 +1105,7 @@ class VnodeActor(Actor):
             raise
         if is_dir:
             self._inc_dir_links(parent)
-        parent.mtime_ns = parent.ctime_ns = now
+        parent.set_times(now)
         await self._save()
         # ``child`` is now the record as written; CreateOpen starts the vnode from it, which
         # relies on that (VnodeActor.started): change nothing in it past the write above.

@@ -46,6 +46,7 @@ import itertools
 import logging
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -204,7 +205,8 @@ class Kernel:
         self.table = table
         # Vnode addresses the table gave out, by inode, oldest first, for requests sent
         # without a pin (``_unpinned``); a stale one answers ActorDied and is dropped.
-        self._refs: dict[int, ActorRef] = {}
+        # Oldest first (an OrderedDict: dropping the oldest of a dict scans its holes).
+        self._refs: OrderedDict[int, ActorRef] = OrderedDict()
         self._refs_max = max(options.max_vnodes, 1)
         self.rename = rename
         self.options = options
@@ -278,7 +280,7 @@ class Kernel:
         addresses, the oldest dropped first)."""
         refs = self._refs
         if ino not in refs and len(refs) >= self._refs_max:
-            del refs[next(iter(refs))]
+            refs.popitem(last=False)
         refs[ino] = ref
 
     def _crashed(self, ino: int, ref: ActorRef, msg: Any, exc: CallError) -> OSError:
@@ -301,7 +303,8 @@ class Kernel:
         opened = 0
         try:
             handle = await call(ref, msg)
-            handle = replace(handle, vnode=ref, fh=next(self._fh))
+            # Built directly: dataclasses.replace costs more than the rest of the line.
+            handle = Handle(handle.inode, ref, handle.flags, next(self._fh))
             opened = 1
             self._handles[handle.fh] = (handle, type(msg) is OpenDir)
             return handle
@@ -324,7 +327,7 @@ class Kernel:
             raise self._crashed(parent, ref, msg, exc) from exc
         finally:
             await tell(table, Unpin(parent, 0, entry_ino))
-        handle = replace(handle, fh=next(self._fh))
+        handle = Handle(handle.inode, handle.vnode, handle.flags, next(self._fh))
         self._handles[handle.fh] = (handle, False)
         self._remember(entry_ino, handle.vnode)
         return handle, entry

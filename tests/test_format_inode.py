@@ -302,6 +302,41 @@ def test_any_inode_bytes_round_trip(raw: bytes, extra_isize: int) -> None:
     assert Inode.parse(raw[:128]).build() == raw[:128]
 
 
+@given(
+    st.integers(-(2**36) * 10**9, 2**36 * 10**9),
+    st.sampled_from(
+        [
+            (128, 0),
+            (256, 0),
+            (256, 4),
+            (256, 8),
+            (256, 12),
+            (256, 16),
+            (256, 20),
+            (256, 24),
+            (256, 32),
+            (512, 32),
+        ]
+    ),
+    st.booleans(),
+    st.booleans(),
+)
+def test_set_times_stores_what_the_setters_store(
+    ns: int, layout: tuple[int, int], atime: bool, crtime: bool
+) -> None:
+    size, extra = layout
+    one = Inode.new(inode_size=size, extra_isize=extra, mode=0o100644, links_count=1)
+    one.atime_ns = one.crtime_ns = 123_456_789_000_000_007  # left alone unless asked
+    other = one.copy()
+    one.set_times(ns, atime=atime, crtime=crtime)
+    other.mtime_ns = other.ctime_ns = ns
+    if atime:
+        other.atime_ns = ns
+    if crtime:
+        other.crtime_ns = ns
+    assert one.build() == other.build()
+
+
 # --- reading without decoding -------------------------------------------------------------
 
 

@@ -359,6 +359,10 @@ def _pack(packer: struct.Struct, values: tuple) -> bytes:
         raise ValueError(f"inode field out of range: {e}") from None
 
 
+# Zeroed records by (class, inode size, extra size): Inode.new copies one (every create).
+_BLANK: dict[tuple[type, int, int], Inode] = {}
+
+
 class Inode(Record):
     """A mutable inode record.  See the module docstring.
 
@@ -401,10 +405,14 @@ class Inode(Record):
     @classmethod
     def new(cls, inode_size: int = 256, extra_isize: int = EXTRA_KNOWN, **fields: int) -> Self:  # type: ignore[override]
         """A zeroed inode record with ``i_extra_isize`` set (0 for 128-byte inodes)."""
-        raw = bytearray(inode_size)
-        if inode_size > GOOD_OLD_INODE_SIZE:
-            raw[128:130] = extra_isize.to_bytes(2, "little")
-        obj = cls.parse(raw)
+        key = (cls, inode_size, extra_isize)
+        blank = _BLANK.get(key)
+        if blank is None:
+            raw = bytearray(inode_size)
+            if inode_size > GOOD_OLD_INODE_SIZE:
+                raw[128:130] = extra_isize.to_bytes(2, "little")
+            blank = _BLANK[key] = cls.parse(raw)
+        obj = blank.copy()
         for name, value in fields.items():
             setattr(obj, name, value)
         return obj
@@ -427,8 +435,11 @@ class Inode(Record):
 
     def copy(self) -> Self:
         obj = type(self).__new__(type(self))
-        for name in self.__slots__:
-            setattr(obj, name, getattr(self, name))
+        _set_base(obj, _base_values(self))
+        _set_extra(obj, _extra_values(self))
+        obj.inode_size = self.inode_size
+        obj.tail = self.tail
+        obj.extra_rest = self.extra_rest
         return obj
 
     def __eq__(self, other: object) -> bool:
@@ -652,6 +663,28 @@ class Inode(Record):
     def crtime_ns(self, ns: int) -> None:
         if self.has_extra("crtime"):
             self._set_time("crtime", ns)
+
+    def set_times(self, ns: int, atime: bool = False, crtime: bool = False) -> None:
+        """mtime = ctime = ``ns``, and atime and crtime too when asked, as the ``*_ns``
+        setters store them: what every change of a file's data or a directory's entries
+        stamps. The time is encoded once for all of them (each setter encodes it again)
+        when the record has room for every extra field, as mkfs makes them."""
+        if self.inode_size == GOOD_OLD_INODE_SIZE or self.extra_isize < _CRTIME_X:
+            self.mtime_ns = self.ctime_ns = ns
+            if atime:
+                self.atime_ns = ns
+            if crtime:
+                self.crtime_ns = ns
+            return
+        lo, extra = encode_time(ns)
+        self.mtime = self.ctime = lo
+        self.mtime_extra = self.ctime_extra = extra
+        if atime:
+            self.atime = lo
+            self.atime_extra = extra
+        if crtime:
+            self.crtime = lo
+            self.crtime_extra = extra
 
     # --- devices -----------------------------------------------------------------
 
