@@ -107,6 +107,10 @@ class Directory:
         # never move; only a delete of that very record (merged away) invalidates it.
         self._tail: list[int] = []
         self._last = 0  # block of the latest insert
+        # The latest name looked for and what _entry found (None: absent), until the next
+        # change: an unlink looks its name up, then removes it; a create checks that its
+        # name is free, then adds it. Every change clears it before it touches a block.
+        self._found: tuple[bytes, tuple[int, int, int, int] | None] | None = None
 
     # ----- loading ------------------------------------------------------------------------
 
@@ -116,6 +120,7 @@ class Directory:
         # In reads of at most _LOAD_CHUNK bytes: one read of a large directory would hold
         # it whole at the peak.
         per_read = max(1, _LOAD_CHUNK // bs)
+        self._found = None
         self._cache.clear()
         self._index.clear()
         self._dots = 0
@@ -147,6 +152,7 @@ class Directory:
         self._room[i] = room
 
     def _indexed(self, name: bytes, position: int) -> None:
+        self._found = None  # (loading asks _entry about each name before indexing it)
         self._index.add(name, position)
         if name == b"." or name == b"..":
             self._dots += 1
@@ -173,13 +179,19 @@ class Directory:
 
     async def _entry(self, name: bytes) -> tuple[int, int, int, int] | None:
         """(block, offset, inode, file_type) of entry ``name``, or None."""
+        found = self._found
+        if found is not None and found[0] == name:
+            return found[1]
         bs = self.block_size
+        w = None
         for p in list(self._index.positions(name)):
             i, off = divmod(p, bs)
             ino, ft, stored = dirent.entry_at(await self._block(i), off)
             if stored == name:
-                return i, off, ino, ft
-        return None
+                w = (i, off, ino, ft)
+                break
+        self._found = (name, w)
+        return w
 
     @property
     def size(self) -> int:
@@ -257,6 +269,7 @@ class Directory:
         dirent.check_name(name)
         if await self._entry(name) is not None:
             raise OSError(errno.EEXIST, f"{name!r} exists")
+        self._found = None
         ft = file_type if self.filetype else 0
         need = dirent.rec_len_for(len(name))
         last = self._last
@@ -314,6 +327,7 @@ class Directory:
         w = await self._entry(name)
         if w is None or (expect_ino and w[2] != expect_ino):
             raise OSError(errno.ENOENT, f"no entry {name!r}")
+        self._found = None
         i, off, ino, ft = w
         block = await self._block(i)
         saved = bytes(block)
@@ -339,6 +353,7 @@ class Directory:
         w = await self._entry(name)
         if w is None or (expect_ino and w[2] != expect_ino):
             raise OSError(errno.ENOENT, f"no entry {name!r}")
+        self._found = None
         i, off, old_ino, old_ft = w
         ft = file_type if self.filetype else 0
         block = await self._block(i)
@@ -354,6 +369,7 @@ class Directory:
         """Rewrite ".." to name ``parent`` (a directory moved to another parent)."""
         if not self.nblocks or 0 in self.corrupt:
             raise OSError(errno.EIO, "directory block 0 is damaged")
+        self._found = None
         block = await self._block(0)
         dirent.set_dotdot(block, parent)
         await self._write_block(0, block)

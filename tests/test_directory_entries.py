@@ -201,6 +201,47 @@ async def test_lookup_remove_replace_and_errors():
     assert await d.dotdot() == 77 and await d.lookup(b"..") == (77, 2)
 
 
+async def test_a_lookup_sees_every_change_made_after_it():
+    """The directory remembers its latest answer (an unlink looks a name up, then removes
+    it): every change, and a reload, must make it look again."""
+    d, data = await _new_dir()
+    assert await d.lookup(b"n") is None
+    await d.add(b"n", 20, 1)
+    assert await d.lookup(b"n") == (20, 1)
+    await d.replace(b"n", 21, 1)
+    assert await d.lookup(b"n") == (21, 1)
+    assert await d.remove(b"n") == (21, 1)
+    assert await d.lookup(b"n") is None
+    assert await d.lookup(b"..") == (2, 2)
+    await d.set_dotdot(9)
+    assert await d.lookup(b"..") == (9, 2)
+
+    # A change whose write fails leaves the entries as they were, and lookups say so.
+    await d.add(b"k", 30, 1)
+    assert await d.lookup(b"k") == (30, 1)
+
+    async def broken(offset, block, *, size=None):
+        raise OSError(errno.EIO, "write failed")
+
+    data.write = broken
+    with pytest.raises(OSError):
+        await d.remove(b"k")
+    assert await d.lookup(b"k") == (30, 1)
+    assert await d.lookup(b"m") is None
+    with pytest.raises(OSError):
+        await d.add(b"m", 31, 1)
+    assert await d.lookup(b"m") is None
+    del data.write
+
+    # A reload reads the blocks as they are now.
+    assert await d.lookup(b"k") == (30, 1)
+    data.buf[:] = bytes(first_block(1024, 12, 2))
+    await d.load()
+    # Loading asked about each name before indexing it: the last one is found now.
+    assert await d.lookup(b"..") == (2, 2)
+    assert await d.lookup(b"k") is None
+
+
 async def test_corrupt_block_is_skipped_not_written():
     d, data = await _new_dir()
     for i in range(200):
