@@ -116,11 +116,23 @@ class Allocator:
         rest = [(home + i) % n for i in range(n) if (home + i) % n not in chosen]
         return first + rest
 
-    async def free_inode(self, ino: int, is_dir: bool, raw: bytes = b"") -> None:
-        """Free inode ``ino``; ``raw``: its final record, written first (see ``FreeInode``)."""
+    async def free_inode(
+        self, ino: int, is_dir: bool, raw: bytes = b"", blocks: Sequence[tuple[int, int]] = ()
+    ) -> None:
+        """Free inode ``ino``; ``raw``: its final record, written first (see ``FreeInode``);
+        ``blocks``: runs ``(start, count)`` the file held, freed before that. Runs inside
+        the inode's group travel with the inode's message, others go first on their own."""
         if not 1 <= ino <= self.geo.inodes_count:
             raise OSError(errno.EUCLEAN, f"freeing inode {ino}: out of range")
-        await call(self.groups[self.group_of_inode(ino)], FreeInode(ino, is_dir, raw))
+        g = self.group_of_inode(ino)
+        lo, hi = self.group_first_block(g), self.group_first_block(g + 1)
+        local = []
+        for start, count in blocks:
+            if lo <= start and start + count <= hi:
+                local.append((start, count))
+            else:
+                await self.free(start, count)
+        await call(self.groups[g], FreeInode(ino, is_dir, raw, tuple(local)))
 
     # -- blocks (the BlockAllocator interface) -------------------------------------------------
 

@@ -715,7 +715,9 @@ class BlockGroupActor(Actor):
                         raise
                 await self._report()
                 return ino
-            case FreeInode(ino, is_dir, raw):
+            case FreeInode(ino, is_dir, raw, blocks):
+                for start, count in blocks:
+                    await g.free_blocks_run(start, count)
                 if raw:
                     await g.write_inode(ino, raw)
                 freed = await g.free_inode(ino, is_dir)

@@ -112,6 +112,31 @@ def _encode_node(depth: int, emax: int, entries: list[tuple], *, in_inode: bool)
 _EMPTY_ROOT = _encode_node(0, ROOT_CAPACITY, [], in_inode=True)
 
 
+def root_runs(i_block: bytes, blocks_count: int) -> list[tuple[int, int]] | None:
+    """The physical runs ``(start, count)`` of a file whose extents all sit in its inode
+    (a root of depth 0): what freeing the whole file gives back, read straight from the
+    60 bytes without building the tree. None when the tree is deeper, or when anything
+    is out of the ordinary (a malformed root, an extent outside the volume): the tree
+    then frees the file, and reports what is wrong."""
+    if len(i_block) < fmt.ROOT_SIZE:
+        return None
+    magic, count, emax, depth, _gen = _HDR.unpack_from(i_block)
+    if magic != fmt.MAGIC or depth or not count <= emax <= ROOT_CAPACITY:
+        return None
+    runs = []
+    next_lblk = 0
+    for i in range(count):
+        lblk, length, hi, lo = _LEAF.unpack_from(i_block, fmt.HEADER_SIZE + i * fmt.ENTRY_SIZE)
+        if length > MAX_INIT_LEN:
+            length -= MAX_INIT_LEN  # unwritten: its blocks are the file's all the same
+        start = hi << 32 | lo
+        if lblk < next_lblk or not length or not start or start + length > blocks_count:
+            return None  # out of order or overlapping, empty, or outside the volume
+        next_lblk = lblk + length
+        runs.append((start, length))
+    return runs
+
+
 class BlockStore(Protocol):
     """Block I/O of the device the inode lives on (block numbers in file-system blocks).
     ``read_blocks`` may answer a read-only memoryview (the drivers do): never mutate it."""

@@ -30,11 +30,16 @@ class FreeInode:
 
     ``raw`` (optional): the freed inode's final record, written first in the same turn
     (one message instead of WriteInode + FreeInode); if that write fails nothing is
-    freed."""
+    freed. ``blocks`` (optional): runs ``(start, count)`` inside this group that the
+    file held, freed before the record is written (a small file's data lives in its
+    inode's group: one message instead of FreeBlocks + FreeInode); if one cannot be
+    freed, neither the record nor the inode changes (the runs before it stay freed, as
+    those of a truncate that failed part-way do)."""
 
     ino: int
     is_dir: bool = False
     raw: bytes = b""
+    blocks: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ from typing import Any
 from chanos.fs import acl
 from chanos.fs import vnode_protocol as vp
 from chanos.fs.directory import Directory, first_block
-from chanos.fs.extent_tree import ExtentTree
+from chanos.fs.extent_tree import ExtentTree, root_runs
 from chanos.fs.file_data import FileData
 from chanos.fs.format import dirent
 from chanos.fs.format import features as F
@@ -1329,14 +1329,27 @@ class VnodeActor(Actor):
         inode = self.inode
         assert inode is not None
         is_dir = inode.is_dir
+        runs: list[tuple[int, int]] | None = []
         # A file that holds no blocks (and has no mapping loaded) has nothing to give back.
         if self._has_data_blocks(inode) and (
             self._data is not None or self._fs_blocks_held(inode) > 0
         ):
-            d = self._data_of(inode)
-            await d.truncate(inode.size, 0)
-            await d.flush()
-            inode.i_block = d.i_block
+            # A file whose extents all sit in its inode (every small file) gives its runs
+            # to the inode's group with the inode itself; anything else is truncated. A
+            # loaded mapping the record is current with (saved, nothing dirty) says what
+            # the record says.
+            runs = None
+            d = self._data
+            if inode.uses_extents and (d is None or not (d.inode_dirty or d.blocks_dirty)):
+                runs = root_runs(inode.i_block, self.geo.blocks_count)
+            if runs is None:
+                d = self._data_of(inode)
+                await d.truncate(inode.size, 0)
+                await d.flush()
+                inode.i_block = d.i_block
+                runs = []
+            else:
+                inode.i_block = ExtentTree.empty_root()
         if inode.file_acl:
             x = await self._xattr_store(inode)
             await x.release(inode)
@@ -1348,7 +1361,7 @@ class VnodeActor(Actor):
         inode.set_blocks(0, self.huge_file, self.bs)
         inode.dtime = int(time.time()) & 0xFFFFFFFF
         self._written = None
-        await self.vol.allocator.free_inode(self.ino, is_dir, inode.build())
+        await self.vol.allocator.free_inode(self.ino, is_dir, inode.build(), runs)
         self.held = False
         self.inode = None
         self._data = self._dir = self._xattrs = None

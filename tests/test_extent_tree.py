@@ -368,3 +368,40 @@ def test_empty_root_decodes_and_bad_roots_are_refused() -> None:
     bad[0] = 0
     with pytest.raises(OSError):
         _decode_node(bytes(bad), in_inode=True)
+
+
+@given(
+    entries=st.lists(
+        st.tuples(
+            st.integers(0, 2**32 - 40_000),
+            st.integers(1, 2**40),
+            st.integers(1, 32768),
+            st.booleans(),
+        ),
+        max_size=4,
+    ),
+    depth=st.integers(0, 1),
+)
+def test_root_runs_are_the_roots_extents_read_straight(entries: list, depth: int) -> None:
+    # Every extent's blocks, unwritten ones too, as the codec decodes them; nothing for a
+    # deeper tree, an extent past the volume's end or a malformed root.
+    from chanos.fs.extent_tree import _decode_node, _encode_root, root_runs
+
+    if depth:
+        raw = _encode_root(1, sorted((lb, p) for lb, p, _n, _u in entries))
+        assert root_runs(raw, 2**48) is None
+        return
+    ents = sorted((lb, p, min(n, 32767) if u else n, u) for lb, p, n, u in entries)
+    raw = _encode_root(0, ents)
+    if not all(a[0] + a[2] <= b[0] for a, b in itertools.pairwise(ents)):
+        assert root_runs(raw, 2**48) is None  # overlapping: the tree reports it
+        return
+    decoded = _decode_node(raw, in_inode=True)[2]
+    assert root_runs(raw, 2**48) == [(p, n) for _lb, p, n, _u in decoded]
+    if ents:
+        end = max(p + n for _lb, p, n, _u in ents)
+        assert root_runs(raw, end) is not None and root_runs(raw, end - 1) is None
+    bad = bytearray(raw)
+    bad[0] ^= 0xFF  # not an extent header
+    assert root_runs(bytes(bad), 2**48) is None
+    assert root_runs(raw[:40], 2**48) is None

@@ -247,3 +247,60 @@ async def test_orphan_list_untouched_by_an_unlink_forgotten_before_any_write_bac
         with Errno(errno.ENOENT):
             await k.syscall(GetAttr(gone))
     assert_fsck_clean(image)
+
+
+async def test_files_freed_with_their_inode_leave_what_the_tree_would(image, monkeypatch):
+    """A file whose extents all sit in its inode gives its runs back in its inode's
+    FreeInode (``root_runs``), a deeper tree is truncated: both leave the same freed
+    record, every block free again and e2fsck clean."""
+    from chanos.fs import allocator, vnode
+    from chanos.fs.format.inode import Inode
+
+    shapes = {
+        b"empty": [],
+        b"one": [(0, 4096)],
+        b"sparse": [(0, 4096), (40960, 4096), (409600, 8192)],
+        b"deep": [(i * 81920, 1024) for i in range(12)],  # > 4 extents: a tree block
+    }
+    sent: list[tuple] = []  # the runs each FreeInode carried
+    free_inode = allocator.Allocator.free_inode
+
+    async def spy(self, ino, is_dir, raw=b"", blocks=()):
+        sent.append(tuple(blocks))
+        return await free_inode(self, ino, is_dir, raw, blocks)
+
+    monkeypatch.setattr(allocator.Allocator, "free_inode", spy)
+
+    async def free_each(k, tag: bytes) -> dict[bytes, tuple[tuple, Inode]]:
+        bfree = (await k.syscall(StatFs())).f_bfree
+        freed = {}
+        for name, pieces in shapes.items():
+            h, e = await k.syscall(Create(ROOT_INO, tag + name, 0o644, os.O_WRONLY | os.O_CREAT))
+            for off, n in pieces:
+                await k.syscall(Write(h, off, b"d" * n))
+            await k.syscall(Release(h))
+            await k.syscall(Unlink(ROOT_INO, tag + name))
+            await k.syscall(Forget(e.inode, 1))
+            freed[name] = (sent[-1], Inode.parse(await k.volume.read_inode(e.inode)))
+        assert (await k.syscall(StatFs())).f_bfree == bfree
+        return freed
+
+    async with boot(image) as k:
+        with_inode = await free_each(k, b"a-")
+        monkeypatch.setattr(vnode, "root_runs", lambda i_block, count: None)
+        by_tree = await free_each(k, b"b-")
+    for name in shapes:
+        (runs, a), (none, b) = with_inode[name], by_tree[name]
+        assert (a.links_count, a.size, a.blocks_lo, a.i_block, a.flags, a.mode) == (
+            b.links_count,
+            b.size,
+            b.blocks_lo,
+            b.i_block,
+            b.flags,
+            b.mode,
+        ), name
+        assert a.links_count == 0 and a.dtime and a.blocks_lo == 0
+        assert none == ()
+        # Only the shallow files' runs went with the inode, one per extent.
+        assert len(runs) == (len(shapes[name]) if name != b"deep" else 0), name
+    assert_fsck_clean(image)

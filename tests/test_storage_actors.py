@@ -426,3 +426,41 @@ async def test_other_layouts_allocate_and_stay_fsck_clean(ext4_image, features) 
         before["Free inodes"],
     )
     assert_fsck_clean(img)
+
+
+async def test_a_files_runs_travel_with_its_inode_free(ext4_image) -> None:
+    """FreeInode carries the runs of the file's data: those in the inode's group go in the
+    same message, the others on their own first; a run that cannot be freed leaves the
+    record and the inode as they were."""
+    img = ext4_image("64M", 1024)  # groups of 8,192 blocks
+    before, _ = dumpe2fs(img)
+    async with mounted(img) as vol:
+        alloc = vol.allocator
+        bfree0 = (await vol.statfs()).f_bfree
+        rec = bytes([0x11]) * 256
+        gone = bytes(0x14) + (1_700_000_000).to_bytes(4, "little") + bytes(256 - 0x18)
+        ino = await alloc.alloc_inode(2, False, rec)
+        assert vol.geometry.group_of_inode(ino) == 0
+        near = await alloc.allocate(1000, 3)  # in group 0, the inode's
+        far = await alloc.allocate(32769, 2)  # in group 4
+        assert vol.geometry.group_of_block(near[0]) == 0 and far == (32769, 2)
+        await alloc.free_inode(ino, False, gone, [near, far])
+        assert await vol.read_inode(ino) == gone
+        s = await vol.statfs()
+        assert s.f_bfree == bfree0 and s.f_ffree == int(before["Free inodes"])
+
+        # A run already free: nothing of the inode changes; the run before it is freed.
+        ino = await alloc.alloc_inode(2, False, rec)
+        near = await alloc.allocate(1000, 3)
+        free_already = (near[0] + 100, 1)
+        with pytest.raises(OSError) as ei:
+            await alloc.free_inode(ino, False, gone, [near, free_already])
+        assert ei.value.errno == errno.EUCLEAN
+        assert await vol.read_inode(ino) == rec
+        s = await vol.statfs()
+        assert s.f_bfree == bfree0 and s.f_ffree == int(before["Free inodes"]) - 1
+        await alloc.free_inode(ino, False, gone)
+    after, _ = dumpe2fs(img)
+    assert after["Free blocks"] == before["Free blocks"]
+    assert after["Free inodes"] == before["Free inodes"]
+    assert_fsck_clean(img)
