@@ -21,11 +21,12 @@ the request path is short. Where time goes:
   no idle gap; at most two are outstanding, so the cache holds at most three times
   ``write_behind`` bytes.
 * A write-out of smaller runs only (inode-table, bitmap and directory blocks, small
-  files, random 4 KiB writes) is written within the turn that filled the cache, when no
-  write-out is outstanding: each run is a ``pwritev`` of a few KiB into the host's page
-  cache. From the worker, each of them cost the event loop a thread wake-up: the worker
-  needs the interpreter lock back after every ``pwritev``, so every system call of the
-  loop meanwhile (a page-cache read, a FUSE request or reply, trio's poll) waited for the
+  files, random 4 KiB writes) is written within the turn that filled the cache, after
+  the write-outs in flight if there are any (that turn waits for them, as a full cache
+  would): each run is a ``pwritev`` of a few KiB into the host's page cache. From the
+  worker, each of them cost the event loop a thread wake-up: the worker needs the
+  interpreter lock back after every ``pwritev``, so every system call of the loop
+  meanwhile (a page-cache read, a FUSE request or reply, trio's poll) waited for the
   lock (a cached 4 KiB ``preadv``: 16.5 µs instead of 0.6). A large run is one system
   call, and its copy into the page cache overlaps the loop's work. (A host short of clean
   memory can make even a small copy wait; the loop then waits with it.)
@@ -292,7 +293,15 @@ class ImageFileDriver(BlockDriver):
         self.latest = {}
         self.live = 0
         self.queued_bytes = 0
-        if not self.outstanding and all(r.length < WRITEBACK_MIN for r in op.runs):
+        small = all(r.length < WRITEBACK_MIN for r in op.runs)
+        if small and self.outstanding:
+            # Written after the write-outs in flight (they may cover the same bytes), and
+            # then in this turn. Handed to the worker behind them instead, every write-out
+            # that followed found the one before still in flight and went there too: 4 KiB
+            # random writes after a sequential fill never came back to the loop's thread,
+            # and each of their runs cost the loop a wait for the interpreter lock.
+            await self.outstanding[-1].done.wait()
+        if small and not self.outstanding:
             f = self.file
             assert f is not None
             try:

@@ -366,6 +366,55 @@ async def test_small_write_outs_run_in_the_turn_on_the_loop_thread(sup, image, m
     assert file_bytes(image, MiB, BIG) == b"L" * BIG
 
 
+async def test_small_write_out_behind_a_large_one_waits_then_runs_on_the_loop_thread(
+    sup, image, monkeypatch
+):
+    # Handed to the worker behind the large one, each write-out after it would find the
+    # one before in flight and follow it there, never coming back to the loop's thread.
+    loop = threading.current_thread()
+    gate = threading.Event()
+    real = os.pwritev
+    threads = []
+
+    def pwritev(fd, bufs, offset, *a):
+        size = sum(len(b) for b in bufs)
+        on_loop = threading.current_thread() is loop
+        threads.append((size, on_loop))
+        if not on_loop:
+            gate.wait(10)
+        return real(fd, bufs, offset, *a)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    _ref, dev = await start(sup, image, write_behind=BIG)
+    await dev.write(MiB, b"L" * BIG)  # one large run: the worker takes it and hangs
+    for i in range(63):  # scattered 4 KiB writes, queued
+        await dev.write(i * 8192, b"s" * 4096)
+    done = trio.Event()
+
+    async def last():
+        await dev.write(63 * 8192, b"s" * 4096)  # the high-water mark
+        done.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(last)
+            await trio.sleep(0.1)
+            assert not done.is_set()  # behind the write-out in flight
+            assert threads == [(BIG, False)]
+            gate.set()
+            with trio.fail_after(5):
+                await done.wait()
+    finally:
+        gate.set()
+    assert threads[1:] == [(4096, True)] * 64
+    for i in range(66):  # and every write-out after it stays on the loop's thread
+        await dev.write(2 * MiB + i * 8192, b"t" * 4096)
+    assert all(on_loop for _size, on_loop in threads[1:]) and len(threads) == 129
+    await dev.flush()
+    assert file_bytes(image, MiB, BIG) == b"L" * BIG
+    assert file_bytes(image, 63 * 8192, 4096) == b"s" * 4096
+
+
 async def test_write_through_without_cache(sup, image, monkeypatch):
     _ref, dev = await start(sup, image, write_behind=0)
     log = SyscallLog(monkeypatch)
