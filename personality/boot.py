@@ -205,7 +205,8 @@ class Kernel:
         self.table = table
         # Vnode addresses the table gave out, by inode, oldest first, for requests sent
         # without a pin (``_unpinned``); a stale one answers ActorDied and is dropped.
-        # Oldest first (an OrderedDict: dropping the oldest of a dict scans its holes).
+        # An OrderedDict: dropping the oldest key of a plain dict scans the holes that
+        # earlier drops left at its front.
         self._refs: OrderedDict[int, ActorRef] = OrderedDict()
         self._refs_max = max(options.max_vnodes, 1)
         self.rename = rename
