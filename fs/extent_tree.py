@@ -114,27 +114,17 @@ _EMPTY_ROOT = _encode_node(0, ROOT_CAPACITY, [], in_inode=True)
 
 def root_runs(i_block: bytes, blocks_count: int) -> list[tuple[int, int]] | None:
     """The physical runs ``(start, count)`` of a file whose extents all sit in its inode
-    (a root of depth 0): what freeing the whole file gives back, read straight from the
-    60 bytes without building the tree. None when the tree is deeper, or when anything
-    is out of the ordinary (a malformed root, an extent outside the volume): the tree
-    then frees the file, and reports what is wrong."""
-    if len(i_block) < fmt.ROOT_SIZE:
+    (a root of depth 0), unwritten ones included: what freeing the whole file gives back,
+    without building the tree. None when the tree is deeper, or when anything is out of
+    the ordinary (a malformed root, an extent outside the volume): the tree then frees
+    the file, and reports what is wrong."""
+    try:
+        depth, _emax, entries = _decode_node(bytes(i_block[:60]), in_inode=True)
+    except OSError:
         return None
-    magic, count, emax, depth, _gen = _HDR.unpack_from(i_block)
-    if magic != fmt.MAGIC or depth or not count <= emax <= ROOT_CAPACITY:
+    if depth or any(p == 0 or p + n > blocks_count for _lb, p, n, _u in entries):
         return None
-    runs = []
-    next_lblk = 0
-    for i in range(count):
-        lblk, length, hi, lo = _LEAF.unpack_from(i_block, fmt.HEADER_SIZE + i * fmt.ENTRY_SIZE)
-        if length > MAX_INIT_LEN:
-            length -= MAX_INIT_LEN  # unwritten: its blocks are the file's all the same
-        start = hi << 32 | lo
-        if lblk < next_lblk or not length or not start or start + length > blocks_count:
-            return None  # out of order or overlapping, empty, or outside the volume
-        next_lblk = lblk + length
-        runs.append((start, length))
-    return runs
+    return [(p, n) for _lb, p, n, _u in entries]
 
 
 class BlockStore(Protocol):

@@ -1329,7 +1329,7 @@ class VnodeActor(Actor):
         inode = self.inode
         assert inode is not None
         is_dir = inode.is_dir
-        runs: list[tuple[int, int]] | None = []
+        runs: list[tuple[int, int]] = []
         # A file that holds no blocks (and has no mapping loaded) has nothing to give back.
         if self._has_data_blocks(inode) and (
             self._data is not None or self._fs_blocks_held(inode) > 0
@@ -1338,18 +1338,18 @@ class VnodeActor(Actor):
             # to the inode's group with the inode itself; anything else is truncated. A
             # loaded mapping the record is current with (saved, nothing dirty) says what
             # the record says.
-            runs = None
             d = self._data
+            shallow = None
             if inode.uses_extents and (d is None or not (d.inode_dirty or d.blocks_dirty)):
-                runs = root_runs(inode.i_block, self.geo.blocks_count)
-            if runs is None:
+                shallow = root_runs(inode.i_block, self.geo.blocks_count)
+            if shallow is not None:
+                runs = shallow
+                inode.i_block = ExtentTree.empty_root()
+            else:
                 d = self._data_of(inode)
                 await d.truncate(inode.size, 0)
                 await d.flush()
                 inode.i_block = d.i_block
-                runs = []
-            else:
-                inode.i_block = ExtentTree.empty_root()
         if inode.file_acl:
             x = await self._xattr_store(inode)
             await x.release(inode)
