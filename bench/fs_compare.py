@@ -2,7 +2,7 @@
 """chanos against its peers, in one run: chanos, fuse2fs on an identical image, tmpfs.
 
     bench/fs_compare.py [--size 3G] [--targets chanos,fuse2fs,tmpfs] [--quick]
-                        [--chanos-opts OPTS] [--out DIR]
+                        [--rounds N] [--out DIR]
 
 Every target gets the same workloads, one after the other, on a fresh mount:
 ``../shared/tools/fsbench.sh`` beside the repository (or $FSBENCH) for
@@ -25,6 +25,14 @@ fuse2fs does not do: the ``fuse2fs-lat`` target is fuse2fs measured while this s
 holds the same request, to see the peer under that setting too. The result is one
 markdown table with the fuse2fs column as the base of the ratios (``x`` > 1: more
 than fuse2fs for rates, longer for seconds). Needs root (mounts, drop_caches).
+
+``--rounds N`` measures every target N times, each time on a fresh copy of the image,
+the targets taken in turn and their order reversed every other round (A B, B A, A B),
+so that a machine whose speed drifts during the run favours no target. Each cell of
+the table is then the median of the rounds (the peak memory rows: the largest), and a
+second table gives every round's own ratio to the base, which shows how far one run
+can be trusted. The 100,000-file directory is measured in the last round only (it is
+most of fuse2fs's time). Raw rows stay in ``results-rN.tsv``.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -213,7 +222,12 @@ def main() -> int:
     ap.add_argument("--targets", default="chanos,fuse2fs,tmpfs")
     ap.add_argument("--quick", action="store_true", help="smaller workloads (a smoke run)")
     ap.add_argument("--out", type=Path, help="keep results here (default: a temp dir)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every target this many times, in alternating order; "
+                    "cells are medians (default 1)")  # fmt: skip
     a = ap.parse_args()
+    if a.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     if os.geteuid() != 0:
         raise SystemExit("fs_compare.py needs root (mounts, drop_caches, per-phase RSS)")
 
@@ -239,25 +253,31 @@ def main() -> int:
     if a.quick:
         env.update(FSB_NFILES="1000", FSB_TREE_DIRS="10", FSB_TREE_FILES="100", FSB_SEQ_MB="64",
                    FSB_CP_MB="32", FSB_FIO_MB="16", FSB_FIO_SECS="3", FSB_TIMEOUT="60")  # fmt: skip
-    verdicts = {}
+    verdicts: dict[str, list[str]] = {}
     targets = [Target(s.strip(), work, master) for s in a.targets.split(",") if s.strip()]
+    round_files = [tsv] if a.rounds == 1 else [out / f"results-r{r}.tsv" for r in
+                                                range(1, a.rounds + 1)]  # fmt: skip
     try:
-        for t in targets:
-            log(f"=== {t.label}")
-            t.mount()
-            env_t = dict(env, FSB_TSV=str(tsv), FSB_HOSTDIR=str(work))
-            if t.proc is not None:
-                env_t["FSB_PID"] = str(t.proc.pid)
-            r = subprocess.run(["bash", FSBENCH, str(t.mnt), t.label], env=env_t,
-                               stdout=subprocess.PIPE, text=True)  # fmt: skip
-            (out / f"fsbench-{t.label}.md").write_text(r.stdout)
-            t.sample()
-            untar(t, tarball, tsv, nfiles)
-            bigdir(t, tsv, 10_000 if a.quick else 100_000)
-            if t.proc is not None:
-                emit(tsv, t.label, "rss_peak", "daemon peak RSS (whole run, VmHWM)",
-                     f"{t.peak:.1f}", "MiB")  # fmt: skip
-            verdicts[t.label] = t.unmount()
+        for r, rtsv in enumerate(round_files, 1):
+            rtsv.unlink(missing_ok=True)
+            suffix = "" if a.rounds == 1 else f"-r{r}"
+            for t in targets if r % 2 else targets[::-1]:
+                log(f"=== {t.label}" + (f", round {r} of {a.rounds}" if a.rounds > 1 else ""))
+                t.mount()
+                env_t = dict(env, FSB_TSV=str(rtsv), FSB_HOSTDIR=str(work))
+                if t.proc is not None:
+                    env_t["FSB_PID"] = str(t.proc.pid)
+                p = subprocess.run(["bash", FSBENCH, str(t.mnt), t.label], env=env_t,
+                                   stdout=subprocess.PIPE, text=True)  # fmt: skip
+                (out / f"fsbench-{t.label}{suffix}.md").write_text(p.stdout)
+                t.sample()
+                untar(t, tarball, rtsv, nfiles)
+                if r == a.rounds:
+                    bigdir(t, rtsv, 10_000 if a.quick else 100_000)
+                if t.proc is not None:
+                    emit(rtsv, t.label, "rss_peak", "daemon peak RSS (whole run, VmHWM)",
+                         f"{t.peak:.1f}", "MiB")  # fmt: skip
+                verdicts.setdefault(t.label, []).append(t.unmount())
     finally:
         for t in targets:
             if is_mounted(t.mnt):
@@ -267,16 +287,99 @@ def main() -> int:
                 t.proc.kill()
         _clean_work(work, keep_results=a.out is None, targets=targets)
     base = "fuse2fs" if any(t.label == "fuse2fs" for t in targets) else targets[0].label
+    rounds = [read_rows(f) for f in round_files]
+    if a.rounds > 1:
+        write_rows(tsv, combine(rounds))
     table = subprocess.run(["bash", FSBENCH, "--merge", "--base", base, str(tsv)],
                            capture_output=True, text=True).stdout  # fmt: skip
+    what = "ratios against" if a.rounds == 1 else f"medians of {a.rounds} rounds, ratios against"
     print(f"\n### chanos vs peers ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"{os.cpu_count()} cpu, image {a.size}, ratios against {base})\n")  # fmt: skip
+          f"{os.cpu_count()} cpu, image {a.size}, {what} {base})\n")  # fmt: skip
     print(table)
-    for label, v in verdicts.items():
-        if v:
-            print(f"- e2fsck -fn after the run, {label}: {v}")
-    print(f"\nraw results: {tsv}")
-    return 0 if all(v in ("", "clean") for v in verdicts.values()) else 1
+    if a.rounds > 1:
+        print(f"\n### Each round's own ratio against {base}\n")
+        print(round_ratios(rounds, base, [t.label for t in targets if t.kind != "tmpfs"]))
+    for label, vs in verdicts.items():
+        for r, v in enumerate(vs, 1):
+            if v:
+                where = f", round {r}" if a.rounds > 1 else ""
+                print(f"- e2fsck -fn after the run{where}, {label}: {v}")
+    print(f"\nraw results: {', '.join(str(f) for f in round_files)}")
+    return 0 if all(v in ("", "clean") for vs in verdicts.values() for v in vs) else 1
+
+
+# One round's rows: (label, key) -> (description, value, unit, note), in file order.
+Rows = dict[tuple[str, str], tuple[str, str, str, str]]
+
+
+def read_rows(tsv: Path) -> Rows:
+    """The rows of one round's TSV (fsbench's format; its ``_run`` markers skipped)."""
+    rows: Rows = {}
+    with contextlib.suppress(FileNotFoundError), open(tsv) as f:
+        for line in f:
+            p = line.rstrip("\n").split("\t")
+            if len(p) >= 6 and p[1] != "_run":
+                rows[(p[0], p[1])] = (p[2], p[3], p[4], p[5])
+    return rows
+
+
+def _number(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def combine(rounds: list[Rows]) -> Rows:
+    """One row per (label, key): the median over the rounds that have a number for it
+    (the largest for memory peaks, which are bounds whatever the round), with the notes
+    of every round; a row with no number keeps the last round's value."""
+    out: Rows = {}
+    for key in dict.fromkeys(k for rows in rounds for k in rows):
+        seen = [rows[key] for rows in rounds if key in rows]
+        desc, _, unit, _ = seen[-1]
+        texts = [v for _, v, _, _ in seen if _number(v) is not None]
+        notes = "; ".join(dict.fromkeys(n for _, _, _, n in seen if n))
+        if not texts:
+            out[key] = (desc, seen[-1][1], unit, notes)
+            continue
+        values = [float(v) for v in texts]
+        m = max(values) if key[1].startswith("rss") else statistics.median(values)
+        decimals = max(len(v.partition(".")[2]) for v in texts)
+        out[key] = (desc, f"{m:.{decimals}f}", unit, notes)
+    return out
+
+
+def write_rows(tsv: Path, rows: Rows) -> None:
+    """Rows in fsbench's TSV format, a ``_run`` marker before each label's first row."""
+    with open(tsv, "w") as f:
+        started: set[str] = set()
+        for (label, key), (desc, value, unit, note) in rows.items():
+            if label not in started:
+                started.add(label)
+                f.write(f"{label}\t_run\t\t\t\t\n")
+            f.write(f"{label}\t{key}\t{desc}\t{value}\t{unit}\t{note}\n")
+
+
+def round_ratios(rounds: list[Rows], base: str, labels: list[str]) -> str:
+    """Markdown: for each row and each target but the base, its ratio to the base in
+    every round (same convention as the main table)."""
+    lines = ["| metric | target | " + " | ".join(f"round {r}" for r in range(1, len(rounds) + 1))
+             + " |", "|---|---|" + "---|" * len(rounds)]  # fmt: skip
+    keys = dict.fromkeys(k for rows in rounds for (lab, k) in rows if lab == base)
+    for key in keys:
+        desc = next(rows[(base, key)][0] for rows in rounds if (base, key) in rows)
+        for label in labels:
+            if label == base:
+                continue
+            cells = []
+            for rows in rounds:
+                b = _number(rows[(base, key)][1]) if (base, key) in rows else None
+                x = _number(rows[(label, key)][1]) if (label, key) in rows else None
+                cells.append(f"{x / b:.2f}x" if b and x is not None else "")
+            if any(cells):
+                lines.append(f"| {desc} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _clean_work(work: Path, keep_results: bool, targets: list[Target]) -> None:
