@@ -435,6 +435,7 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
     import trio
     from chanos.compat import memory, request_wait
     from chanos.compat.fuse_ops import ChanosOperations, FrontEndConfig
+    from chanos.compat.init_reply import FUSE_HANDLE_KILLPRIV_V2, InitReply
     from chanos.compat.wake_latency import WakeLatency
     from chanos.personality.boot import boot
 
@@ -480,6 +481,12 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
             try:
                 with waiting as wait:
                     ops.defer_forgets = wait is not None  # its workers call idle_work
+                    if wait is not None and config.killpriv and not config.read_only:
+                        # Before the request loop starts: libfuse must not read INIT first.
+                        reply = InitReply(fd, FUSE_HANDLE_KILLPRIV_V2)
+                        if reply.intercept():
+                            wait.init_reply = reply
+                            ops.init_reply = reply
 
                     def stop_serving() -> None:
                         pyfuse3.terminate()
@@ -667,6 +674,8 @@ def _parser() -> argparse.ArgumentParser:
         "kernel's writeback cache; off by default), read_ahead=SIZE (1M; 0 = the host "
         "kernel's 128K), io_size=SIZE (st_blksize, 1M; 0 = the block size), "
         "entry_timeout=S, attr_timeout=S, negative_timeout=S, nokeep_cache, "
+        "nokillpriv (the host kernel, not chanos, takes set-ID bits and capabilities "
+        "away; a buffered write then costs two requests), "
         "cpu_latency=USEC (the CPU wake-up latency asked of the kernel while requests come "
         "back to back, as root; 0 by default) / nocpu_latency, "
         "and the usual "

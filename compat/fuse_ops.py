@@ -28,17 +28,26 @@ keep is bookkeeping of the FUSE protocol itself:
 Files opened with O_DIRECT get FOPEN_DIRECT_IO (``direct_io``) while the writeback cache
 is off: the host kernel then passes every read and write of the handle straight to the
 daemon, as O_DIRECT asks, instead of through its O_DIRECT path over the page cache. What
-that saves is a request per write(2): on that path the kernel asks for the file's
-``security.capability`` before each write, to drop it (FUSE_HANDLE_KILLPRIV_V2, which would
-stop that, is not in the libfuse pyfuse3 links). On the direct path the daemon drops what a
-write takes away itself (``Write.drop``): file capabilities, and the set-ID bits when the
-opener is not root (the FUSE WRITE carries no caller, and pyfuse3 does not pass on the
-kernel's flag for it). The price: a MAP_SHARED mapping of such a handle fails with ENODEV
-(the kernel maps direct-I/O handles shared only with FUSE_DIRECT_IO_ALLOW_MMAP, another
-flag this libfuse lacks). With the writeback cache on, O_DIRECT keeps the kernel's own
+that saves is a request per write(2) where the mount lacks FUSE_HANDLE_KILLPRIV_V2 (below):
+on that path the kernel asks for the file's ``security.capability`` before each write, to
+drop it. On the direct path the daemon drops what a write takes away itself
+(``Write.drop``): file capabilities, and the set-ID bits when the opener is not root (the
+FUSE WRITE carries no caller, and pyfuse3 does not pass on the kernel's flag for it). The
+price: a MAP_SHARED mapping of such a handle fails with ENODEV (the kernel maps
+direct-I/O handles shared only with FUSE_DIRECT_IO_ALLOW_MMAP, another flag this libfuse
+lacks). With the writeback cache on, O_DIRECT keeps the kernel's own
 path, which writes dirty cached pages back before it reads around them; so it does on
 host kernels before Linux 6.6, where a direct-I/O write left other descriptors' cached
 pages of the range stale.
+
+Set-ID bits and file capabilities: when the host kernel was granted
+FUSE_HANDLE_KILLPRIV_V2 (``chanos.compat.init_reply``; ``nokillpriv`` leaves it out) it
+no longer takes them away itself on write, truncate, chown and open with O_TRUNC, and it
+stops asking for ``security.capability`` before every buffered write. The front end
+then tells the file system what each of those takes (``Write.drop`` for every writable
+handle, ``SetAttr.drop``, ``Open.drop``), by ext4's rules: capabilities go on any write
+or truncate, the set-ID bits when the caller (for a write, the opener) is not root, who
+stands for CAP_FSETID, and on any change of owner.
 
 POSIX ACLs (``acl``, on unless ``noacl`` or ``nodefault_permissions``): the host kernel
 is asked to check them (pyfuse3's ``enable_acl``, FUSE_POSIX_ACL), as ext4 does: it reads
@@ -72,6 +81,7 @@ from typing import Any, Protocol, TypeVar
 
 import pyfuse3
 import trio
+from chanos.compat.init_reply import FUSE_HANDLE_KILLPRIV_V2, InitReply
 from chanos.fs import acl
 from chanos.personality.syscalls import (
     DROP_CAPABILITY,
@@ -129,6 +139,13 @@ class Kernel(Protocol):
 def to_fuse(ino: int) -> int:
     """ext4 inode number -> FUSE node id."""
     return FUSE_ROOT if ino == ROOT_INO else ino
+
+
+def _write_drop(ctx: pyfuse3.RequestContext) -> int:
+    """What a write(2) by the caller of ``ctx`` takes away from a file: capabilities
+    always, the set-ID bits unless the caller is root (who stands for CAP_FSETID here:
+    the request carries no capabilities)."""
+    return DROP_CAPABILITY | (DROP_SET_ID if ctx.uid else 0)
 
 
 def to_ext4(ino: int) -> int:
@@ -273,9 +290,13 @@ class ChanosOperations(pyfuse3.Operations):
         self.enable_writeback_cache = self.config.writeback_cache
         self._syscall = kernel.syscall
         self._handles: dict[int, Handle] = {}
-        # Direct-I/O handles (O_DIRECT opens, see the module docstring): what each write
-        # on them must take away from the file (Write.drop).
-        self._direct: dict[int, int] = {}
+        # What each write through a handle must take away from the file (Write.drop), for
+        # the handles whose writes the host kernel leaves that to the file system: direct
+        # I/O, and every writable one once INIT granted FUSE_HANDLE_KILLPRIV_V2 (see the
+        # module docstring).
+        self._drops: dict[int, int] = {}
+        # The answer to INIT, when the front end added flags to it (set before serving).
+        self.init_reply: InitReply | None = None
         # Forgets not yet sent to the kernel, oldest first (see ``idle_work``); only
         # once whoever waits for requests has said it calls ``idle_work``.
         self._deferred: deque[Forget] = deque()
@@ -389,9 +410,16 @@ class ChanosOperations(pyfuse3.Operations):
             and not self.config.writeback_cache
         ):
             info.direct_io = True
-            # Root stands for CAP_FSETID, which keeps the set-ID bits through a write.
-            self._direct[fh] = DROP_CAPABILITY | (DROP_SET_ID if ctx.uid else 0)
+            self._drops[fh] = _write_drop(ctx)
+        elif flags & os.O_ACCMODE != os.O_RDONLY and self._fs_drops_privileges():
+            self._drops[fh] = _write_drop(ctx)
         return info
+
+    def _fs_drops_privileges(self) -> bool:
+        """Whether the host kernel leaves taking set-ID bits and file capabilities away
+        to the file system (FUSE_HANDLE_KILLPRIV_V2, see the module docstring)."""
+        reply = self.init_reply
+        return reply is not None and bool(reply.granted & FUSE_HANDLE_KILLPRIV_V2)
 
     # ------------------------------------------------------------------ names
 
@@ -481,8 +509,22 @@ class ChanosOperations(pyfuse3.Operations):
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
             handle=self._handles.get(fh) if fh is not None else None,
+            drop=self._setattr_drop(fields, ctx),
         )
         return self._attrs(await self._syscall(msg))
+
+    def _setattr_drop(self, fields: pyfuse3.SetattrFields, ctx: pyfuse3.RequestContext) -> int:
+        """What a SETATTR takes away (SetAttr.drop) when the file system has that job: a
+        truncate what a write takes, a change of owner the set-ID bits and capabilities
+        whoever makes it (ext4's chown rules)."""
+        if not self._fs_drops_privileges():
+            return 0
+        drop = 0
+        if fields.update_size:
+            drop |= _write_drop(ctx)
+        if fields.update_uid or fields.update_gid:
+            drop |= DROP_CAPABILITY | DROP_SET_ID
+        return drop
 
     @_guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -556,7 +598,8 @@ class ChanosOperations(pyfuse3.Operations):
 
     @_guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        handle = await self._syscall(Open(to_ext4(inode), self._open_flags(flags)))
+        drop = _write_drop(ctx) if flags & os.O_TRUNC and self._fs_drops_privileges() else 0
+        handle = await self._syscall(Open(to_ext4(inode), self._open_flags(flags), drop))
         return self._file_info(handle, flags, ctx)
 
     @_guarded
@@ -582,7 +625,7 @@ class ChanosOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         # One message per request, however large: the host kernel gathers up to 1 MiB
         # (max_pages) per WRITE and the vnode writes it as one contiguous extent.
-        return await self._syscall(Write(self._handle(fh), off, buf, self._direct.get(fh, 0)))
+        return await self._syscall(Write(self._handle(fh), off, buf, self._drops.get(fh, 0)))
 
     async def flush(self, fh: int) -> None:
         # Declined once, for the whole mount: ENOSYS makes the host kernel stop sending
@@ -595,7 +638,7 @@ class ChanosOperations(pyfuse3.Operations):
     @_guarded
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
-        self._direct.pop(fh, None)
+        self._drops.pop(fh, None)
         if handle is None:
             log.error("release of unknown file handle %d", fh)
             return

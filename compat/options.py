@@ -11,6 +11,7 @@ mount(8)/mount.fuse3, or from an /etc/fstab line):
   ``log_level=``,
   ``log=FILE``, ``trace=FILE``, ``writeback``/``nowriteback``, ``entry_timeout=``,
   ``attr_timeout=``, ``negative_timeout=``, ``keep_cache``/``nokeep_cache``,
+  ``killpriv``/``nokillpriv``,
   ``default_permissions``/``nodefault_permissions``, ``acl``/``noacl``;
 * FUSE mount options handed to libfuse: ``allow_other``, ``default_permissions`` and the
   generic VFS flags (``ro``, ``rw``, ``nosuid``, ``nodev``, ``noexec``, ``noatime``, ...);
@@ -78,6 +79,8 @@ FLAG_OPTIONS = frozenset(
         "nowriteback_cache",
         "keep_cache",
         "nokeep_cache",
+        "killpriv",
+        "nokillpriv",
         "acl",
         "noacl",
         "nocpu_latency",
@@ -113,6 +116,10 @@ class MountConfig:
     trace_file: str | None = None
     writeback_cache: bool = False
     keep_cache: bool = True
+    # Ask the host kernel for FUSE_HANDLE_KILLPRIV_V2 (see chanos.compat.init_reply): the
+    # file system takes set-ID bits and capabilities away itself, and a buffered write(2)
+    # is one request instead of two.
+    killpriv: bool = True
     entry_timeout: float = 10.0
     attr_timeout: float = 10.0
     negative_timeout: float = 10.0
@@ -290,6 +297,10 @@ def _apply(c: MountConfig, opt: str) -> None:
             c.keep_cache = True
         case "nokeep_cache":
             c.keep_cache = False
+        case "killpriv":
+            c.killpriv = True
+        case "nokillpriv":
+            c.killpriv = False
         case "entry_timeout":
             c.entry_timeout = _seconds(name, value)
         case "attr_timeout":

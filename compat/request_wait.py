@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 import trio
 
 if TYPE_CHECKING:
+    from chanos.compat.init_reply import InitReply
     from chanos.compat.wake_latency import WakeLatency
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,8 @@ class RequestWait:
         self._ended = False
         self._last_checkpoint = 0.0
         self._loop: _RunLoop | None = None  # made in the trio run, at the first wait
+        # Set while libfuse answers INIT through a stand-in descriptor (InitReply).
+        self.init_reply: InitReply | None = None
 
     async def wait_readable(self) -> bool:
         """Wait until a request can be read: True, or False when the session is over.
@@ -215,6 +218,9 @@ class RequestWait:
         pyfuse3 reads right after a True, before anything else runs, so the request seen
         here is still there for that read.
         """
+        init = self.init_reply
+        if init is not None and init.complete():
+            self.init_reply = None
         slept = False
         while not self._ended:
             ready = self._poll.poll(0)

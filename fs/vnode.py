@@ -480,8 +480,8 @@ class VnodeActor(Actor):
                 self._writable()
                 return await self._setattr(msg)
             # --- files ---
-            case Open(_, flags):
-                return await self._open(flags)
+            case Open(_, flags, drop):
+                return await self._open(flags, drop)
             case Read(handle, offset, size):
                 return await self._read(handle, offset, size)
             case Write(handle, offset, data, drop):
@@ -688,6 +688,8 @@ class VnodeActor(Actor):
         if msg.mtime_ns is not None:
             inode.mtime_ns = msg.mtime_ns
             changed = True
+        if msg.drop and msg.mode is None and not inode.is_dir:
+            changed = await self._drop_privileges(inode, msg.drop) or changed
         if msg.ctime_ns is not None:
             inode.ctime_ns = msg.ctime_ns
         elif changed:
@@ -717,7 +719,7 @@ class VnodeActor(Actor):
 
     # ----- regular files --------------------------------------------------------------------
 
-    async def _open(self, flags: int) -> Handle:
+    async def _open(self, flags: int, drop: int = 0) -> Handle:
         inode = self._live()
         acc = flags & os.O_ACCMODE
         if inode.is_dir and (acc != os.O_RDONLY or flags & os.O_TRUNC):
@@ -728,6 +730,8 @@ class VnodeActor(Actor):
             now = _now()
             if inode.size:
                 await self._truncate(inode, 0)
+            if drop:
+                await self._drop_privileges(inode, drop)
             inode.set_times(now)
             await self._save()
         self.opens += 1
@@ -813,8 +817,8 @@ class VnodeActor(Actor):
         return n
 
     async def _drop_privileges(self, inode: Inode, drop: int) -> bool:
-        """Take away what a write(2) takes from a file (see ``Write.drop``): whether
-        anything changed. The caller saves the inode."""
+        """Take away what a write(2), truncate(2) or chown(2) takes from a file (see
+        ``DROP_SET_ID``): whether anything changed. The caller saves the inode."""
         changed = False
         if drop & DROP_SET_ID:
             kill = inode.mode & stat.S_ISUID

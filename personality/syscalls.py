@@ -170,6 +170,17 @@ class GetAttr:
     inode: int
 
 
+# What a change takes away from a file (Write.drop, SetAttr.drop, Open.drop), as write(2),
+# truncate(2), chown(2) and open(2) with O_TRUNC do on a local file system: the host
+# kernel's file_remove_privs and its chown rules. For callers that did not do it themselves
+# (the host kernel does, unless the file system has taken the job over).
+DROP_CAPABILITY = 1
+"""The ``security.capability`` attribute (file capabilities), whoever writes."""
+DROP_SET_ID = 2
+"""Set-user-ID, and set-group-ID with group execute: for a writer without CAP_FSETID,
+and for any change of owner."""
+
+
 @dataclass(frozen=True, slots=True)
 class SetAttr:
     """Change attributes of ``inode``; ``None`` fields are left alone. -> Attr (new).
@@ -177,6 +188,8 @@ class SetAttr:
     ``size`` truncates up or down (EISDIR on a directory). ``handle`` is the open handle
     the change was made through, if any (ftruncate/futimens).
     ``ctime_ns`` is normally left ``None``: any change sets ctime to now.
+    ``drop`` (DROP_CAPABILITY | DROP_SET_ID): what the change takes away from a file that
+    is not a directory, unless it sets the mode itself.
     """
 
     inode: int
@@ -188,6 +201,7 @@ class SetAttr:
     mtime_ns: int | None = None
     ctime_ns: int | None = None
     handle: Handle | None = None
+    drop: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,10 +324,11 @@ class Rename:
 @dataclass(frozen=True, slots=True)
 class Open:
     """Open ``inode`` with open(2) ``flags``. -> Handle. EISDIR for a directory opened
-    for writing; O_TRUNC truncates."""
+    for writing; O_TRUNC truncates, and then takes ``drop`` away (see SetAttr)."""
 
     inode: int
     flags: int
+    drop: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,21 +340,12 @@ class Read:
     size: int
 
 
-# What a Write takes away from the file (Write.drop), as a write(2) on a local file system
-# does: the host kernel's file_remove_privs, for the writes it passes through its page cache.
-DROP_CAPABILITY = 1
-"""The ``security.capability`` attribute (file capabilities), whoever writes."""
-DROP_SET_ID = 2
-"""Set-user-ID, and set-group-ID with group execute: for a writer without CAP_FSETID."""
-
-
 @dataclass(frozen=True, slots=True)
 class Write:
     """Write ``data`` at ``offset`` (at end of file for O_APPEND handles). -> int written.
 
     ``drop`` (DROP_CAPABILITY | DROP_SET_ID): what the write takes away from the file
-    when it succeeds, for callers that did not do it themselves (the host kernel does, for
-    every write but direct I/O).
+    when it succeeds.
     """
 
     handle: Handle

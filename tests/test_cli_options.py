@@ -45,6 +45,10 @@ def test_chanos_options():
     c = parse_options(["entry_timeout=0.5,attr_timeout=0,negative_timeout=2,nokeep_cache"])
     assert (c.entry_timeout, c.attr_timeout, c.negative_timeout) == (0.5, 0.0, 2.0)
     assert not c.keep_cache
+    assert parse_options([]).killpriv
+    assert not parse_options(["nokillpriv"]).killpriv
+    assert parse_options(["nokillpriv,killpriv"]).killpriv
+    assert "nokillpriv" not in parse_options(["nokillpriv"]).fuse_options("/i")
 
 
 def test_default_permissions_can_be_turned_off():
