@@ -435,7 +435,11 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
     import trio
     from chanos.compat import memory, request_wait
     from chanos.compat.fuse_ops import ChanosOperations, FrontEndConfig
-    from chanos.compat.init_reply import FUSE_HANDLE_KILLPRIV_V2, InitReply
+    from chanos.compat.init_reply import (
+        FUSE_CACHE_SYMLINKS,
+        FUSE_HANDLE_KILLPRIV_V2,
+        InitReply,
+    )
     from chanos.compat.wake_latency import WakeLatency
     from chanos.personality.boot import boot
 
@@ -481,9 +485,12 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
             try:
                 with waiting as wait:
                     ops.defer_forgets = wait is not None  # its workers call idle_work
-                    if wait is not None and config.killpriv and not config.read_only:
+                    if wait is not None:
                         # Before the request loop starts: libfuse must not read INIT first.
-                        reply = InitReply(fd, FUSE_HANDLE_KILLPRIV_V2)
+                        extra = FUSE_CACHE_SYMLINKS
+                        if config.killpriv and not config.read_only:
+                            extra |= FUSE_HANDLE_KILLPRIV_V2
+                        reply = InitReply(fd, extra)
                         if reply.intercept():
                             wait.init_reply = reply
                             ops.init_reply = reply

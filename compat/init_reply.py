@@ -1,11 +1,17 @@
 """The answer to the host kernel's FUSE INIT: capabilities libfuse cannot ask for.
 
-libfuse answers INIT itself, with the capabilities it knows of. The one libfuse 3.14 does
-not know and chanos wants is FUSE_HANDLE_KILLPRIV_V2: with it the host kernel leaves
-taking set-ID bits and file capabilities away (on write, truncate and chown) to the file
-system, and marks the mount ``SB_NOSEC``, so it stops asking the daemon for
-``security.capability`` before every write(2) to a file it has seen has none. Without it,
-each buffered write is two round trips: that GETXATTR and the WRITE.
+libfuse answers INIT itself, with the capabilities it knows of and pyfuse3 asks for.
+chanos wants two more:
+
+* FUSE_HANDLE_KILLPRIV_V2, which libfuse 3.14 does not know: the host kernel leaves
+  taking set-ID bits and file capabilities away (on write, truncate and chown) to the
+  file system, and marks the mount ``SB_NOSEC``, so it stops asking the daemon for
+  ``security.capability`` before every write(2) to a file it has seen has none. Without
+  it, each buffered write is two round trips: that GETXATTR and the WRITE.
+* FUSE_CACHE_SYMLINKS, which pyfuse3 offers no way to ask for: the host kernel keeps a
+  symlink's target in its page cache, so resolving a path through the same symlink again
+  costs no READLINK. Valid because a symlink's target never changes (a new target is a
+  new inode), and only this mount changes the image.
 
 So the front end reads INIT from ``/dev/fuse`` before libfuse does, hands it to libfuse
 through a socket put in the descriptor's place, takes libfuse's answer back from that
@@ -30,6 +36,7 @@ import struct
 log = logging.getLogger(__name__)
 
 FUSE_INIT = 26
+FUSE_CACHE_SYMLINKS = 1 << 23
 FUSE_HANDLE_KILLPRIV_V2 = 1 << 28
 
 # struct fuse_in_header: len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding
@@ -46,7 +53,8 @@ _READ_SIZE = 1 << 16
 
 
 class InitReply:
-    """Adds ``extra`` capability flags to libfuse's answer to INIT on descriptor ``fd``.
+    """Adds ``extra`` capability flags (of INIT's first 32) to libfuse's answer to INIT on
+    descriptor ``fd``.
 
     Use: :meth:`intercept` after the mount and before the request loop starts; then
     :meth:`complete` before each wait for a request until it returns True. ``granted``

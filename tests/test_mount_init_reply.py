@@ -1,8 +1,12 @@
-"""Set-ID bits and file capabilities on a real mount, whoever takes them away.
+"""What the front end's answer to INIT asks of the host kernel, on a real mount.
 
-By default the host kernel is granted FUSE_HANDLE_KILLPRIV_V2 (``chanos.compat.init_reply``)
-and leaves taking them away to chanos; under ``nokillpriv`` it does that itself. Either
-way the result must be ext4's: a write(2) or truncate by a user without CAP_FSETID takes
+Symlinks: their targets are cached (FUSE_CACHE_SYMLINKS), so resolving one again costs
+no READLINK; one replaced by another name's symlink resolves to the new target.
+
+Set-ID bits and file capabilities, whoever takes them away. By default the host kernel
+is granted FUSE_HANDLE_KILLPRIV_V2 (``chanos.compat.init_reply``) and leaves taking them
+away to chanos; under ``nokillpriv`` it does that itself. Either way the result must be
+ext4's: a write(2) or truncate by a user without CAP_FSETID takes
 the set-user-ID bit, and the set-group-ID bit when group execute is set (without it the
 bit marks mandatory locking and stays); root keeps both; a chown takes them whoever
 makes it; any write takes ``security.capability``. An open with O_TRUNC by such a user
@@ -132,3 +136,23 @@ def test_buffered_writes_ask_for_capabilities_once_with_the_flag(tmp_path, optio
         asked = log.read_text(errors="replace").count("getxattr(") - before
         assert (m.mnt / "f").read_bytes() == b"a" * 2000
     assert asked == (20 if options else 1)
+
+
+def test_symlink_targets_are_read_once(tmp_path):
+    image = mkfs(tmp_path / "disk.img", "64M")
+    log = tmp_path / "daemon.log"
+    with Mounted(image, tmp_path / "mnt", options="log_level=debug", log=log) as m:
+        (m.mnt / "target").write_text("here")
+        os.symlink("target", m.mnt / "link")
+        before = log.read_text(errors="replace").count("readlink(")
+        for _ in range(10):
+            assert os.readlink(m.mnt / "link") == "target"
+            assert (m.mnt / "link").read_text() == "here"
+        asked = log.read_text(errors="replace").count("readlink(") - before
+        # A new symlink under the old name is a new inode: its own target, not the cached one.
+        (m.mnt / "other").write_text("there")
+        os.symlink("other", m.mnt / "link.new")
+        os.rename(m.mnt / "link.new", m.mnt / "link")
+        assert os.readlink(m.mnt / "link") == "other"
+        assert (m.mnt / "link").read_text() == "there"
+    assert asked <= 1
