@@ -437,6 +437,7 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
     from chanos.compat.fuse_ops import ChanosOperations, FrontEndConfig
     from chanos.compat.init_reply import (
         FUSE_CACHE_SYMLINKS,
+        FUSE_DONT_MASK,
         FUSE_HANDLE_KILLPRIV_V2,
         InitReply,
     )
@@ -487,7 +488,7 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
                     ops.defer_forgets = wait is not None  # its workers call idle_work
                     if wait is not None:
                         # Before the request loop starts: libfuse must not read INIT first.
-                        extra = FUSE_CACHE_SYMLINKS
+                        extra = FUSE_CACHE_SYMLINKS | FUSE_DONT_MASK
                         if config.killpriv and not config.read_only:
                             extra |= FUSE_HANDLE_KILLPRIV_V2
                         reply = InitReply(fd, extra)

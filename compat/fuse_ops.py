@@ -56,9 +56,11 @@ new inode inherits its directory's default ACL, and the mode and the access ACL 
 each other, in the file system (``chanos.fs.acl``, as ext4 does; the host kernel leaves
 both to the daemon). After an access ACL is set the front end drops the host kernel's
 attributes of the inode, since its mode may have changed.
-One difference from ext4 remains: libfuse does not ask the host kernel for FUSE_DONT_MASK
-(pyfuse3 offers no way to), so the kernel applies the umask to a new inode's mode even
-where a default ACL should replace it; the inherited ACL is then narrowed by that mode.
+The umask: libfuse does not ask the host kernel for FUSE_DONT_MASK (pyfuse3 offers no way
+to), so ``chanos.compat.init_reply`` adds it to the answer to INIT. The kernel then
+leaves a new inode's mode unmasked and the file system applies the caller's umask,
+unless a default ACL takes its place, as on ext4. (Without the flag, the kernel's own
+masking, which ignores default ACLs, would have narrowed the mode already.)
 
 Errors: an ``OSError`` from the kernel becomes ``FUSEError(errno)``; any other exception
 is a bug somewhere below, answered with EIO and logged once with the request that hit it.
@@ -535,8 +537,7 @@ class ChanosOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self._check_writable()
-        mode = stat.S_IFMT(mode) | (stat.S_IMODE(mode) & ~ctx.umask)
-        msg = MkNod(to_ext4(parent_inode), name, mode, rdev, ctx.uid, ctx.gid)
+        msg = MkNod(to_ext4(parent_inode), name, mode, rdev, ctx.uid, ctx.gid, ctx.umask)
         return self._entry(await self._syscall(msg))
 
     @_guarded
@@ -544,8 +545,8 @@ class ChanosOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self._check_writable()
-        mode = stat.S_IFDIR | (stat.S_IMODE(mode) & ~ctx.umask)
-        msg = MkDir(to_ext4(parent_inode), name, mode, ctx.uid, ctx.gid)
+        mode = stat.S_IFDIR | stat.S_IMODE(mode)
+        msg = MkDir(to_ext4(parent_inode), name, mode, ctx.uid, ctx.gid, ctx.umask)
         return self._entry(await self._syscall(msg))
 
     @_guarded
@@ -612,8 +613,9 @@ class ChanosOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._check_writable()
-        mode = stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask)
-        msg = Create(to_ext4(parent_inode), name, mode, self._open_flags(flags), ctx.uid, ctx.gid)
+        mode = stat.S_IFREG | stat.S_IMODE(mode)
+        opened = self._open_flags(flags)
+        msg = Create(to_ext4(parent_inode), name, mode, opened, ctx.uid, ctx.gid, ctx.umask)
         handle, entry = await self._syscall(msg)
         return self._file_info(handle, flags, ctx), self._entry(entry)
 

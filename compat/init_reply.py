@@ -1,7 +1,7 @@
 """The answer to the host kernel's FUSE INIT: capabilities libfuse cannot ask for.
 
 libfuse answers INIT itself, with the capabilities it knows of and pyfuse3 asks for.
-chanos wants two more:
+chanos wants three more:
 
 * FUSE_HANDLE_KILLPRIV_V2, which libfuse 3.14 does not know: the host kernel leaves
   taking set-ID bits and file capabilities away (on write, truncate and chown) to the
@@ -12,6 +12,10 @@ chanos wants two more:
   symlink's target in its page cache, so resolving a path through the same symlink again
   costs no READLINK. Valid because a symlink's target never changes (a new target is a
   new inode), and only this mount changes the image.
+* FUSE_DONT_MASK, which pyfuse3 offers no way to ask for: the host kernel leaves the
+  umask to the file system, which applies it unless the new inode's directory has a
+  default ACL (which then takes its place, as on ext4); the kernel's own masking would
+  apply it even then.
 
 So the front end reads INIT from ``/dev/fuse`` before libfuse does, hands it to libfuse
 through a socket put in the descriptor's place, takes libfuse's answer back from that
@@ -36,6 +40,7 @@ import struct
 log = logging.getLogger(__name__)
 
 FUSE_INIT = 26
+FUSE_DONT_MASK = 1 << 6
 FUSE_CACHE_SYMLINKS = 1 << 23
 FUSE_HANDLE_KILLPRIV_V2 = 1 << 28
 

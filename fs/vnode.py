@@ -503,19 +503,20 @@ class VnodeActor(Actor):
                 return await self._readdir(offset)
             case Lookup(_, name):
                 return await self._lookup(name)
-            case MkDir(_, name, mode, uid, gid):
+            case MkDir(_, name, mode, uid, gid, umask):
                 self._writable()
                 mode = stat.S_IFDIR | stat.S_IMODE(mode)
-                return (await self._create(name, mode, 0, uid, gid))[0]
-            case MkNod(_, name, mode, rdev, uid, gid):
+                return (await self._create(name, mode, 0, uid, gid, umask=umask))[0]
+            case MkNod(_, name, mode, rdev, uid, gid, umask):
                 self._writable()
                 fmt = stat.S_IFMT(mode) or stat.S_IFREG
                 if fmt == stat.S_IFDIR or fmt == stat.S_IFLNK:
                     raise OSError(errno.EINVAL, "mknod of a directory or symlink")
-                return (await self._create(name, fmt | stat.S_IMODE(mode), rdev, uid, gid))[0]
-            case vp.CreateOpen(name, mode, uid, gid, flags):
+                mode = fmt | stat.S_IMODE(mode)
+                return (await self._create(name, mode, rdev, uid, gid, umask=umask))[0]
+            case vp.CreateOpen(name, mode, uid, gid, flags, umask):
                 self._writable()
-                return await self._create_open(name, mode, uid, gid, flags)
+                return await self._create_open(name, mode, uid, gid, flags, umask)
             case Symlink(_, name, target, uid, gid):
                 self._writable()
                 return (await self._create(name, stat.S_IFLNK | 0o777, 0, uid, gid, target))[0]
@@ -965,12 +966,13 @@ class VnodeActor(Actor):
             raise OSError(errno.EEXIST, f"{name!r} exists")
 
     async def _create_open(
-        self, name: bytes, mode: int, uid: int, gid: int, flags: int
+        self, name: bytes, mode: int, uid: int, gid: int, flags: int, umask: int = 0
     ) -> tuple[Handle, Entry]:
         """CreateOpen: a new regular file, its vnode started with the record made here
         (current: no other request can name the inode before this turn ends), opened;
         the Pin taken here is the handle's (see ``vp.CreateOpen``)."""
-        entry, child = await self._create(name, stat.S_IFREG | stat.S_IMODE(mode), 0, uid, gid)
+        mode = stat.S_IFREG | stat.S_IMODE(mode)
+        entry, child = await self._create(name, mode, 0, uid, gid, umask=umask)
         table = self.ctx.table
         ino = entry.inode
         ref, started = await call(table, Pin(ino, child))
@@ -993,9 +995,11 @@ class VnodeActor(Actor):
         uid: int,
         gid: int,
         target: bytes | None = None,
+        umask: int = 0,
     ) -> tuple[Entry, Inode]:
         """MkNod / MkDir / Symlink / CreateOpen: a new inode and its entry in this
-        directory -> (Entry, the new record)."""
+        directory -> (Entry, the new record). ``umask`` narrows ``mode`` unless a
+        default ACL is inherited instead."""
         d = await self._dir_for_change()
         parent = self.inode
         assert parent is not None
@@ -1014,13 +1018,17 @@ class VnodeActor(Actor):
             gid = parent.gid
             if is_dir:
                 mode |= stat.S_ISGID
-        # A default ACL passes on as the new inode's ACLs and narrows its mode.
+        # A default ACL passes on as the new inode's ACLs and narrows its mode; without
+        # one the umask does (a symlink's mode is fixed).
         acls: list[tuple[bytes, bytes]] = []
+        default = None
         if self.ctx.acl and target is None:
             default = await self._default_acl(parent)
             if default is not None:
                 mode, access, inherited = acl.inherit(default, mode)
                 acls = [(n, v) for n, v in ((acl.ACCESS, access), (acl.DEFAULT, inherited)) if v]
+        if default is None and target is None:
+            mode &= ~(umask & 0o777)
 
         now = _now()
         child = Inode.new(self.geo.inode_size)

@@ -48,7 +48,7 @@ class CreateOpen:
     The directory makes the inode as for MkNod, then starts the new inode's vnode with
     the record it just wrote (nobody else can know the number before this turn ends, so
     that record is current: no read), already opened (see ``Pin``). The new vnode stays
-    pinned for the handle, until the caller's ``Closed``.
+    pinned for the handle, until the caller's ``Closed``. ``umask`` as for ``Create``.
     """
 
     name: bytes
@@ -56,6 +56,7 @@ class CreateOpen:
     uid: int
     gid: int
     flags: int
+    umask: int = 0
 
 
 @dataclass(frozen=True, slots=True)

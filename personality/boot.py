@@ -451,7 +451,7 @@ class Kernel:
         flags = msg.flags & ~(os.O_CREAT | os.O_EXCL)
         try:
             # A new file is empty already: no O_TRUNC.
-            new = CreateOpen(msg.name, msg.mode, msg.uid, msg.gid, flags & ~os.O_TRUNC)
+            new = CreateOpen(msg.name, msg.mode, msg.uid, msg.gid, flags & ~os.O_TRUNC, msg.umask)
             return await self._create_open(msg.parent, new)
         except OSError as exc:
             if exc.errno != errno.EEXIST or msg.flags & os.O_EXCL:

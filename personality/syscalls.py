@@ -10,6 +10,9 @@ Conventions
 * Names, symlink targets, xattr names and values are ``bytes`` (no encoding is assumed).
 * Inode numbers are ext4 inode numbers; the root directory is ``ROOT_INO`` (2). The FUSE
   front end maps FUSE's root id 1 to 2 and back.
+* A new inode's ``mode`` (MkNod, MkDir, Create) is narrowed by the caller's ``umask``
+  unless its directory has a default ACL, which takes the umask's place (POSIX.1e, as
+  ext4 does). A caller that has applied the umask already passes 0.
 * Times are integer nanoseconds since the epoch. In ``SetAttr`` a field left at ``None``
   is not changed (UTIME_OMIT); UTIME_NOW is resolved by the caller to a concrete
   timestamp before the message is built, so the file system never reads a clock for it.
@@ -209,7 +212,8 @@ class MkNod:
     """Create a regular file, fifo, socket or char/block device node. -> Entry.
 
     ``mode`` includes the file-type bits; ``rdev`` is the device number for S_IFCHR and
-    S_IFBLK. EEXIST, ENOENT, ENOTDIR, ENAMETOOLONG, ENOSPC.
+    S_IFBLK; ``umask`` is the caller's (see the module docstring). EEXIST, ENOENT,
+    ENOTDIR, ENAMETOOLONG, ENOSPC.
     """
 
     parent: int
@@ -218,13 +222,15 @@ class MkNod:
     rdev: int = 0
     uid: int = 0
     gid: int = 0
+    umask: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class MkDir:
     """Create a directory (``mode`` permission bits; S_IFDIR implied). -> Entry.
 
-    EEXIST, ENOENT, ENOTDIR, ENAMETOOLONG, EMLINK (parent link count full), ENOSPC.
+    ``umask`` is the caller's (see the module docstring). EEXIST, ENOENT, ENOTDIR, ENAMETOOLONG,
+    EMLINK (parent link count full), ENOSPC.
     """
 
     parent: int
@@ -232,6 +238,7 @@ class MkDir:
     mode: int
     uid: int = 0
     gid: int = 0
+    umask: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +246,8 @@ class Create:
     """Create and open a regular file. -> (Handle, Entry).
 
     ``flags`` are open(2) flags; with O_EXCL an existing name is EEXIST, without it an
-    existing regular file is opened (and truncated with O_TRUNC).
+    existing regular file is opened (and truncated with O_TRUNC). ``umask`` is the
+    caller's (see the module docstring).
     """
 
     parent: int
@@ -248,6 +256,7 @@ class Create:
     flags: int
     uid: int = 0
     gid: int = 0
+    umask: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -685,6 +685,33 @@ async def test_new_inodes_inherit_the_default_acl(image):
     assert_fsck_clean(image)
 
 
+async def test_the_umask_narrows_new_modes_unless_a_default_acl_takes_its_place(image):
+    """POSIX.1e, as on ext4: a new file, node or directory loses the umask's bits from
+    the mode asked for; in a directory with a default ACL the ACL narrows the mode
+    instead and the umask is not applied; a symlink is 0777 whatever the umask."""
+    u = 0xFFFFFFFF
+    everyone = _acl((1, 7, u), (4, 7, u), (0x20, 7, u))  # rwx for owner, group, other
+    async with boot(image, LOW) as k:
+        plain = (await k.syscall(MkDir(ROOT_INO, b"plain", 0o777, umask=0o027))).inode
+        shared = (await k.syscall(MkDir(ROOT_INO, b"shared", 0o777))).inode
+        await k.syscall(SetXattr(shared, b"system.posix_acl_default", everyone))
+        made = {}
+        for name, d in ((b"plain", plain), (b"shared", shared)):
+            h, e = await k.syscall(Create(d, b"f", 0o666, os.O_WRONLY, umask=0o077))
+            await k.syscall(Release(h))
+            sub = await k.syscall(MkDir(d, b"sub", 0o777, umask=0o077))
+            fifo = await k.syscall(MkNod(d, b"fifo", stat.S_IFIFO | 0o666, umask=0o077))
+            link = await k.syscall(Symlink(d, b"l", b"f"))
+            made[name] = (e.inode, sub.inode, fifo.inode, link.inode)
+    assert_fsck_clean(image)
+    async with boot(image, LOW) as k:
+        assert stat.S_IMODE((await k.syscall(GetAttr(plain))).mode) == 0o750
+        want = {b"plain": (0o600, 0o700, 0o600, 0o777), b"shared": (0o666, 0o777, 0o666, 0o777)}
+        for name, modes in want.items():
+            for ino, mode in zip(made[name], modes, strict=True):
+                assert stat.S_IMODE((await k.syscall(GetAttr(ino))).mode) == mode, name
+
+
 async def test_an_access_acl_and_the_mode_follow_each_other(image):
     """As ext4 (the VFS's posix_acl_update_mode and posix_acl_chmod): setting an access
     ACL sets the mode's bits (the group bits from the mask), an ACL that says no more

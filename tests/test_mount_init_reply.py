@@ -3,6 +3,9 @@
 Symlinks: their targets are cached (FUSE_CACHE_SYMLINKS), so resolving one again costs
 no READLINK; one replaced by another name's symlink resolves to the new target.
 
+The umask (FUSE_DONT_MASK): chanos applies it, so a default ACL takes its place as on
+ext4, where the host kernel's own masking would not let it.
+
 Set-ID bits and file capabilities, whoever takes them away. By default the host kernel
 is granted FUSE_HANDLE_KILLPRIV_V2 (``chanos.compat.init_reply``) and leaves taking them
 away to chanos; under ``nokillpriv`` it does that itself. Either way the result must be
@@ -156,3 +159,35 @@ def test_symlink_targets_are_read_once(tmp_path):
         assert os.readlink(m.mnt / "link") == "other"
         assert (m.mnt / "link").read_text() == "there"
     assert asked <= 1
+
+
+UMASKED = """
+import os, sys
+os.umask(0o077)
+for d in sys.argv[1:]:
+    os.close(os.open(os.path.join(d, "f"), os.O_CREAT | os.O_WRONLY, 0o666))
+    os.mkdir(os.path.join(d, "sub"), 0o777)
+    os.mkfifo(os.path.join(d, "fifo"), 0o666)
+"""
+
+
+def test_a_default_acl_takes_the_umasks_place(tmp_path):
+    image = mkfs(tmp_path / "disk.img", "64M")
+    u = 0xFFFFFFFF
+    everyone = struct.pack("<I", 2) + b"".join(  # rwx for owner, group and other
+        struct.pack("<HHI", tag, 7, u) for tag in (1, 4, 0x20)
+    )
+    with Mounted(image, tmp_path / "mnt") as m:
+        plain, shared = m.mnt / "plain", m.mnt / "shared"
+        plain.mkdir()
+        shared.mkdir()
+        os.setxattr(shared, "system.posix_acl_default", everyone)
+        subprocess.run([sys.executable, "-c", UMASKED, str(plain), str(shared)], check=True)
+        want = {plain: (0o600, 0o700, 0o600), shared: (0o666, 0o777, 0o666)}
+        for d, modes in want.items():
+            for name, mode in zip(("f", "sub", "fifo"), modes, strict=True):
+                assert mode_of(d / name) == mode, (d.name, name)
+        m.remount()
+        for d, modes in want.items():
+            for name, mode in zip(("f", "sub", "fifo"), modes, strict=True):
+                assert mode_of(m.mnt / d.name / name) == mode, (d.name, name)
