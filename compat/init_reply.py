@@ -19,14 +19,15 @@ chanos wants three more:
 
 So the front end reads INIT from ``/dev/fuse`` before libfuse does, hands it to libfuse
 through a socket put in the descriptor's place, takes libfuse's answer back from that
-socket, adds the flag (when the kernel offered it), puts ``/dev/fuse`` back at the same
+socket, adds the flags (those the kernel offered), puts ``/dev/fuse`` back at the same
 descriptor number and sends the answer on. The kernel sends nothing else before INIT is
 answered, and libfuse reads and writes the descriptor only from the request loop, which
 calls :meth:`InitReply.complete` before every wait; so libfuse sees INIT as it always
 does, and every later request comes from ``/dev/fuse`` again.
 
-What the flag obliges the file system to do, and how the front end does it, is in
-``chanos.compat.fuse_ops`` (its module docstring, "Set-ID bits and file capabilities").
+What FUSE_HANDLE_KILLPRIV_V2 and FUSE_DONT_MASK oblige the file system to do, and how
+the front end does it, is in ``chanos.compat.fuse_ops`` (its module docstring, "Set-ID
+bits and file capabilities" and "The umask").
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ class InitReply:
             reply = bytearray(self._ours.recv(_READ_SIZE))
         except BlockingIOError:
             return False
-        length, error, _ = _OUT_HEADER.unpack_from(reply)
-        if self._offered and error == 0 and length == len(reply) >= _INIT_OUT_FLAGS + 4:
+        # Only a whole, successful answer gets the flags; anything else goes on as it is.
+        if self._offered and _answered_ok(reply):
             flags = _U32.unpack_from(reply, _INIT_OUT_FLAGS)[0]
             _U32.pack_into(reply, _INIT_OUT_FLAGS, flags | self._offered)
             self.granted = self._offered
@@ -131,3 +132,11 @@ class InitReply:
         if self.granted:
             log.debug("INIT answered with extra flags %#x", self.granted)
         return True
+
+
+def _answered_ok(reply: bytes | bytearray) -> bool:
+    """Whether ``reply`` is a whole, successful answer to INIT, with room for its flags."""
+    if len(reply) < _INIT_OUT_FLAGS + 4:
+        return False
+    length, error, _ = _OUT_HEADER.unpack_from(reply)
+    return error == 0 and length == len(reply)

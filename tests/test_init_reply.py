@@ -89,6 +89,18 @@ def test_a_refusal_goes_through_unchanged(device):
     assert reply.granted == 0
 
 
+def test_a_short_answer_goes_through_unchanged(device):
+    kernel, fd = device
+    kernel.send(init_request(FUSE_HANDLE_KILLPRIV_V2))
+    reply = InitReply(fd, FUSE_HANDLE_KILLPRIV_V2)
+    assert reply.intercept(timeout=1)
+    os.read(fd, 1 << 16)
+    os.write(fd, b"shortish")  # no whole header: passed on for the kernel to refuse
+    assert reply.complete()
+    assert kernel.recv(1 << 16) == b"shortish"
+    assert reply.granted == 0
+
+
 def test_no_request_leaves_the_descriptor_alone(device):
     kernel, fd = device
     before = os.fstat(fd)
