@@ -412,8 +412,7 @@ class ChanosOperations(pyfuse3.Operations):
             and not self.config.writeback_cache
         ):
             info.direct_io = True
-            self._drops[fh] = _write_drop(ctx)
-        elif flags & os.O_ACCMODE != os.O_RDONLY and self._fs_drops_privileges():
+        if info.direct_io or (flags & os.O_ACCMODE != os.O_RDONLY and self._fs_drops_privileges()):
             self._drops[fh] = _write_drop(ctx)
         return info
 

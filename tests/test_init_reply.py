@@ -40,6 +40,16 @@ def device():
     daemon.close()
 
 
+def intercepted(device, offered: int) -> InitReply:
+    """The kernel sends INIT offering ``offered``; the front end takes it, to add the
+    KILLPRIV_V2 flag."""
+    kernel, fd = device
+    kernel.send(init_request(offered))
+    reply = InitReply(fd, FUSE_HANDLE_KILLPRIV_V2)
+    assert reply.intercept(timeout=1)
+    return reply
+
+
 def serve_init(reply: InitReply, fd: int, flags: int, error: int = 0) -> bytes:
     """What libfuse does: read INIT from the descriptor, answer it there."""
     request = os.read(fd, 1 << 16)
@@ -51,10 +61,9 @@ def serve_init(reply: InitReply, fd: int, flags: int, error: int = 0) -> bytes:
 
 def test_the_offered_flag_is_added_and_the_device_put_back(device):
     kernel, fd = device
-    sent = init_request(ASYNC_READ | OTHER | FUSE_HANDLE_KILLPRIV_V2)
-    kernel.send(sent)
-    reply = InitReply(fd, FUSE_HANDLE_KILLPRIV_V2)
-    assert reply.intercept(timeout=1)
+    offered = ASYNC_READ | OTHER | FUSE_HANDLE_KILLPRIV_V2
+    sent = init_request(offered)
+    reply = intercepted(device, offered)
     assert serve_init(reply, fd, ASYNC_READ) == sent  # libfuse saw the request unchanged
     assert reply.complete() and reply.done
     answer = kernel.recv(1 << 16)
@@ -69,9 +78,7 @@ def test_the_offered_flag_is_added_and_the_device_put_back(device):
 
 def test_a_flag_the_kernel_did_not_offer_is_not_added(device):
     kernel, fd = device
-    kernel.send(init_request(ASYNC_READ))
-    reply = InitReply(fd, FUSE_HANDLE_KILLPRIV_V2)
-    assert reply.intercept(timeout=1)
+    reply = intercepted(device, ASYNC_READ)
     serve_init(reply, fd, ASYNC_READ)
     assert reply.complete()
     assert kernel.recv(1 << 16) == init_answer(ASYNC_READ)
@@ -80,9 +87,7 @@ def test_a_flag_the_kernel_did_not_offer_is_not_added(device):
 
 def test_a_refusal_goes_through_unchanged(device):
     kernel, fd = device
-    kernel.send(init_request(FUSE_HANDLE_KILLPRIV_V2))
-    reply = InitReply(fd, FUSE_HANDLE_KILLPRIV_V2)
-    assert reply.intercept(timeout=1)
+    reply = intercepted(device, FUSE_HANDLE_KILLPRIV_V2)
     serve_init(reply, fd, 0, error=-71)  # EPROTO
     assert reply.complete()
     assert kernel.recv(1 << 16) == init_answer(0, error=-71)
@@ -91,9 +96,7 @@ def test_a_refusal_goes_through_unchanged(device):
 
 def test_a_short_answer_goes_through_unchanged(device):
     kernel, fd = device
-    kernel.send(init_request(FUSE_HANDLE_KILLPRIV_V2))
-    reply = InitReply(fd, FUSE_HANDLE_KILLPRIV_V2)
-    assert reply.intercept(timeout=1)
+    reply = intercepted(device, FUSE_HANDLE_KILLPRIV_V2)
     os.read(fd, 1 << 16)
     os.write(fd, b"shortish")  # no whole header: passed on for the kernel to refuse
     assert reply.complete()
