@@ -44,6 +44,7 @@ from chanos.fs.group_protocol import (
     GetCounts,
     GroupCounts,
     ReadInode,
+    ReadInodes,
     Sync,
     WriteInode,
 )
@@ -695,6 +696,8 @@ class BlockGroupActor(Actor):
         match msg:
             case ReadInode(ino):
                 return await g.read_inode(ino)
+            case ReadInodes(inos):
+                return [await g.read_inode(ino) for ino in inos]
             case WriteInode(ino, raw):
                 return await g.write_inode(ino, raw)
             case AllocBlocks(goal, count):

@@ -50,6 +50,15 @@ class ReadInode:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadInodes:
+    """Read the records of inodes ``inos`` (all in this group) -> a list of bytes, in order.
+
+    One message for a batch of a directory's entries (readdirplus) instead of one each."""
+
+    inos: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class WriteInode:
     """Replace the first ``len(raw)`` bytes of inode ``ino``'s record (written through)."""
 

@@ -900,12 +900,16 @@ class VnodeActor(Actor):
 
     async def _child_stat(self, ino: int) -> tuple[Attr, int]:
         """(attributes, generation) of an inode named by an entry of this directory, as
-        ``_child`` reads it, straight from the record (``stat_view``: no ``Inode``
-        built; every LOOKUP and readdirplus entry asks)."""
+        ``_child`` reads it, straight from the record (``_stat_record``: every LOOKUP
+        asks)."""
         if ino == self.ino:
             assert self.inode is not None
             return self._attr(), self.inode.generation
-        raw = await self.vol.read_inode(ino)
+        return self._stat_record(ino, await self.vol.read_inode(ino))
+
+    def _stat_record(self, ino: int, raw: bytes) -> tuple[Attr, int]:
+        """(attributes, generation) from inode ``ino``'s record, without building an
+        ``Inode`` (``stat_view``)."""
         try:
             v = stat_view(raw)
         except Exception as e:
@@ -947,10 +951,19 @@ class VnodeActor(Actor):
             return []  # removed while open: no entries at all, as Linux reports
         if offset == 0:
             await self._touch_atime(inode)
+        found = await d.entries(offset, READDIR_BATCH)
+        # The children's records in one message per group (most live in this one).
+        raws = iter(await self.vol.read_inodes([e.inode for e in found if e.inode != self.ino]))
         out = []
-        for e in await d.entries(offset, READDIR_BATCH):
+        for e in found:
             try:
-                attr, gen = await self._child_stat(e.inode)
+                if e.inode == self.ino:
+                    attr, gen = self._attr(), inode.generation
+                else:
+                    raw = next(raws)
+                    if isinstance(raw, OSError):
+                        raise raw
+                    attr, gen = self._stat_record(e.inode, raw)
                 mode = attr.mode
             except OSError:
                 attr, gen = None, 0

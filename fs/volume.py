@@ -327,6 +327,32 @@ class Volume:
     async def read_inode(self, ino: int) -> bytes:
         return await call(self._group_ref_of_inode(ino), gp.ReadInode(ino))
 
+    async def read_inodes(self, inos: Sequence[int]) -> list[bytes | OSError]:
+        """The records of ``inos``, in order, one ``ReadInodes`` per group they fall in;
+        an inode that cannot be read has the error in its place, the others still come.
+        """
+        out: list[bytes | OSError] = [b""] * len(inos)
+        by_group: dict[int, list[int]] = {}
+        for i, ino in enumerate(inos):
+            if 1 <= ino <= self.geometry.inodes_count:
+                by_group.setdefault(self.geometry.group_of_inode(ino), []).append(i)
+            else:
+                out[i] = OSError(errno.EUCLEAN, f"inode number {ino} out of range")
+        for group, places in by_group.items():
+            try:
+                raws = await call(self.groups[group], gp.ReadInodes(tuple(inos[i] for i in places)))
+            except OSError:
+                # One unreadable table block must not cost the others their records.
+                for i in places:
+                    try:
+                        out[i] = await self.read_inode(inos[i])
+                    except OSError as exc:
+                        out[i] = exc
+                continue
+            for i, raw in zip(places, raws, strict=True):
+                out[i] = raw
+        return out
+
     async def write_inode(self, ino: int, raw: bytes) -> None:
         await call(self._group_ref_of_inode(ino), gp.WriteInode(ino, raw))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import struct
 
@@ -826,6 +827,31 @@ async def test_readdir_offsets_stable_across_changes(image):
         survivors = set(names[: len(names) - step])
         assert survivors <= set(seen)
     assert_fsck_clean(image)
+
+
+async def test_readdir_gives_an_unreadable_entry_its_type_and_no_attributes(image):
+    async with boot(image, LOW) as k:
+        d = (await k.syscall(MkDir(ROOT_INO, b"d", 0o755))).inode
+        files = {}
+        for n in (b"a", b"b", b"c"):
+            files[n] = (await k.syscall(MkNod(d, n, stat.S_IFREG | 0o644, 0))).inode
+        await k.syscall(Symlink(d, b"s", b"a", 0, 0))
+    # An entry naming a free inode of the last group: no record to read, as after a crash
+    # that wrote the entry but not the inode.
+    count = int(re.search(rb"Inode count:\s+(\d+)", debugfs(image, "stats")).group(1))
+    debugfs(image, f"ln <{count}> /d/ghost", write=True)
+    async with boot(image, LOW) as k:
+        h = await k.syscall(OpenDir(d))
+        got = {e.name: e for e in await k.syscall(ReadDir(h, 0))}
+        await k.syscall(ReleaseDir(h))
+        assert set(got) == {b".", b"..", b"a", b"b", b"c", b"s", b"ghost"}
+        ghost = got[b"ghost"]
+        assert ghost.inode == count and ghost.attr is None and not ghost.counted
+        for n, ino in files.items():
+            e = got[n]
+            assert e.counted and e.attr.ino == ino and stat.S_ISREG(e.attr.mode)
+        assert got[b"s"].counted and stat.S_ISLNK(got[b"s"].attr.mode)
+        assert got[b"."].attr.ino == d and got[b".."].attr.ino == ROOT_INO
 
 
 async def test_many_files_many_dirs_with_two_live_vnodes(image):

@@ -464,3 +464,32 @@ async def test_a_files_runs_travel_with_its_inode_free(ext4_image) -> None:
     assert after["Free blocks"] == before["Free blocks"]
     assert after["Free inodes"] == before["Free inodes"]
     assert_fsck_clean(img)
+
+
+async def test_records_of_many_inodes_come_in_order_and_failures_stay_in_their_place(
+    ext4_image,
+) -> None:
+    img = ext4_image("64M", 1024)
+    group1 = dumpe2fs(img)[1].split("Group 1:")[1].split("Group 2:")[0]
+    itable1 = int(re.search(r"Inode table at (\d+)", group1).group(1))
+    faults: list = []
+    async with mounted(img, faults=faults, write_through=True) as vol:
+        per_group = vol.geometry.inodes_per_group
+        a, b = 20, per_group + 1  # the first inodes of groups 0 and 1 past the reserved ones
+        await vol.write_inode(a, bytes([0xA0]) * 256)
+        inos = [b, 2, 0, a, vol.geometry.inodes_count + 1, 2]
+        # Group 1's table block cannot be read: its inode gets the error, the rest come.
+        await call(
+            faults[0], InjectError(op="read", start=itable1 * 1024, end=itable1 * 1024 + 1024)
+        )
+        got = await vol.read_inodes(inos)
+        root = await vol.read_inode(2)
+        assert got[1] == got[5] == root and got[3] == bytes([0xA0]) * 256
+        assert isinstance(got[0], OSError) and got[0].errno == errno.EIO
+        assert isinstance(got[2], OSError) and got[2].errno == errno.EUCLEAN
+        assert isinstance(got[4], OSError) and got[4].errno == errno.EUCLEAN
+        await call(faults[0], ClearErrors())
+        got = await vol.read_inodes(inos)
+        assert got[0] == await vol.read_inode(b) and len(got[0]) == 256
+        # One message per group holds all of that group's inodes, in the order asked.
+        assert await call(vol.groups[0], gp.ReadInodes((a, 2))) == [bytes([0xA0]) * 256, root]
