@@ -425,6 +425,8 @@ def mount_options_for(config: MountConfig):  # -> MountOptions
         "max_vnodes": config.max_vnodes,
         "write_behind": config.write_cache,
         "acl": config.acl,
+        "atime": config.atime_policy,
+        "diratime": not config.nodiratime,
     }
     names = {f.name for f in dataclasses.fields(MountOptions)}
     return MountOptions(**{k: v for k, v in wanted.items() if k in names and v is not None})
@@ -432,19 +434,12 @@ def mount_options_for(config: MountConfig):  # -> MountOptions
 
 async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
     import pyfuse3
-    import trio
-    from chanos.compat import memory, request_wait
+    from chanos.compat import request_wait
     from chanos.compat.fuse_ops import ChanosOperations, FrontEndConfig
-    from chanos.compat.init_reply import (
-        FUSE_CACHE_SYMLINKS,
-        FUSE_DONT_MASK,
-        FUSE_HANDLE_KILLPRIV_V2,
-        InitReply,
-    )
-    from chanos.compat.wake_latency import WakeLatency
     from chanos.personality.boot import boot
 
     tracing = _start_trace(config.trace_file)
+    refused = False
     try:
         async with boot(image, mount_options_for(config)) as kernel:
             ops = ChanosOperations(
@@ -470,77 +465,96 @@ async def _serve(image, mountpoint, config: MountConfig, ready, state) -> None:
             try:
                 pyfuse3.init(ops, mountpoint, config.fuse_options(_fsname(image)))
             except RuntimeError:
-                raise Fail(f"cannot mount on {mountpoint} (libfuse refused; see above)") from None
-            fd = request_wait.fuse_fd(fds_before)
-            latency = None
-            if fd is not None and config.cpu_latency is not None:
-                latency = WakeLatency.open(config.cpu_latency)
-            waiting = (
-                request_wait.installed(fd, config.busy_poll, ops.idle_work, latency)
-                if fd is not None
-                else contextlib.nullcontext()
-            )
-            state["mounted"] = True
-            log.info("serving %s on %s", image, mountpoint)
-            ready()
-            try:
-                with waiting as wait:
-                    ops.defer_forgets = wait is not None  # its workers call idle_work
-                    if wait is not None:
-                        # Before the request loop starts: libfuse must not read INIT first.
-                        extra = FUSE_CACHE_SYMLINKS | FUSE_DONT_MASK
-                        if config.killpriv and not config.read_only:
-                            extra |= FUSE_HANDLE_KILLPRIV_V2
-                        reply = InitReply(fd, extra)
-                        if reply.intercept():
-                            wait.init_reply = reply
-                            ops.init_reply = reply
-
-                    def stop_serving() -> None:
-                        pyfuse3.terminate()
-                        if wait is not None:
-                            wait.end()
-
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_unmount_on_signal, mountpoint, stop_serving)
-                        if config.read_ahead:
-                            kib = max(4, config.read_ahead >> 10)
-                            nursery.start_soon(_set_read_ahead_after_init, ops, canonical, kib)
-                        if latency is not None:
-                            nursery.start_soon(latency.run)
-                        if config.malloc_trim_interval > 0:
-                            nursery.start_soon(
-                                memory.trim_periodically, config.malloc_trim_interval
-                            )
-                        try:
-                            await pyfuse3.main(min_tasks=1, max_tasks=config.max_workers)
-                        except ConnectionAbortedError as exc:
-                            # A read after the end of the session. The request wait lets
-                            # one worker read once the descriptor reports the end, but a
-                            # worker that saw a request just before the host kernel tore
-                            # the connection down reads the end first, unseen by the wait
-                            # (a lazily detached mount whose last file closed). libfuse
-                            # 3.14 takes only ENODEV for the end; the session is over.
-                            log.info("FUSE session ended: %s", exc)
-                        await ops.run_deferred()  # forgets not sent yet: held inodes go
-                        nursery.cancel_scope.cancel()
-            finally:
-                if latency is not None:
-                    latency.close()  # write-back at unmount is no burst of requests
-                # After umount(8) the session has already ended and this only frees it;
-                # after an error it makes sure no dead mount is left behind.
-                pyfuse3.close(unmount=True)
-                if state.get("memtrace") is not None:
-                    state["memtrace"].close()  # before write-back: what the caches hold
-                if ops.unexpected_errors:
-                    log.error(
-                        "%d requests failed unexpectedly (answered EIO)", ops.unexpected_errors
-                    )
-            log.info("unmounted; writing %s back", image)
+                refused = True  # nothing was served: the kernel stops as at an unmount
+            else:
+                await _serve_session(
+                    ops, config, image, mountpoint, canonical, fds_before, ready, state
+                )
+                log.info("unmounted; writing %s back", image)
+        if refused:
+            raise Fail(f"cannot mount on {mountpoint} (libfuse refused; see above)")
         log.info("%s written back and clean", image)
     finally:
         if tracing:
             _stop_trace(config.trace_file)
+
+
+async def _serve_session(
+    ops, config: MountConfig, image, mountpoint, canonical: str, fds_before, ready, state
+) -> None:
+    """Serve the FUSE session ``pyfuse3.init`` opened until it ends, then close it."""
+    import pyfuse3
+    import trio
+    from chanos.compat import memory, request_wait
+    from chanos.compat.init_reply import (
+        FUSE_CACHE_SYMLINKS,
+        FUSE_DONT_MASK,
+        FUSE_HANDLE_KILLPRIV_V2,
+        InitReply,
+    )
+    from chanos.compat.wake_latency import WakeLatency
+
+    fd = request_wait.fuse_fd(fds_before)
+    latency = None
+    if fd is not None and config.cpu_latency is not None:
+        latency = WakeLatency.open(config.cpu_latency)
+    waiting = (
+        request_wait.installed(fd, config.busy_poll, ops.idle_work, latency)
+        if fd is not None
+        else contextlib.nullcontext()
+    )
+    state["mounted"] = True
+    log.info("serving %s on %s", image, mountpoint)
+    ready()
+    try:
+        with waiting as wait:
+            ops.defer_forgets = wait is not None  # its workers call idle_work
+            if wait is not None:
+                # Before the request loop starts: libfuse must not read INIT first.
+                extra = FUSE_CACHE_SYMLINKS | FUSE_DONT_MASK
+                if config.killpriv and not config.read_only:
+                    extra |= FUSE_HANDLE_KILLPRIV_V2
+                reply = InitReply(fd, extra)
+                if reply.intercept():
+                    wait.init_reply = reply
+                    ops.init_reply = reply
+
+            def stop_serving() -> None:
+                pyfuse3.terminate()
+                if wait is not None:
+                    wait.end()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_unmount_on_signal, mountpoint, stop_serving)
+                if config.read_ahead:
+                    kib = max(4, config.read_ahead >> 10)
+                    nursery.start_soon(_set_read_ahead_after_init, ops, canonical, kib)
+                if latency is not None:
+                    nursery.start_soon(latency.run)
+                if config.malloc_trim_interval > 0:
+                    nursery.start_soon(memory.trim_periodically, config.malloc_trim_interval)
+                try:
+                    await pyfuse3.main(min_tasks=1, max_tasks=config.max_workers)
+                except ConnectionAbortedError as exc:
+                    # A read after the end of the session. The request wait lets
+                    # one worker read once the descriptor reports the end, but a
+                    # worker that saw a request just before the host kernel tore
+                    # the connection down reads the end first, unseen by the wait
+                    # (a lazily detached mount whose last file closed). libfuse
+                    # 3.14 takes only ENODEV for the end; the session is over.
+                    log.info("FUSE session ended: %s", exc)
+                await ops.run_deferred()  # forgets not sent yet: held inodes go
+                nursery.cancel_scope.cancel()
+    finally:
+        if latency is not None:
+            latency.close()  # write-back at unmount is no burst of requests
+        # After umount(8) the session has already ended and this only frees it;
+        # after an error it makes sure no dead mount is left behind.
+        pyfuse3.close(unmount=True)
+        if state.get("memtrace") is not None:
+            state["memtrace"].close()  # before write-back: what the caches hold
+        if ops.unexpected_errors:
+            log.error("%d requests failed unexpectedly (answered EIO)", ops.unexpected_errors)
 
 
 async def _set_read_ahead_after_init(ops, mountpoint: str, kib: int) -> None:

@@ -15,6 +15,9 @@ mount(8)/mount.fuse3, or from an /etc/fstab line):
   ``default_permissions``/``nodefault_permissions``, ``acl``/``noacl``;
 * FUSE mount options handed to libfuse: ``allow_other``, ``default_permissions`` and the
   generic VFS flags (``ro``, ``rw``, ``nosuid``, ``nodev``, ``noexec``, ``noatime``, ...);
+  ``noatime``/``atime`` also set the file system's own atime policy (a FUSE file system
+  keeps its atimes), and the atime flags libfuse does not take (``relatime``,
+  ``strictatime``, ``nodiratime``, ``lazytime`` and their opposites) set only that;
 * options that only mean something to mount(8)/fstab (``defaults``, ``auto``, ``noauto``,
   ``user``, ``nofail``, ``_netdev``, ``x-*``, ``comment=``): accepted and dropped.
 
@@ -26,7 +29,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-# Generic mount flags libfuse passes to mount(2) (lib/mount.c's mount_flags table).
+# Generic mount flags libfuse passes to mount(2) (lib/mount.c's mount_flags table; libfuse
+# 3.14 refuses the rest, hence OWN_VFS_FLAGS).
 VFS_FLAGS = frozenset(
     [
         "rw",
@@ -42,16 +46,34 @@ VFS_FLAGS = frozenset(
         "dirsync",
         "atime",
         "noatime",
+    ]
+)
+_OPPOSITE = {"sync": "async", "async": "sync"}
+# The other atime flags mount(8) and fstab lines use. A FUSE file system keeps its own
+# atimes, so these are chanos's alone: they set its atime policy and do not go to
+# libfuse. lazytime is accepted as a hint: times are written through, as without it.
+OWN_VFS_FLAGS = frozenset(
+    [
         "diratime",
         "nodiratime",
-        "lazytime",
-        "nolazytime",
         "relatime",
         "norelatime",
         "strictatime",
         "nostrictatime",
+        "lazytime",
+        "nolazytime",
     ]
 )
+# The atime flags: which MountConfig bit each one sets or clears (relatime and
+# norelatime set none: the host kernel applies relatime unless noatime or strictatime).
+_ATIME_BITS = {
+    "noatime": ("noatime", True),
+    "atime": ("noatime", False),
+    "strictatime": ("strictatime", True),
+    "nostrictatime": ("strictatime", False),
+    "nodiratime": ("nodiratime", True),
+    "diratime": ("nodiratime", False),
+}
 # Meaningful to mount(8), mount.fuse3 or fstab only.
 IGNORED = frozenset(
     ["defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail", "_netdev"]
@@ -155,6 +177,18 @@ class MountConfig:
     malloc_trim_threshold: int = 1 << 20
     malloc_trim_interval: float = 5.0  # seconds between malloc_trim passes (0: never)
     vfs_flags: list[str] = field(default_factory=list)
+    # The atime flags among them, as the host kernel combines them: independent bits,
+    # strictatime over noatime, relatime whatever else is said (see ``atime_policy``).
+    noatime: bool = False
+    strictatime: bool = False
+    nodiratime: bool = False
+
+    @property
+    def atime_policy(self) -> str:
+        """The file system's atime policy (``MountOptions.atime``) for these flags."""
+        if self.strictatime:
+            return "strictatime"
+        return "noatime" if self.noatime else "relatime"
 
     def fuse_options(self, fsname: str) -> set[str]:
         """The option set for ``pyfuse3.init``."""
@@ -162,6 +196,8 @@ class MountConfig:
         opts.discard("rw")
         opts.discard("ro")
         opts.add("ro" if self.read_only else "rw")
+        if self.strictatime:
+            opts.discard("noatime")  # as the kernel takes them: strictatime clears it
         if self.default_permissions:
             opts.add("default_permissions")
         if self.allow_other:
@@ -217,7 +253,9 @@ def _apply(c: MountConfig, opt: str) -> None:
     name, eq, value = opt.partition("=")
     if eq and not value:
         raise OptionError(f"option {name}= needs a value")
-    if eq and (name in FLAG_OPTIONS or name in VFS_FLAGS or name in IGNORED):
+    if eq and (
+        name in FLAG_OPTIONS or name in VFS_FLAGS or name in OWN_VFS_FLAGS or name in IGNORED
+    ):
         raise OptionError(f"option {name} takes no value")
     match name:
         case "ro":
@@ -307,8 +345,15 @@ def _apply(c: MountConfig, opt: str) -> None:
             c.attr_timeout = _seconds(name, value)
         case "negative_timeout":
             c.negative_timeout = _seconds(name, value)
-        case _ if not eq and name in VFS_FLAGS:
-            if name not in c.vfs_flags:
+        case _ if not eq and (name in VFS_FLAGS or name in OWN_VFS_FLAGS):
+            if name in _ATIME_BITS:
+                attr, value = _ATIME_BITS[name]
+                setattr(c, attr, value)
+            if name in VFS_FLAGS:
+                # The last mention decides (libfuse gets a set, in no order): "atime"
+                # takes "noatime" back, "suid" takes "nosuid", and so on.
+                opposite = _OPPOSITE.get(name) or (name[2:] if name[:2] == "no" else "no" + name)
+                c.vfs_flags = [f for f in c.vfs_flags if f not in (name, opposite)]
                 c.vfs_flags.append(name)
         case _ if (not eq and name in IGNORED) or opt.startswith(IGNORED_PREFIXES):
             pass

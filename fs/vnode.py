@@ -154,6 +154,11 @@ _OTHER_MASK = NODUMP_FL | NOATIME_FL
 
 READDIR_BATCH = 256  # entries per ReadDir reply
 RELATIME_SECS = 24 * 3600
+# Atime policies (the mount options of these names; see _touch_atime).
+RELATIME = "relatime"
+STRICTATIME = "strictatime"
+NOATIME = "noatime"
+ATIME_POLICIES = frozenset({RELATIME, STRICTATIME, NOATIME})
 
 
 # CLOCK_REALTIME_COARSE (Linux); the time module has no name for it.
@@ -765,12 +770,28 @@ class VnodeActor(Actor):
         return data
 
     async def _touch_atime(self, inode: Inode) -> None:
-        """relatime: atime moves when it is not newer than mtime/ctime, or a day old."""
-        if self.ctx.read_only or inode.flags & NOATIME_FL:
+        """Move atime for a read or a listing as the mount's policy says: relatime (when
+        it is not newer than mtime/ctime, or a day old), strictatime (always), noatime
+        (never); nodiratime leaves directories alone. The file's noatime flag wins."""
+        ctx = self.ctx
+        policy = ctx.atime
+        if (
+            ctx.read_only
+            or policy == NOATIME
+            or inode.flags & NOATIME_FL
+            or (not ctx.diratime and inode.is_dir)
+        ):
             return
         at = inode.atime_ns
         now = _now()
-        if at <= inode.mtime_ns or at <= inode.ctime_ns or now - at >= RELATIME_SECS * 10**9:
+        if at == now:
+            return  # within the tick that last moved it: nothing would change
+        if (
+            policy == STRICTATIME
+            or at <= inode.mtime_ns
+            or at <= inode.ctime_ns
+            or now - at >= RELATIME_SECS * 10**9
+        ):
             inode.atime_ns = now
             self._changed = True  # Read and ReadDir are in _READ_ONLY
             await self._save()

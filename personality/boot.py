@@ -54,6 +54,7 @@ from typing import Any
 
 from chanos.fs.format.inode import in_use_without_xattrs
 from chanos.fs.format.xattr import split_name
+from chanos.fs.vnode import ATIME_POLICIES, RELATIME
 from chanos.fs.vnode_protocol import AddLink, CreateOpen, InsertEntry, RemoveEntry
 from chanos.fs.vnode_table import (
     DEFAULT_MAX_VNODES,
@@ -148,7 +149,11 @@ class MountOptions:
     write cache; up to three times this much is held while write-outs are in flight).
     4 MiB keeps writes as large contiguous ``pwritev`` runs at a quarter of the memory of
     the driver's default. ``acl``: POSIX ACLs, as ext4's mount option of that name: a new
-    inode inherits its directory's default ACL (see chanos.fs.acl).
+    inode inherits its directory's default ACL (see chanos.fs.acl). ``atime``: when a read
+    or a directory listing moves the access time, as Linux's mount options of the same
+    names: ``"relatime"`` (the default: when it is not newer than the last change, or a
+    day old), ``"strictatime"`` (every time) or ``"noatime"`` (never); ``diratime=False``
+    (nodiratime) never moves a directory's.
     """
 
     read_only: bool = False
@@ -158,20 +163,28 @@ class MountOptions:
     max_restarts: int = 10
     restart_window: float = 5.0
     acl: bool = True
+    atime: str = RELATIME
+    diratime: bool = True
+
+    def __post_init__(self) -> None:
+        if self.atime not in ATIME_POLICIES:
+            raise ValueError(f"atime policy {self.atime!r} is not one of {sorted(ATIME_POLICIES)}")
 
 
 @dataclass(frozen=True, slots=True)
 class VnodeContext:
     """What a vnode actor is given by the kernel: the mounted volume (superblock and group
     actors, geometry, device, allocator), the vnode table (to reach other vnodes with
-    ``chanos.fs.vnode_table.call_vnode``), the orphan list, the read-only flag, and
-    whether new inodes inherit default ACLs."""
+    ``chanos.fs.vnode_table.call_vnode``), the orphan list, the read-only flag, whether
+    new inodes inherit default ACLs, and the atime policy (see MountOptions)."""
 
     volume: Any
     table: ActorRef
     orphans: ActorRef
     read_only: bool
     acl: bool = True
+    atime: str = RELATIME
+    diratime: bool = True
 
 
 def _check_name(name: bytes) -> None:
@@ -595,7 +608,9 @@ async def boot(source: Any, options: MountOptions | None = None) -> AsyncIterato
                     restart=PERMANENT,
                 )
             )
-            holder["ctx"] = VnodeContext(volume, table, orphans, read_only, options.acl)
+            holder["ctx"] = VnodeContext(
+                volume, table, orphans, read_only, options.acl, options.atime, options.diratime
+            )
             rename = await sup.start(
                 ChildSpec(name="rename", factory=lambda: RenameCoordinator(table))
             )

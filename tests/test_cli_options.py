@@ -6,7 +6,7 @@ import logging
 
 import pytest
 from chanos.compat.cli import Fail, parse_size
-from chanos.compat.options import MountConfig, OptionError, parse_options
+from chanos.compat.options import OWN_VFS_FLAGS, MountConfig, OptionError, parse_options
 
 
 def test_defaults():
@@ -62,6 +62,38 @@ def test_vfs_flags_pass_through_and_fstab_words_are_dropped():
     assert {"nosuid", "nodev", "noatime", "rw"} <= opts
     assert not {"defaults", "auto", "nofail", "_netdev"} & opts
     assert not any(o.startswith("x-") for o in opts)
+
+
+@pytest.mark.parametrize(
+    ("spec", "policy", "diratime"),
+    [
+        ("", "relatime", True),
+        ("noatime", "noatime", True),
+        ("noatime,atime", "relatime", True),
+        ("strictatime", "strictatime", True),
+        ("noatime,strictatime", "strictatime", True),  # strictatime wins, as in the kernel
+        ("strictatime,nostrictatime,noatime", "noatime", True),
+        ("relatime,nodiratime", "relatime", False),
+        ("norelatime", "relatime", True),  # the kernel's default stays relatime
+        ("nodiratime,diratime", "relatime", True),
+    ],
+)
+def test_atime_flags_set_the_file_systems_atime_policy(spec, policy, diratime):
+    from chanos.compat.cli import mount_options_for
+
+    c = parse_options([spec])
+    opts = mount_options_for(c)
+    assert (opts.atime, opts.diratime) == (policy, diratime)
+    # mount(2) is told the same: of two opposite flags only the last one goes, and
+    # libfuse gets none of the flags it would refuse.
+    flags = c.fuse_options("/i")
+    assert not {"noatime", "atime"} <= flags and not flags & OWN_VFS_FLAGS
+    assert ("noatime" in flags) == (policy == "noatime")
+
+
+def test_opposite_vfs_flags_leave_the_last_one():
+    flags = parse_options(["nosuid,suid,sync,async,noexec"]).fuse_options("/i")
+    assert {"suid", "async", "noexec"} <= flags and not {"nosuid", "sync"} & flags
 
 
 def test_last_of_ro_rw_wins():

@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import struct
+import time
 
 import pytest
 import trio
@@ -827,6 +828,52 @@ async def test_readdir_offsets_stable_across_changes(image):
         survivors = set(names[: len(names) - step])
         assert survivors <= set(seen)
     assert_fsck_clean(image)
+
+
+@pytest.mark.parametrize("policy", ["relatime", "strictatime", "noatime"])
+async def test_reads_and_listings_move_atime_as_the_mount_says(image, policy):
+    old = 1_000_000_000 * 10**9  # before the last change
+    async with boot(image, MountOptions(atime=policy)) as k:
+        d = (await k.syscall(MkDir(ROOT_INO, b"d", 0o755))).inode
+        f = await k_write_file(k, d, b"f", b"data")
+        for ino in (f, d):
+            await k.syscall(SetAttr(ino, atime_ns=old))
+        before = time.time_ns()
+        assert await k_read_file(k, f) == b"data"
+        await k_listdir(k, d)
+        moved = policy != "noatime"  # older than the last change: relatime moves it too
+        for ino in (f, d):
+            at = (await k.syscall(GetAttr(ino))).atime_ns
+            assert (at >= before - 10**9) if moved else (at == old)
+        # Newer than the last change and less than a day old: only strictatime moves it.
+        ahead = time.time_ns() + 3600 * 10**9
+        for ino in (f, d):
+            await k.syscall(SetAttr(ino, atime_ns=ahead))
+        await k_read_file(k, f)
+        await k_listdir(k, d)
+        last = {}
+        for ino in (f, d):
+            last[ino] = at = (await k.syscall(GetAttr(ino))).atime_ns
+            assert (at < ahead) if policy == "strictatime" else (at == ahead)
+    async with boot(image, MountOptions(atime=policy)) as k:  # and it was written
+        for ino in (f, d):
+            assert (await k.syscall(GetAttr(ino))).atime_ns == last[ino]
+    assert_fsck_clean(image)
+
+
+async def test_nodiratime_leaves_directories_alone(image):
+    old = 1_000_000_000 * 10**9
+    async with boot(image, MountOptions(diratime=False)) as k:
+        d = (await k.syscall(MkDir(ROOT_INO, b"d", 0o755))).inode
+        f = await k_write_file(k, d, b"f", b"data")
+        for ino in (f, d):
+            await k.syscall(SetAttr(ino, atime_ns=old))
+        await k_read_file(k, f)
+        await k_listdir(k, d)
+        assert (await k.syscall(GetAttr(d))).atime_ns == old
+        assert (await k.syscall(GetAttr(f))).atime_ns > old
+    with pytest.raises(ValueError):
+        MountOptions(atime="sometimes")
 
 
 async def test_readdir_gives_an_unreadable_entry_its_type_and_no_attributes(image):

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
 import signal
 import stat
@@ -284,6 +285,46 @@ def test_uid_gid_umask_override_what_stat_shows(image, tmp_path):
     with Mounted(image, tmp_path / "mnt") as m:  # nothing stored changed
         st = os.stat(m.mnt / "f")
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 0, 0o666)
+
+
+def test_atime_mount_options_decide_whether_reads_move_atime(image, tmp_path):
+    old = 1_000_000_000  # a time before the file's last change
+    with Mounted(image, tmp_path / "mnt") as m:
+        (m.mnt / "d").mkdir()
+        (m.mnt / "d" / "f").write_bytes(b"data")
+    # Each mount starts with an empty page cache, so the read below reaches chanos.
+    for options, moves, dir_moves in (
+        ("noatime", False, False),
+        ("nodiratime", True, False),
+        ("", True, True),  # relatime: older than the last change, so it moves
+    ):
+        with Mounted(image, tmp_path / "mnt", options=options) as m:
+            d, f = m.mnt / "d", m.mnt / "d" / "f"
+            for p in (d, f):
+                os.utime(p, (old, old + 1))
+            assert f.read_bytes() == b"data"
+            os.listdir(d)
+            assert (os.stat(f).st_atime > old + 1) is moves, options
+            assert (os.stat(d).st_atime > old + 1) is dir_moves, options
+        with Mounted(image, tmp_path / "mnt", options="noatime") as m:  # as it was stored
+            assert (os.stat(m.mnt / "d" / "f").st_atime > old + 1) is moves, options
+
+
+def test_a_mount_libfuse_refuses_leaves_the_image_clean(image, tmp_path, monkeypatch, capsys):
+    import pyfuse3
+    from chanos.compat import cli
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("refused")
+
+    monkeypatch.setattr(pyfuse3, "init", refuse)
+    (tmp_path / "mnt").mkdir()
+    assert cli.main(["mount", "-f", str(image), str(tmp_path / "mnt")]) == 32
+    assert "libfuse refused" in capsys.readouterr().err
+    code, out = fsck(image)
+    assert code == 0, out
+    state = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True).stdout
+    assert re.search(r"Filesystem state:\s+clean\n", state), state  # not left marked in use
 
 
 def _cpu_latency_target() -> int:
