@@ -347,8 +347,8 @@ def _apply(c: MountConfig, opt: str) -> None:
             c.negative_timeout = _seconds(name, value)
         case _ if not eq and (name in VFS_FLAGS or name in OWN_VFS_FLAGS):
             if name in _ATIME_BITS:
-                attr, value = _ATIME_BITS[name]
-                setattr(c, attr, value)
+                attr, bit = _ATIME_BITS[name]
+                setattr(c, attr, bit)
             if name in VFS_FLAGS:
                 # The last mention decides (libfuse gets a set, in no order): "atime"
                 # takes "noatime" back, "suid" takes "nosuid", and so on.
