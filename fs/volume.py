@@ -332,15 +332,15 @@ class Volume:
         an inode that cannot be read has the error in its place, the others still come.
         """
         out: list[bytes | OSError] = [b""] * len(inos)
-        by_group: dict[int, list[int]] = {}
+        by_group: dict[Any, list[int]] = {}
         for i, ino in enumerate(inos):
-            if 1 <= ino <= self.geometry.inodes_count:
-                by_group.setdefault(self.geometry.group_of_inode(ino), []).append(i)
-            else:
-                out[i] = OSError(errno.EUCLEAN, f"inode number {ino} out of range")
+            try:
+                by_group.setdefault(self._group_ref_of_inode(ino), []).append(i)
+            except OSError as exc:
+                out[i] = exc
         for group, places in by_group.items():
             try:
-                raws = await call(self.groups[group], gp.ReadInodes(tuple(inos[i] for i in places)))
+                raws = await call(group, gp.ReadInodes(tuple(inos[i] for i in places)))
             except OSError:
                 # One unreadable table block must not cost the others their records.
                 for i in places:
